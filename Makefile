@@ -1,0 +1,44 @@
+# paperzoo: the two set-up commands of the README.
+#   make demo  - create .venv, install torch 2.13.0 (CPU wheel) and paperzoo, get Fashion-MNIST, run the main job
+#   make test  - same install, then the test suite (default suite, then the `slow` checks)
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+FORTUNES := /usr/share/games/fortunes/fortunes
+
+.PHONY: demo test test-fast install data lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned, so nothing below can pull a CUDA build
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[all,dev]"
+	touch $@
+
+# Debian packages: Fashion-MNIST (idx .gz files) and the fortunes corpus for the language model.
+data:
+	@if [ ! -f $(FMNIST) ] || [ ! -f $(FORTUNES) ]; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist fortunes-min; \
+	fi
+
+demo: install data
+	$(BIN)/paperzoo demo
+
+test: install data
+	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
+
+test-fast: install data
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

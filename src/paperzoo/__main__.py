@@ -1,0 +1,5 @@
+import sys
+
+from paperzoo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,35 @@
+"""Layers that recur across families, one job per file."""
+
+from .activations import HardSigmoid, HardSwish, Swish, hard_sigmoid, hard_swish
+from .attention import MultiHeadAttention, attention_explicit, merge_masks, scaled_dot_product_attention
+from .channel_shuffle import ChannelShuffle, channel_shuffle, channel_unshuffle
+from .conv_norm_act import ConvNormAct
+from .drop_path import DropPath, drop_path, drop_path_rates
+from .helpers import make_divisible, to_2tuple
+from .mobile_blocks import DepthwiseSeparableConv, InvertedResidual, separable_conv_cost
+from .squeeze_excite import SqueezeExcite
+
+__all__ = [
+    "MultiHeadAttention",
+    "attention_explicit",
+    "merge_masks",
+    "scaled_dot_product_attention",
+    "ChannelShuffle",
+    "ConvNormAct",
+    "DepthwiseSeparableConv",
+    "DropPath",
+    "HardSigmoid",
+    "HardSwish",
+    "InvertedResidual",
+    "SqueezeExcite",
+    "Swish",
+    "channel_shuffle",
+    "channel_unshuffle",
+    "drop_path",
+    "drop_path_rates",
+    "hard_sigmoid",
+    "hard_swish",
+    "make_divisible",
+    "separable_conv_cost",
+    "to_2tuple",
+]

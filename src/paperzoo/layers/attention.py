@@ -1,0 +1,240 @@
+"""Scaled dot-product and multi-head attention (Vaswani et al., "Attention Is All You Need", arXiv:1706.03762).
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V                                  (Sec. 3.2.1, Eq. 1)
+    MultiHead(Q, K, V) = Concat(head_1, ..., head_h) Wᴼ,
+        head_i = Attention(Q W_iᑫ, K W_iᴷ, V W_iⱽ)                               (Sec. 3.2.2)
+
+Two paths compute Eq. 1:
+* ``attention_explicit``: the formula written out; returns the attention weights (for teaching and
+  for attention maps);
+* ``F.scaled_dot_product_attention``: PyTorch's fused kernels (flash / memory-efficient / math), used
+  whenever the weights are not needed. A test proves the two agree, masks included.
+
+Mask conventions (the same as ``F.scaled_dot_product_attention``): a *boolean* ``attn_mask`` is True where a
+query **may** attend to a key; a float mask is *added* to the scores (use -inf to block). ``key_padding_mask``
+follows ``nn.MultiheadAttention``: True marks padding keys to ignore.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["attention_explicit", "scaled_dot_product_attention", "merge_masks", "MultiHeadAttention"]
+
+
+def _causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
+    """Bool (L, S) mask, True where query i may see key j. Queries are the *last* L of S positions, so with a
+    KV cache (S > L) query i sits at absolute position S - L + i."""
+    offset = k_len - q_len
+    i = torch.arange(q_len, device=device)[:, None]
+    j = torch.arange(k_len, device=device)[None, :]
+    return j <= i + offset
+
+
+def merge_masks(
+    attn_mask: Tensor | None,
+    key_padding_mask: Tensor | None,
+    is_causal: bool,
+    q_len: int,
+    k_len: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor | None:
+    """Combine an attention mask, a key-padding mask and causality into one mask broadcastable to
+    (B, heads, L, S): boolean if every part is boolean, else additive float. Shapes are checked here so a
+    wrong mask fails with a message, not deep inside a kernel."""
+    parts: list[Tensor] = []
+    if attn_mask is not None:
+        if attn_mask.shape[-2:] != (q_len, k_len) or attn_mask.dim() not in (2, 3, 4):
+            raise ValueError(
+                f"attn_mask has shape {tuple(attn_mask.shape)}; expected (L, S), (B or B*heads, L, S) or "
+                f"(B, heads, L, S) with L={q_len}, S={k_len}"
+            )
+        parts.append(attn_mask)
+    if key_padding_mask is not None:
+        if key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != k_len:
+            raise ValueError(
+                f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected (B, S) with S={k_len}"
+            )
+        kpm = key_padding_mask
+        if kpm.dtype == torch.bool:
+            parts.append(~kpm[:, None, None, :])  # (B, 1, 1, S): True = may attend
+        else:
+            parts.append(kpm[:, None, None, :].to(dtype))
+    if is_causal:
+        parts.append(_causal_mask(q_len, k_len, device))
+    if not parts:
+        return None
+    if all(p.dtype == torch.bool for p in parts):
+        mask = parts[0]
+        for p in parts[1:]:
+            mask = mask & p
+        return mask
+    mask = torch.zeros((), dtype=dtype, device=device)
+    for p in parts:
+        if p.dtype == torch.bool:
+            p = torch.zeros(p.shape, dtype=dtype, device=device).masked_fill(~p, float("-inf"))
+        mask = mask + p.to(dtype)
+    return mask
+
+
+def attention_explicit(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Eq. 1 written out. q: (..., L, d), k: (..., S, d), v: (..., S, d_v) -> ((..., L, d_v), (..., L, S))."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., L, S)
+    if is_causal:
+        scores = scores.masked_fill(~_causal_mask(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v, weights
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Eq. 1 through the fused kernel, or the explicit path when the weights are wanted."""
+    if need_weights:
+        return attention_explicit(q, k, v, attn_mask, dropout_p, is_causal, scale)
+    if is_causal and q.shape[-2] != k.shape[-2]:
+        # SDPA aligns its causal mask top-left; with a KV cache the queries are the last positions.
+        attn_mask = merge_masks(attn_mask, None, True, q.shape[-2], k.shape[-2], q.dtype, q.device)
+        is_causal = False
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                         scale=scale)
+    return out, None
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention, self or cross (Sec. 3.2.2).
+
+    The input projections Wᑫ, Wᴷ, Wⱽ of all heads are stacked in one ``in_proj`` (3·d_model x d_model), laid
+    out exactly like ``nn.MultiheadAttention.in_proj_weight`` so weights copy across. Self-attention runs it
+    as one fused matmul; cross-attention applies the Wᑫ rows to the queries and the Wᴷ/Wⱽ rows to the memory.
+    Each projection's d_model outputs are then split into ``num_heads`` heads of d_model / num_heads.
+
+    Args:
+        embed_dim: d_model.
+        num_heads: h; must divide d_model.
+        dropout: dropout on the attention weights (training only).
+        bias: biases on the projections.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads  # d_k = d_v = d_model / h
+        self.dropout = dropout
+        self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)  # [Wᑫ; Wᴷ; Wⱽ]
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)  # Wᴼ
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, C) -> (B, heads, N, d)
+
+    def project_qkv(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Project and split into heads; returns q, k, v each (B, heads, N, d)."""
+        e = self.embed_dim
+        w, b = self.in_proj.weight, self.in_proj.bias
+        if key is None:  # self-attention: one fused projection (B, N, 3C)
+            q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        else:
+            value = key if value is None else value
+            q = F.linear(query, w[:e], None if b is None else b[:e])
+            if value is key:
+                k, v = F.linear(key, w[e:], None if b is None else b[e:]).chunk(2, dim=-1)
+            else:
+                k = F.linear(key, w[e : 2 * e], None if b is None else b[e : 2 * e])
+                v = F.linear(value, w[2 * e :], None if b is None else b[2 * e :])
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        *,
+        attn_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        past_kv: tuple[Tensor, Tensor] | None = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+        """Attend ``query`` (B, L, C) to ``key``/``value`` (B, S, C); self-attention when ``key`` is None.
+
+        Returns ``(out (B, L, C), weights (B, heads, L, S) or None)``, plus the ``(k, v)`` cache of shape
+        (B, heads, S, d) when ``use_cache``. ``past_kv`` prepends cached keys/values (decoder self-attention).
+        """
+        if query.dim() != 3 or query.shape[-1] != self.embed_dim:
+            raise ValueError(f"query must be (B, L, {self.embed_dim}), got {tuple(query.shape)}")
+        q, k, v = self.project_qkv(query, key, value)
+        if past_kv is not None:
+            k = torch.cat([past_kv[0], k], dim=2)  # (B, heads, S_past + L, d)
+            v = torch.cat([past_kv[1], v], dim=2)
+        b, _, q_len, _ = q.shape
+        k_len = k.shape[2]
+        if attn_mask is not None and attn_mask.dim() == 3:
+            if attn_mask.shape[0] == b * self.num_heads:  # (B*heads, L, S), as nn.MultiheadAttention takes it
+                attn_mask = attn_mask.view(b, self.num_heads, *attn_mask.shape[1:])
+            elif attn_mask.shape[0] == b:  # (B, L, S): one mask per sample, shared by the heads
+                attn_mask = attn_mask[:, None]
+            else:
+                raise ValueError(f"attn_mask has shape {tuple(attn_mask.shape)}; a 3-D mask must be "
+                                 f"(B*heads={b * self.num_heads}, L, S) or (B={b}, L, S)")
+        if attn_mask is not None or key_padding_mask is not None:
+            # SDPA refuses a mask together with is_causal: fold causality into the mask
+            mask = merge_masks(attn_mask, key_padding_mask, is_causal, q_len, k_len, q.dtype, q.device)
+            is_causal = False
+        else:
+            mask = None
+        out, weights = scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal, need_weights=need_weights,
+        )
+        out = out.transpose(1, 2).reshape(b, q_len, self.embed_dim)  # (B, heads, L, d) -> (B, L, C): Concat
+        out = self.out_proj(out)  # · Wᴼ
+        if use_cache:
+            return out, weights, (k, v)
+        return out, weights
+
+    def load_from_torch(self, mha: nn.MultiheadAttention) -> None:
+        """Copy the weights of a ``nn.MultiheadAttention`` with the same sizes (packed in-projection)."""
+        if mha.in_proj_weight is None:
+            raise ValueError("nn.MultiheadAttention with separate q/k/v weights (kdim/vdim) is not supported")
+        with torch.no_grad():
+            self.in_proj.weight.copy_(mha.in_proj_weight)
+            if self.in_proj.bias is not None:
+                self.in_proj.bias.copy_(mha.in_proj_bias)
+            self.out_proj.weight.copy_(mha.out_proj.weight)
+            if self.out_proj.bias is not None:
+                self.out_proj.bias.copy_(mha.out_proj.bias)

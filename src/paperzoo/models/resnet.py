@@ -1,0 +1,230 @@
+"""ResNet and SE-ResNet.
+
+* He et al., "Deep Residual Learning for Image Recognition", arXiv:1512.03385 (CVPR 2016).
+* Hu et al., "Squeeze-and-Excitation Networks", arXiv:1709.01507 (CVPR 2018): SE-ResNet puts an SE block
+  on the residual branch, before the addition (Fig. 3).
+
+Key idea: learn a residual F(x) and output F(x) + x (Eq. 1); the identity shortcut lets gradients and
+signals pass through very deep stacks. Projection shortcuts (1x1 conv + BN, option B of Sec. 3.3) are used
+only where the shape changes.
+
+Deviations from the paper (all as in torchvision / timm, whose weights load here unchanged):
+* Bottleneck downsampling is on the 3x3 conv (stride 2), not the first 1x1 ("ResNet v1.5").
+* ``small_input=True`` replaces the 7x7/2 stem and max-pool by a 3x3/1 conv, as CIFAR-style ResNets do, so
+  28x28 and 32x32 images keep their resolution into stage 1.
+* Optional stochastic depth (``drop_path_rate``) and zero-initialised last BN of each block
+  (``zero_init_residual``, Goyal et al. arXiv:1706.02677) for training from scratch.
+* SE reduction ratio r = 16 (SENet Sec. 6.1), FC layers as 1x1 convs with bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+from torch import Tensor
+
+from ..layers import DropPath, SqueezeExcite, drop_path_rates
+from ..registry import Paper, register_model
+from ..weights import register_converter
+from ._base import ImageClassifier
+
+RESNET_PAPER = Paper("Deep Residual Learning for Image Recognition", "1512.03385", 2016)
+SENET_PAPER = Paper("Squeeze-and-Excitation Networks", "1709.01507", 2018)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs (ResNet-18/34, Table 1)."""
+
+    expansion = 1
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, se_ratio: float | None = None,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        out_chs = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_chs, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = SqueezeExcite(out_chs, rd_ratio=se_ratio) if se_ratio else None
+        self.downsample = _shortcut(in_chs, out_chs, stride)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.se is not None:
+            out = self.se(out)
+        return self.relu(self.drop_path(out) + shortcut)  # F(x) + x, Eq. 1
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 -> 1x1 expand (x4) (ResNet-50/101/152, Fig. 5 right)."""
+
+    expansion = 4
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, se_ratio: float | None = None,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        out_chs = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # stride here: "v1.5"
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_chs)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = SqueezeExcite(out_chs, rd_ratio=se_ratio) if se_ratio else None
+        self.downsample = _shortcut(in_chs, out_chs, stride)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.se is not None:
+            out = self.se(out)  # SE on the residual branch, before the sum (SENet Fig. 3)
+        return self.relu(self.drop_path(out) + shortcut)
+
+
+def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Sequential | None:
+    """Projection shortcut (option B, Sec. 3.3) only when the shape changes."""
+    if stride == 1 and in_chs == out_chs:
+        return None
+    return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
+
+
+@dataclass
+class ResNetConfig:
+    """ResNet hyper-parameters. ``layers`` are the blocks per stage conv2_x .. conv5_x of Table 1."""
+
+    block: type[BasicBlock] | type[Bottleneck] = BasicBlock
+    layers: tuple[int, int, int, int] = (2, 2, 2, 2)
+    num_classes: int = 1000
+    in_chans: int = 3
+    width: int = 64  # channels of the stem and of conv2_x (before expansion)
+    se_ratio: float | None = None  # 1/r of SENet; None = plain ResNet
+    small_input: bool = False
+    drop_rate: float = 0.0  # dropout before the classifier
+    drop_path_rate: float = 0.0
+    zero_init_residual: bool = False
+
+
+class ResNet(ImageClassifier):
+    """ResNet (Table 1 of the paper); SE-ResNet when ``cfg.se_ratio`` is set."""
+
+    def __init__(self, cfg: ResNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.in_chans, self.num_classes, self.small_input = cfg.in_chans, cfg.num_classes, cfg.small_input
+        w = cfg.width
+        if cfg.small_input:  # CIFAR-style stem: keep the resolution
+            self.conv1 = nn.Conv2d(cfg.in_chans, w, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+            self.min_input_size = (8, 8)
+        else:  # conv1: 7x7, 64, stride 2; 3x3 max pool, stride 2 (Table 1)
+            self.conv1 = nn.Conv2d(cfg.in_chans, w, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            self.min_input_size = (32, 32)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.relu = nn.ReLU(inplace=True)
+
+        dpr = iter(drop_path_rates(cfg.drop_path_rate, sum(cfg.layers)))
+        in_chs = w
+        for i, n in enumerate(cfg.layers):  # conv2_x .. conv5_x
+            planes, stride = w * 2**i, 1 if i == 0 else 2
+            blocks = []
+            for j in range(n):
+                blocks.append(cfg.block(in_chs, planes, stride if j == 0 else 1, cfg.se_ratio, next(dpr)))
+                in_chs = planes * cfg.block.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.num_features = in_chs
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(cfg.drop_rate)
+        self.fc = nn.Linear(in_chs, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # He (Kaiming) normal init for convs, fan-out, as in the paper's reference [13] and torchvision.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.cfg.zero_init_residual:  # each block starts as the identity (arXiv:1706.02677, Sec. 5.1)
+            for m in self.modules():
+                if isinstance(m, BasicBlock | Bottleneck):
+                    nn.init.zeros_(m.last_bn().weight)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)  # (B, C, H/32, W/32)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.global_pool(x).flatten(1)  # (B, C)
+        return x if pre_logits else self.fc(self.drop(x))
+
+
+def _resnet(block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int], **kw) -> ResNet:
+    return ResNet(ResNetConfig(block=block, layers=layers, **kw))
+
+
+# torchvision and timm name ResNet parameters exactly as we do (conv1/bn1/layerN.i/fc; timm's SE blocks are
+# `se.fc1`/`se.fc2`), so both converters are the identity; strict loading still checks every key and shape.
+def _identity(sd: dict, model: nn.Module) -> dict:
+    return sd
+
+
+for _family in ("resnet", "seresnet"):
+    register_converter(_family, "torchvision")(_identity)
+    register_converter(_family, "timm")(_identity)
+
+
+# ----------------------------------------------------------------------------------------- registered models
+# Reference counts: torchvision / timm at 224x224, 1000 classes.
+@register_model(family="resnet", paper=RESNET_PAPER, ref_params=11_689_512, ref_source="torchvision")
+def resnet18(**kw) -> ResNet:
+    return _resnet(BasicBlock, (2, 2, 2, 2), **kw)
+
+
+@register_model(family="resnet", paper=RESNET_PAPER, ref_params=21_797_672, ref_source="torchvision")
+def resnet34(**kw) -> ResNet:
+    return _resnet(BasicBlock, (3, 4, 6, 3), **kw)
+
+
+@register_model(family="resnet", paper=RESNET_PAPER, ref_params=25_557_032, ref_source="torchvision")
+def resnet50(**kw) -> ResNet:
+    return _resnet(Bottleneck, (3, 4, 6, 3), **kw)
+
+
+@register_model(family="resnet", paper=RESNET_PAPER, ref_params=44_549_160, ref_source="torchvision")
+def resnet101(**kw) -> ResNet:
+    return _resnet(Bottleneck, (3, 4, 23, 3), **kw)
+
+
+@register_model(family="resnet", paper=RESNET_PAPER, ref_params=60_192_808, ref_source="torchvision")
+def resnet152(**kw) -> ResNet:
+    return _resnet(Bottleneck, (3, 8, 36, 3), **kw)
+
+
+@register_model(family="seresnet", paper=SENET_PAPER, ref_params=28_088_024, ref_source="timm")
+def seresnet50(**kw) -> ResNet:
+    return _resnet(Bottleneck, (3, 4, 6, 3), se_ratio=1 / 16, **kw)
+
+
+@register_model(family="seresnet", paper=SENET_PAPER, ref_params=49_326_872, ref_source="timm")
+def seresnet101(**kw) -> ResNet:
+    return _resnet(Bottleneck, (3, 4, 23, 3), se_ratio=1 / 16, **kw)

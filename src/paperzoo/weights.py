@@ -1,0 +1,134 @@
+"""Loading weights: our own checkpoints and the state dicts of torchvision / timm models.
+
+``load_weights(model, path, source=...)`` reads a ``.safetensors`` file or a ``.pth``/``.pt`` state dict (with
+``torch.load(weights_only=True)``: a file is never unpickled into arbitrary objects), converts its keys with the
+converter registered for the model's family and ``source``, and loads it **strictly**: any missing or
+unexpected key, or a shape that differs, raises a ``WeightLoadError`` that names them.
+
+Each family registers its converters next to its architecture (``@register_converter("resnet", "timm")``);
+a converter maps the source's key names (and, where needed, resizes position tables) to ours. The mapping
+tables are documented in ``docs/weights.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+__all__ = ["WeightLoadError", "register_converter", "read_state_dict", "convert_state_dict", "load_weights",
+           "SOURCES"]
+
+StateDict = dict[str, Tensor]
+Converter = Callable[[StateDict, nn.Module], StateDict]
+
+SOURCES = ("paperzoo", "torchvision", "timm")
+_CONVERTERS: dict[tuple[str, str], Converter] = {}
+
+
+class WeightLoadError(RuntimeError):
+    """A checkpoint that does not fit the model (missing/unexpected keys, wrong shapes) or cannot be read."""
+
+
+def register_converter(family: str, source: str) -> Callable[[Converter], Converter]:
+    """Register ``fn(state_dict, model) -> state_dict`` mapping ``source`` keys to ``family``'s keys."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+
+    def wrap(fn: Converter) -> Converter:
+        _CONVERTERS[(family, source)] = fn
+        return fn
+
+    return wrap
+
+
+def read_state_dict(path: str | os.PathLike) -> StateDict:
+    """Read tensors from ``.safetensors`` or a torch state dict file (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or holding pickled objects we refuse to load
+        raise WeightLoadError(f"could not read weights from {path}: {type(e).__name__}: {e}") from e
+    # common wrappers: {"state_dict": ...}, {"model": ...}, {"model_ema": ...}
+    for wrapper in ("state_dict", "model", "model_ema"):
+        if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
+            sd = sd[wrapper]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise WeightLoadError(f"{path} does not hold a state dict of tensors")
+    # DataParallel / DDP / torch.compile prefixes
+    for prefix in ("module.", "_orig_mod."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _family_of(model: nn.Module) -> str:
+    family = getattr(model, "model_family", None)
+    if not family:
+        raise WeightLoadError(
+            f"{type(model).__name__} has no model_family; build it with paperzoo.create_model(...)"
+        )
+    return family
+
+
+def convert_state_dict(model: nn.Module, sd: StateDict, source: str) -> StateDict:
+    """Map ``sd`` from ``source``'s key layout to ``model``'s."""
+    if source == "paperzoo":
+        return dict(sd)
+    family = _family_of(model)
+    try:
+        fn = _CONVERTERS[(family, source)]
+    except KeyError:
+        have = sorted(s for f, s in _CONVERTERS if f == family)
+        raise WeightLoadError(
+            f"no {source} key mapping for family {family!r}"
+            + (f"; available sources: {', '.join(have)}" if have else "")
+        ) from None
+    return fn(dict(sd), model)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "paperzoo", strict: bool = True) -> nn.Module:
+    """Load ``path`` into ``model`` (in place) and return it.
+
+    Args:
+        source: key layout of the file: ``"paperzoo"``, ``"torchvision"`` or ``"timm"``.
+        strict: raise on missing/unexpected keys (shape mismatches always raise).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    sd = convert_state_dict(model, read_state_dict(path), source)
+    load_state_dict_checked(model, sd, strict=strict, what=f"{path} (source={source})")
+    return model
+
+
+def load_state_dict_checked(model: nn.Module, sd: StateDict, strict: bool = True, what: str = "state dict") -> None:
+    """``model.load_state_dict`` with one readable error listing every problem."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    problems = []
+    if shapes:
+        problems.append("shape mismatches:\n  " + "\n  ".join(shapes))
+    if strict and missing:
+        problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+    if strict and unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:20])
+                        + (" ..." if len(unexpected) > 20 else ""))
+    if problems:
+        name = getattr(model, "model_name", "") or type(model).__name__
+        raise WeightLoadError(f"cannot load {what} into {name}:\n" + "\n".join(problems))
+    model.load_state_dict(sd, strict=strict)

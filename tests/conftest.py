@@ -1,0 +1,21 @@
+import os
+
+import pytest
+import torch
+
+# Keep the suite reproducible and light on this 2-core machine.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def fmnist_dir():
+    if not os.path.exists(os.path.join(FMNIST_DIR, "train-images-idx3-ubyte.gz")):
+        pytest.skip("Debian package dataset-fashion-mnist is not installed (make data)")
+    return FMNIST_DIR
