@@ -1,4 +1,6 @@
-"""Scaled dot-product and multi-head attention (Vaswani et al., "Attention Is All You Need", arXiv:1706.03762).
+"""Scaled dot-product and multi-head attention.
+
+Vaswani et al., "Attention Is All You Need", arXiv:1706.03762.
 
     Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V                                  (Sec. 3.2.1, Eq. 1)
     MultiHead(Q, K, V) = Concat(head_1, ..., head_h) Wᴼ,
@@ -44,32 +46,41 @@ def merge_masks(
     k_len: int,
     dtype: torch.dtype,
     device: torch.device,
+    *,
+    batch_size: int | None = None,
+    num_heads: int | None = None,
 ) -> Tensor | None:
     """Combine an attention mask, a key-padding mask and causality into one mask broadcastable to
-    (B, heads, L, S): boolean if every part is boolean, else additive float. Shapes are checked here so a
-    wrong mask fails with a message, not deep inside a kernel."""
+    (B, heads, L, S): boolean if every part is boolean, else additive float.
+
+    ``attn_mask`` may be (L, S), (B, L, S), (B*heads, L, S) (as ``nn.MultiheadAttention`` takes it; needs
+    ``num_heads`` to be told apart) or (B or 1, heads or 1, L, S). Shapes are checked here, against
+    ``batch_size`` / ``num_heads`` when given, so a wrong mask fails with a message naming the expected
+    shape, not deep inside a kernel.
+    """
     parts: list[Tensor] = []
     if attn_mask is not None:
-        if attn_mask.shape[-2:] != (q_len, k_len) or attn_mask.dim() not in (2, 3, 4):
-            raise ValueError(
-                f"attn_mask has shape {tuple(attn_mask.shape)}; expected (L, S), (B or B*heads, L, S) or "
-                f"(B, heads, L, S) with L={q_len}, S={k_len}"
-            )
+        attn_mask = _normalize_attn_mask(attn_mask, q_len, k_len, batch_size, num_heads)
         parts.append(attn_mask)
     if key_padding_mask is not None:
-        if key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != k_len:
+        if key_padding_mask.dim() != 2 or key_padding_mask.shape[1] != k_len or (
+            batch_size is not None and key_padding_mask.shape[0] != batch_size
+        ):
             raise ValueError(
-                f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected (B, S) with S={k_len}"
+                f"key_padding_mask has shape {tuple(key_padding_mask.shape)}; expected (B, S) with "
+                f"B={'any' if batch_size is None else batch_size}, S={k_len}"
             )
         kpm = key_padding_mask
         if kpm.dtype == torch.bool:
-            parts.append(~kpm[:, None, None, :])  # (B, 1, 1, S): True = may attend
+            parts.append(~kpm[:, None, None, :])  # (B, S) -> (B, 1, 1, S): True = may attend
         else:
-            parts.append(kpm[:, None, None, :].to(dtype))
+            parts.append(kpm[:, None, None, :].to(dtype))  # (B, S) -> (B, 1, 1, S), added to the scores
     if is_causal:
         parts.append(_causal_mask(q_len, k_len, device))
     if not parts:
         return None
+    if len(parts) == 1:
+        return parts[0]
     if all(p.dtype == torch.bool for p in parts):
         mask = parts[0]
         for p in parts[1:]:
@@ -80,6 +91,31 @@ def merge_masks(
         if p.dtype == torch.bool:
             p = torch.zeros(p.shape, dtype=dtype, device=device).masked_fill(~p, float("-inf"))
         mask = mask + p.to(dtype)
+    return mask
+
+
+def _normalize_attn_mask(mask: Tensor, q_len: int, k_len: int, batch_size: int | None,
+                         num_heads: int | None) -> Tensor:
+    """Return ``mask`` as (L, S) or (B or 1, heads or 1, L, S); raise a ValueError naming the shapes."""
+    b = "B" if batch_size is None else f"B={batch_size}"
+    h = "heads" if num_heads is None else f"heads={num_heads}"
+    expected = (f"expected (L, S), (B, L, S), (B*heads, L, S) or (B, heads, L, S) with L={q_len}, S={k_len}, "
+                f"{b}, {h}")
+    if mask.dim() not in (2, 3, 4) or tuple(mask.shape[-2:]) != (q_len, k_len):
+        raise ValueError(f"attn_mask has shape {tuple(mask.shape)}; {expected}")
+    if mask.dim() == 3:
+        n = mask.shape[0]
+        if num_heads is not None and batch_size is not None and n == batch_size * num_heads and num_heads > 1:
+            mask = mask.view(batch_size, num_heads, q_len, k_len)  # (B*heads, L, S) -> (B, heads, L, S)
+        elif batch_size is None or n in (1, batch_size):
+            mask = mask[:, None]  # (B, L, S) -> (B, 1, L, S): one mask per sample, shared by the heads
+        else:
+            raise ValueError(f"attn_mask has shape {tuple(mask.shape)}; {expected}")
+    elif mask.dim() == 4:
+        ok_b = batch_size is None or mask.shape[0] in (1, batch_size)
+        ok_h = num_heads is None or mask.shape[1] in (1, num_heads)
+        if not (ok_b and ok_h):
+            raise ValueError(f"attn_mask has shape {tuple(mask.shape)}; {expected}")
     return mask
 
 
@@ -121,12 +157,13 @@ def scaled_dot_product_attention(
     """Eq. 1 through the fused kernel, or the explicit path when the weights are wanted."""
     if need_weights:
         return attention_explicit(q, k, v, attn_mask, dropout_p, is_causal, scale)
-    if is_causal and q.shape[-2] != k.shape[-2]:
-        # SDPA aligns its causal mask top-left; with a KV cache the queries are the last positions.
+    if is_causal and (attn_mask is not None or q.shape[-2] != k.shape[-2]):
+        # SDPA refuses a mask together with is_causal, and aligns its causal mask top-left while with a
+        # KV cache the queries are the *last* positions: fold causality into the mask instead.
         attn_mask = merge_masks(attn_mask, None, True, q.shape[-2], k.shape[-2], q.dtype, q.device)
         is_causal = False
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                                         scale=scale)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                         is_causal=is_causal, scale=scale)
     return out, None
 
 
@@ -197,23 +234,22 @@ class MultiHeadAttention(nn.Module):
         """
         if query.dim() != 3 or query.shape[-1] != self.embed_dim:
             raise ValueError(f"query must be (B, L, {self.embed_dim}), got {tuple(query.shape)}")
+        b, e = query.shape[0], self.embed_dim
+        for name, t in (("key", key), ("value", value)):
+            if t is not None and (t.dim() != 3 or t.shape[0] != b or t.shape[-1] != e):
+                raise ValueError(f"{name} must be (B={b}, S, {e}), got {tuple(t.shape)}")
+        if key is not None and value is not None and key.shape[1] != value.shape[1]:
+            raise ValueError(f"key and value lengths differ: {key.shape[1]} vs {value.shape[1]}")
         q, k, v = self.project_qkv(query, key, value)
         if past_kv is not None:
             k = torch.cat([past_kv[0], k], dim=2)  # (B, heads, S_past + L, d)
             v = torch.cat([past_kv[1], v], dim=2)
         b, _, q_len, _ = q.shape
         k_len = k.shape[2]
-        if attn_mask is not None and attn_mask.dim() == 3:
-            if attn_mask.shape[0] == b * self.num_heads:  # (B*heads, L, S), as nn.MultiheadAttention takes it
-                attn_mask = attn_mask.view(b, self.num_heads, *attn_mask.shape[1:])
-            elif attn_mask.shape[0] == b:  # (B, L, S): one mask per sample, shared by the heads
-                attn_mask = attn_mask[:, None]
-            else:
-                raise ValueError(f"attn_mask has shape {tuple(attn_mask.shape)}; a 3-D mask must be "
-                                 f"(B*heads={b * self.num_heads}, L, S) or (B={b}, L, S)")
         if attn_mask is not None or key_padding_mask is not None:
-            # SDPA refuses a mask together with is_causal: fold causality into the mask
-            mask = merge_masks(attn_mask, key_padding_mask, is_causal, q_len, k_len, q.dtype, q.device)
+            # one mask for SDPA; causality is folded in because SDPA refuses a mask together with is_causal
+            mask = merge_masks(attn_mask, key_padding_mask, is_causal, q_len, k_len, q.dtype, q.device,
+                               batch_size=b, num_heads=self.num_heads)
             is_causal = False
         else:
             mask = None
@@ -231,6 +267,11 @@ class MultiHeadAttention(nn.Module):
         """Copy the weights of a ``nn.MultiheadAttention`` with the same sizes (packed in-projection)."""
         if mha.in_proj_weight is None:
             raise ValueError("nn.MultiheadAttention with separate q/k/v weights (kdim/vdim) is not supported")
+        if mha.embed_dim != self.embed_dim or mha.num_heads != self.num_heads:
+            raise ValueError(f"size mismatch: nn.MultiheadAttention(embed_dim={mha.embed_dim}, "
+                             f"num_heads={mha.num_heads}) vs ours ({self.embed_dim}, {self.num_heads})")
+        if (mha.in_proj_bias is None) != (self.in_proj.bias is None):
+            raise ValueError("bias mismatch: build both with the same bias=")
         with torch.no_grad():
             self.in_proj.weight.copy_(mha.in_proj_weight)
             if self.in_proj.bias is not None:

@@ -1,0 +1,181 @@
+"""Attention core: the explicit Eq. 1 and the fused SDPA path agree (masks included); MultiHeadAttention
+equals ``nn.MultiheadAttention(batch_first=True)`` on copied weights (outputs and attention weights, self
+and cross); the KV cache reproduces full causal attention; wrong mask shapes raise clear errors."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from paperzoo.layers import MultiHeadAttention, attention_explicit, merge_masks, scaled_dot_product_attention
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _qkv(b=2, h=3, l=5, s=7, d=8):
+    return torch.randn(b, h, l, d), torch.randn(b, h, s, d), torch.randn(b, h, s, d)
+
+
+def _random_bool_mask(*shape):
+    m = torch.rand(*shape) > 0.4
+    m[..., 0] = True  # every query sees at least one key (a fully blocked row is NaN on both paths)
+    return m
+
+
+@pytest.mark.parametrize("l,s", [(5, 5), (4, 9), (1, 6)])
+@pytest.mark.parametrize("kind", ["none", "bool2d", "bool4d", "float", "causal", "bool+causal"])
+def test_explicit_and_fused_agree(kind, l, s):
+    q, k, v = _qkv(l=l, s=s)
+    mask, causal = None, False
+    if kind == "bool2d":
+        mask = _random_bool_mask(l, s)
+    elif kind == "bool4d":
+        mask = _random_bool_mask(2, 3, l, s)
+    elif kind == "float":
+        mask = torch.randn(2, 1, l, s)
+    elif kind == "causal":
+        causal = True
+    elif kind == "bool+causal":
+        mask, causal = _random_bool_mask(l, s), True
+        mask[..., -1] = True  # the newest key is always visible, so no row is fully blocked
+    ref, w = attention_explicit(q, k, v, mask, is_causal=causal)
+    out, none = scaled_dot_product_attention(q, k, v, mask, is_causal=causal)
+    assert none is None
+    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 3, l))
+    if causal:  # queries are the last l of s positions: query i sees keys j <= s - l + i
+        blocked = torch.ones(l, s, dtype=torch.bool).triu(s - l + 1)
+        assert (w[..., blocked] == 0).all()
+
+
+def test_explicit_and_fused_gradients_agree():
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    mask = _random_bool_mask(5, 7)
+    attention_explicit(q, k, v, mask)[0].square().sum().backward()
+    ref = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    scaled_dot_product_attention(q, k, v, mask)[0].square().sum().backward()
+    for a, b in zip(ref, (q.grad, k.grad, v.grad)):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def _pair(e, h, bias=True):
+    ref = nn.MultiheadAttention(e, h, bias=bias, batch_first=True)
+    ours = MultiHeadAttention(e, h, bias=bias)
+    ours.load_from_torch(ref)
+    return ours.eval(), ref.eval()
+
+
+SHAPES = [(2, 5, 5, 16, 4), (3, 4, 9, 32, 8), (1, 1, 6, 8, 1)]  # (B, L, S, d_model, heads)
+
+
+@pytest.mark.parametrize("b,l,s,e,h", SHAPES)
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("masks", ["none", "padding", "bool2d", "bool3d_heads", "float2d", "causal",
+                                   "padding+bool"])
+def test_matches_nn_multihead_attention(b, l, s, e, h, cross, masks):
+    if not cross:
+        s = l
+    if masks == "causal" and cross:
+        pytest.skip("causal masks are for self-attention")
+    ours, ref = _pair(e, h)
+    x = torch.randn(b, l, e)
+    mem = torch.randn(b, s, e) if cross else x
+    kw_ours, kw_ref = {}, {}
+    if "padding" in masks:
+        pad = torch.zeros(b, s, dtype=torch.bool)
+        pad[0, -1] = s > 1  # True = padding in both conventions (never the only key: that row would be NaN)
+        kw_ours["key_padding_mask"] = kw_ref["key_padding_mask"] = pad
+    if "bool2d" in masks or "bool" in masks.split("+"):
+        allowed = _random_bool_mask(l, s)
+        kw_ours["attn_mask"], kw_ref["attn_mask"] = allowed, ~allowed  # ours True=allowed, nn True=blocked
+    if masks == "bool3d_heads":
+        allowed = _random_bool_mask(b * h, l, s)
+        kw_ours["attn_mask"], kw_ref["attn_mask"] = allowed, ~allowed
+    if masks == "float2d":
+        kw_ours["attn_mask"] = kw_ref["attn_mask"] = torch.randn(l, s)
+    if masks == "causal":
+        kw_ours["is_causal"] = True
+        kw_ref["attn_mask"] = torch.ones(l, l, dtype=torch.bool).triu(1)
+    with torch.no_grad():
+        out, w = ours(x, None if not cross else mem, need_weights=True, **kw_ours)
+        out_ref, w_ref = ref(x, mem, mem, need_weights=True, average_attn_weights=False, **kw_ref)
+        fast, _ = ours(x, None if not cross else mem, **kw_ours)  # the SDPA path
+    torch.testing.assert_close(out, out_ref, **TOL)
+    torch.testing.assert_close(w, w_ref, **TOL)  # (B, heads, L, S)
+    torch.testing.assert_close(fast, out_ref, **TOL)
+
+
+def test_cross_attention_with_distinct_key_and_value_matches_nn():
+    ours, ref = _pair(16, 2)
+    x, k, v = torch.randn(2, 3, 16), torch.randn(2, 6, 16), torch.randn(2, 6, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, k, v)[0], ref(x, k, v, need_weights=False)[0], **TOL)
+
+
+def test_no_bias_matches_nn():
+    ours, ref = _pair(8, 2, bias=False)
+    x = torch.randn(2, 4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], ref(x, x, x, need_weights=False)[0], **TOL)
+
+
+def test_kv_cache_reproduces_full_causal_attention():
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        full, _ = mha(x, is_causal=True)
+        out, _, cache = mha(x[:, :3], is_causal=True, use_cache=True)  # prompt of 3
+        steps = [out]
+        for t in range(3, 6):  # then one token at a time
+            o, _, cache = mha(x[:, t : t + 1], is_causal=True, past_kv=cache, use_cache=True)
+            steps.append(o)
+    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL)
+    assert cache[0].shape == (2, 4, 6, 4)  # (B, heads, S, d)
+
+
+def test_dropout_only_in_training():
+    mha = MultiHeadAttention(8, 2, dropout=0.5)
+    x = torch.randn(2, 5, 8)
+    mha.eval()
+    torch.testing.assert_close(mha(x)[0], mha(x)[0])
+    mha.train()
+    assert not torch.allclose(mha(x)[0], mha(x)[0])
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(attn_mask=torch.ones(4, 5, dtype=torch.bool)), r"attn_mask has shape \(4, 5\).*L=5, S=5"),
+    (dict(attn_mask=torch.ones(3, 5, 5, dtype=torch.bool)), r"attn_mask has shape \(3, 5, 5\).*B=2, heads=2"),
+    (dict(attn_mask=torch.ones(2, 3, 5, 5, dtype=torch.bool)), r"attn_mask has shape \(2, 3, 5, 5\)"),
+    (dict(attn_mask=torch.ones(5, dtype=torch.bool)), r"attn_mask has shape \(5,\)"),
+    (dict(key_padding_mask=torch.zeros(2, 4, dtype=torch.bool)), r"key_padding_mask has shape \(2, 4\).*S=5"),
+    (dict(key_padding_mask=torch.zeros(3, 5, dtype=torch.bool)), r"key_padding_mask has shape \(3, 5\).*B=2"),
+])
+def test_wrong_mask_shapes_raise_clear_errors(kw, match):
+    mha = MultiHeadAttention(8, 2)
+    with pytest.raises(ValueError, match=match):
+        mha(torch.randn(2, 5, 8), **kw)
+
+
+def test_wrong_input_shapes_raise_clear_errors():
+    mha = MultiHeadAttention(8, 2)
+    with pytest.raises(ValueError, match=r"query must be \(B, L, 8\)"):
+        mha(torch.randn(2, 5, 6))
+    with pytest.raises(ValueError, match=r"key must be \(B=2, S, 8\)"):
+        mha(torch.randn(2, 5, 8), torch.randn(3, 5, 8))
+    with pytest.raises(ValueError, match="not divisible"):
+        MultiHeadAttention(10, 3)
+    with pytest.raises(ValueError, match="size mismatch"):
+        MultiHeadAttention(8, 2).load_from_torch(nn.MultiheadAttention(8, 4, batch_first=True))
+
+
+def test_merge_masks_bool_and_float():
+    allowed = torch.tensor([[True, False, True], [True, True, False]])
+    pad = torch.tensor([[False, False, True]])
+    m = merge_masks(allowed, pad, False, 2, 3, torch.float32, torch.device("cpu"))
+    assert m.dtype == torch.bool and m.shape == (1, 1, 2, 3)
+    assert m[0, 0].tolist() == [[True, False, False], [True, True, False]]
+    f = merge_masks(torch.zeros(2, 3), pad, True, 2, 3, torch.float32, torch.device("cpu"))
+    assert f.dtype == torch.float32
+    # causal with S > L: query 0 sits at position 1, sees keys 0..1; key 2 is padding
+    assert torch.isinf(f[0, 0]).tolist() == [[False, False, True], [False, False, True]]
