@@ -1,0 +1,74 @@
+"""``paperzoo bench``: params, FLOPs, inference/training throughput, memory and utilization of models."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+from paperzoo.bench import BenchConfig, bench_model, matmul_gflops, plot_results, resolve_models
+from paperzoo.tables import FORMATS, render
+
+COLUMNS = ["name", "params", "input", "batch", "dtype", "gflops_per_img", "infer_img_s", "infer_gflop_s",
+           "util_infer_pct", "train_img_s", "train_gflop_s", "util_train_pct", "train_spread_pct", "train_mem_mb"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark models: params, FLOPs, img/s, GFLOP/s, memory",
+                       description="Time inference and a training step of registered image models. FLOPs are "
+                                   "multiply-adds x 2; training counts 3x forward. Utilization is achieved GFLOP/s "
+                                   "over the measured dense-matmul GFLOP/s of this machine at the same dtype.")
+    p.add_argument("models", nargs="+", help="model names or globs, e.g. resnet18 'mobilenet*'")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=None, help="input side (default: the model's, or 32 with --small-input)")
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--small-input", action="store_true", help="build the small-input (28x28/32x32) configuration")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--mode", default="infer,train", help="comma list of infer, train")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--output", help="also write the table to this file (format from --format)")
+    p.add_argument("--plot", help="write a throughput-vs-FLOPs/params PNG here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modes = tuple(m.strip() for m in args.mode.split(",") if m.strip())
+    if not set(modes) <= {"infer", "train"}:
+        raise ValueError(f"--mode takes infer and/or train, got {args.mode!r}")
+    cfg = BenchConfig(batch_size=args.batch, input_size=args.size, in_chans=args.in_chans,
+                      small_input=args.small_input, dtype=args.dtype, channels_last=args.channels_last,
+                      compile=args.compile, device=args.device, threads=args.threads, warmup=args.warmup,
+                      repeats=args.repeats, modes=modes)
+    names = resolve_models(args.models)
+    machine = matmul_gflops(args.dtype if args.dtype != "fp16" or args.device != "cpu" else "fp32", args.device)
+    header = (f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, device {args.device}; "
+              f"measured {args.dtype} matmul: {machine:,.0f} GFLOP/s")
+    print(header, file=sys.stderr)
+    results = []
+    for name in names:
+        r = bench_model(name, cfg, machine_gflops=machine)
+        results.append(r)
+        print(f"  {name}: train {r.train_img_s or 0:,.0f} img/s, infer {r.infer_img_s or 0:,.0f} img/s",
+              file=sys.stderr)
+    rows = [r.as_dict() for r in results]
+    cols = [c for c in COLUMNS if any(row.get(c) is not None for row in rows)]
+    text = render(rows, cols, args.format)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write((header + "\n\n" if args.format in ("md", "table") else "") + text + "\n")
+    if args.plot:
+        plot_results(results, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0

@@ -1,0 +1,60 @@
+"""`paperzoo models` (table, formats, --check) and `paperzoo bench` (metrics, formats, plot)."""
+
+import json
+
+import pytest
+
+from paperzoo.bench import BenchConfig, bench_model, matmul_gflops
+from paperzoo.cli import main
+
+
+def test_models_lists_resnet_with_params_and_gflops(capsys):
+    assert main(["models", "resnet*"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50" in out and "25,557,032" in out and "Deep Residual Learning" in out
+    assert "gflops" in out.splitlines()[0]
+
+
+def test_models_json_and_md_formats(capsys):
+    assert main(["models", "resnet18", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["name"] == "resnet18" and rows[0]["params"] == 11_689_512
+    # resnet18 at 224: 1.82 GMACs = 3.64 GFLOPs (multiply-adds x 2)
+    assert rows[0]["gflops"] == pytest.approx(3.64, rel=0.01)
+    assert main(["models", "resnet18", "--format", "md"]) == 0
+    assert capsys.readouterr().out.startswith("| name |")
+
+
+def test_models_check_passes_when_counts_match(capsys):
+    assert main(["models", "--check", "resnet*"]) == 0
+    assert "match their reference parameter count" in capsys.readouterr().out
+
+
+def test_models_unknown_pattern_is_a_clear_error(capsys):
+    assert main(["models", "resnt18"]) == 2
+    assert "did you mean: resnet18" in capsys.readouterr().err
+
+
+def test_bench_model_reports_consistent_throughput_and_flops():
+    cfg = BenchConfig(batch_size=4, small_input=True, warmup=1, repeats=2, num_classes=10)
+    r = bench_model("resnet18", cfg, machine_gflops=100.0)
+    assert r.params == 11_173_962  # 10 classes
+    assert r.infer_img_s > 0 and r.train_img_s > 0
+    assert r.infer_gflop_s == pytest.approx(r.gflops_per_img * r.infer_img_s)
+    assert r.train_gflop_s == pytest.approx(3 * r.gflops_per_img * r.train_img_s)
+    assert r.util_train_pct == pytest.approx(r.train_gflop_s)
+    weights = 11_173_962 * 4 / 2**20
+    assert r.train_mem_mb > 3 * weights  # weights + grads + momentum + saved activations
+
+
+def test_matmul_gflops_is_positive():
+    assert matmul_gflops("fp32", n=256, repeats=2) > 0
+
+
+def test_bench_cli_writes_csv_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "b.csv", tmp_path / "b.png"
+    rc = main(["bench", "resnet18", "--small-input", "--size", "16", "--batch", "2", "--warmup", "0",
+               "--repeats", "1", "--format", "csv", "--output", str(out), "--plot", str(png)])
+    assert rc == 0
+    assert out.read_text().splitlines()[0].startswith("name,params")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
