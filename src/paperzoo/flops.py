@@ -58,7 +58,8 @@ def flop_counter() -> FlopCounterMode:
 
 
 @torch.no_grad()
-def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224), inputs: torch.Tensor | None = None) -> int:
+def count_flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 224, 224),
+                inputs: torch.Tensor | None = None) -> int:
     """FLOPs (multiply-adds x 2) of one forward pass of ``model`` in eval mode on a batch of ``input_size``."""
     was_training = model.training
     model.eval()

@@ -124,7 +124,8 @@ def load_state_dict_checked(model: nn.Module, sd: StateDict, strict: bool = True
     if shapes:
         problems.append("shape mismatches:\n  " + "\n  ".join(shapes))
     if strict and missing:
-        problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+        more = " ..." if len(missing) > 20 else ""
+        problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:20]) + more)
     if strict and unexpected:
         problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:20])
                         + (" ..." if len(unexpected) > 20 else ""))

@@ -6,7 +6,6 @@ scaled by 1 / (1 - p), so the expected output is unchanged and evaluation needs 
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 

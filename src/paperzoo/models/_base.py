@@ -7,7 +7,6 @@ image too small for the network raises a clear ``ValueError`` instead of a shape
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 
