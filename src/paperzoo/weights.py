@@ -85,8 +85,9 @@ def _family_of(model: nn.Module) -> str:
 
 def convert_state_dict(model: nn.Module, sd: StateDict, source: str) -> StateDict:
     """Map ``sd`` from ``source``'s key layout to ``model``'s."""
-    if source == "paperzoo":
-        return dict(sd)
+    if source == "paperzoo":  # our own layout; a family may still adapt it (e.g. resize position tables)
+        fn = _CONVERTERS.get((getattr(model, "model_family", ""), "paperzoo"))
+        return fn(dict(sd), model) if fn else dict(sd)
     family = _family_of(model)
     try:
         fn = _CONVERTERS[(family, source)]
