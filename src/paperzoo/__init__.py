@@ -23,4 +23,26 @@ __all__ = [
     "list_models",
     "load_weights",
     "register_model",
+    "train",
+    "evaluate",
+    "ensemble",
+    "average_checkpoints",
+    "predict",
 ]
+
+# The training API is imported on first use, so ``import paperzoo`` stays fast. ``paperzoo.train`` is the
+# training package itself, made callable (see paperzoo/train/__init__.py): paperzoo.train(config) trains.
+_LAZY = {"evaluate": "evaluate", "ensemble": "ensemble", "average_checkpoints": "average_checkpoints",
+         "predict": "predict_files"}
+
+
+def __getattr__(name: str):
+    if name == "train":
+        import importlib
+
+        return importlib.import_module(".train", __name__)
+    if name in _LAZY:
+        from .train import evaluate as _evaluate
+
+        return getattr(_evaluate, _LAZY[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,64 @@
+"""``paperzoo eval RUN_OR_CKPT``: accuracy, top-5, macro-F1, per-class accuracy, confusion matrix (CSV + PNG)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from paperzoo.tables import render
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options shared by eval and ensemble."""
+    p.add_argument("--which", choices=("final", "best", "last"), default="final",
+                   help="for a run directory: final weights (default), best validation or newest checkpoint")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights (runs trained with train.ema=true)")
+    p.add_argument("--tta", default="", help="test-time augmentation: comma list of flip, shift")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--dataset", help="evaluate on another dataset than the checkpoint's")
+    p.add_argument("--data-dir", help="dataset directory (default: the one recorded in the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--limit", type=int, help="only the first N images (quick checks)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", help="report directory (default: <run or checkpoint>/eval-<options>)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def default_out(path: str, args: argparse.Namespace, prefix: str = "eval") -> Path:
+    p = Path(path)
+    base = p if p.is_dir() else p.parent
+    tag = "-".join([prefix, args.split] + (["ema"] if args.ema else []) + [t for t in args.tta.split(",") if t])
+    return base / tag
+
+
+def print_result(result, fmt: str) -> None:  # noqa: ANN001 - EvalResult
+    m = result.metrics
+    if fmt == "json":
+        print(json.dumps(m, indent=2))
+        return
+    print(render([result.summary()], ["n", "accuracy", "top5", "macro_f1", "nll"], "table"))
+    print()
+    print(render(m["per_class"], ["class", "accuracy", "precision", "f1", "support"], "table"))
+    if result.out_dir is not None:
+        print(f"\nreport: {result.out_dir} (metrics.json, per_class.csv, confusion.csv, confusion.png)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a run or checkpoint: accuracy, top-5, macro-F1, confusion matrix",
+                       description="Evaluate a run directory, checkpoint directory or .safetensors file on its "
+                                   "dataset's test split; writes metrics.json, per_class.csv, confusion.csv/png.")
+    p.add_argument("path", metavar="RUN_OR_CKPT")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from paperzoo.train.evaluate import evaluate
+
+    out = args.out or default_out(args.path, args)
+    result = evaluate(args.path, which=args.which, ema=args.ema, split=args.split, tta=args.tta,
+                      dataset=args.dataset, root=args.data_dir, batch_size=args.batch_size, device=args.device,
+                      limit=args.limit, out_dir=out)
+    print_result(result, args.format)
+    return 0

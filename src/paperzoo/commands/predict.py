@@ -1,0 +1,35 @@
+"""``paperzoo predict CKPT IMAGE...``: top-k classes with probabilities, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from paperzoo.tables import render
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify image files with a checkpoint (top-k with probabilities)",
+                       description="Images are converted to the model's channels and resized to its input size, "
+                                   "then normalised as in training.")
+    p.add_argument("path", metavar="CKPT", help="run directory, checkpoint directory or .safetensors")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--which", choices=("final", "best", "last"), default="final")
+    p.add_argument("--ema", action="store_true")
+    p.add_argument("--tta", default="", help="comma list of flip, shift")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from paperzoo.train.evaluate import predict_files
+
+    preds = predict_files(args.path, args.images, topk=args.topk, which=args.which, ema=args.ema, tta=args.tta)
+    if args.format == "json":
+        print(json.dumps(preds, indent=2))
+        return 0
+    rows = [{"image": p["image"], "rank": r + 1, "class": t["class"], "prob": round(t["prob"], 4)}
+            for p in preds for r, t in enumerate(p["top"])]
+    print(render(rows, ["image", "rank", "class", "prob"], "table"))
+    return 0

@@ -1,0 +1,272 @@
+"""Image classification as a :class:`paperzoo.train.trainer.Task`: data, loss, accuracy, evaluation.
+
+Small datasets (Fashion-MNIST, MNIST, CIFAR-10/100, the generated ``synthetic`` one) live in memory as uint8
+tensors and are batched, augmented and normalised on tensors by :class:`paperzoo.data.loader.TensorLoader`
+(order and augmentation are functions of (seed, epoch, batch), so training resumes exactly). ImageFolder
+datasets stream from disk through a ``DataLoader`` with workers, with a resumable seeded sampler.
+
+Validation: with ``data.val_fraction > 0`` a stratified part of the training set is held out and used to pick
+the best checkpoint; with 0 (the default) the test set is evaluated after each epoch for the learning curves
+and the "best" checkpoint is then chosen on it too: report the final weights, not the best, in that case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from paperzoo.data.datasets import ImageDataset, load_image_dataset
+
+from .config import Config
+from .distributed import DistInfo, all_reduce_sum
+
+__all__ = ["ImageClassificationTask", "load_split", "make_synthetic", "build_model_from_meta"]
+
+
+def make_synthetic(split: str, size: int, image_size: int = 16, num_classes: int = 4,
+                   in_chans: int = 1) -> ImageDataset:
+    """A small generated dataset: each class is a fixed random pattern plus per-image noise and shifts.
+
+    Deterministic (fixed seeds, independent of the training seed) and learnable within a few steps: used by
+    the tests and for timing the loop without real data.
+    """
+    g = torch.Generator().manual_seed(1234)
+    protos = torch.rand(num_classes, in_chans, image_size, image_size, generator=g)  # (K, C, H, W)
+    g.manual_seed(1 if split == "train" else 2)
+    labels = torch.randint(num_classes, (size,), generator=g)
+    noise = torch.randn(size, in_chans, image_size, image_size, generator=g) * 0.25
+    images = (protos[labels] + noise).clamp(0, 1).mul(255).round().to(torch.uint8)
+    mean, std = (0.5,) * in_chans, (0.3,) * in_chans
+    return ImageDataset(images, labels, [f"class{k}" for k in range(num_classes)], "synthetic", mean, std)
+
+
+def load_split(dataset: str, split: str, *, root: str | None = None, synthetic_size: int = 512,
+               image_size: int | None = None) -> ImageDataset:
+    """One in-memory split ("train" / "test") of a named dataset, including the generated one."""
+    if dataset == "synthetic":
+        return make_synthetic(split, synthetic_size, image_size or 16)
+    return load_image_dataset(dataset, split, root)
+
+
+def _take(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
+    """A seeded random subset of ``n`` images (all when ``n`` is None or larger than the set)."""
+    if n is None or n >= len(ds):
+        return ds
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return ds.subset(idx)
+
+
+class _StreamingLoader:
+    """ImageFolder batches through a ``DataLoader``, with TensorLoader's resumable interface.
+
+    Training (``shuffle=True``): the epoch's order is a permutation seeded by (seed, epoch), cut into global
+    batches of ``batch_size * world_size`` (the incomplete tail dropped), of which rank r takes every
+    world_size-th element; ``state_dict`` records the batches consumed so a resumed run skips exactly those.
+    Evaluation (``shuffle=False``): rank r reads images r, r + world_size, ... in order, each exactly once.
+    Augmentation runs on the collated batch with a generator seeded by (seed, epoch, batch index, rank).
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, *, seed: int, transform: Any, device: torch.device,
+                 num_workers: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = False) -> None:
+        self.dataset, self.batch_size, self.seed, self.transform = dataset, batch_size, seed, transform
+        self.device, self.num_workers, self.rank, self.world = device, num_workers, rank, world_size
+        self.shuffle, self.channels_last = shuffle, channels_last
+        self.epoch, self.batch_idx = 0, 0
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return len(self.dataset) // (self.batch_size * self.world)
+        return -(-len(range(self.rank, len(self.dataset), self.world)) // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.batch_idx = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch": self.batch_idx}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch_idx = state["epoch"], state["batch"]
+
+    def _order(self) -> Tensor:
+        if not self.shuffle:
+            return torch.arange(self.rank, len(self.dataset), self.world)
+        from paperzoo.data.loader import derive_seed
+
+        perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(derive_seed(self.seed,
+                                                                                                   self.epoch)))
+        global_b = self.batch_size * self.world
+        return perm[: len(self) * global_b].view(-1, global_b)[:, self.rank::self.world].flatten()  # (n_b * B,)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        from paperzoo.data.loader import derive_seed
+
+        start = self.batch_idx
+        order = self._order()[start * self.batch_size:].tolist()
+        dl = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=order,
+                                         num_workers=self.num_workers)
+        if hasattr(self.dataset, "set_epoch"):  # seeds random-resized crops (workers get a copy)
+            self.dataset.set_epoch(self.epoch)
+        for i, (x, y) in enumerate(dl, start):
+            x = x.to(self.device, non_blocking=True)
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, i, self.rank))
+            x, y = self.transform(x, y.to(self.device), g)
+            self.batch_idx = i + 1
+            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+        self.batch_idx = 0
+
+
+class ImageClassificationTask:
+    """Image classification on a registered model: cross-entropy family losses, accuracy, top-5."""
+
+    primary_metric = "val_acc"
+    higher_is_better = True
+
+    def __init__(self, cfg: Config, dist: DistInfo | None = None) -> None:
+        from paperzoo.data.loader import TensorLoader
+        from paperzoo.data.transforms import build_eval_transform, build_train_transform
+
+        from .losses import build_loss
+
+        self.cfg, self.dist = cfg, dist or DistInfo()
+        d, seed = cfg.data, cfg.train.seed
+        world, rank = self.dist.world_size, self.dist.rank
+        if d.batch_size % world:
+            raise ValueError(f"data.batch_size={d.batch_size} is not divisible by the {world} DDP processes")
+        self.streaming = d.dataset == "imagefolder"
+        if self.streaming:
+            from paperzoo.data.imagefolder import ImageFolderDataset
+
+            kw = dict(val_fraction=d.val_fraction or 0.1, seed=seed, in_chans=d.in_chans)
+            train = ImageFolderDataset(d.root, d.image_size or 224, "train", train_crop=d.train_crop, **kw)
+            val = ImageFolderDataset(d.root, d.image_size or 224, "val", **kw)
+            self.classes, self.mean, self.std = list(train.classes), tuple(train.mean), tuple(train.std)
+            self.input_shape = (d.in_chans, train.image_size, train.image_size)
+            self.dataset_name = "imagefolder"
+        else:
+            train = _take(load_split(d.dataset, "train", root=d.root, synthetic_size=d.synthetic_size,
+                                     image_size=d.image_size), d.train_subset, seed)
+            if d.val_fraction > 0:
+                train, val = train.split(d.val_fraction, seed)
+            else:
+                val = _take(load_split(d.dataset, "test", root=d.root, synthetic_size=d.synthetic_size,
+                                       image_size=d.image_size), d.test_subset, seed)
+            self.classes, self.mean, self.std = list(train.classes), tuple(train.mean), tuple(train.std)
+            self.input_shape = (train.in_chans, *train.image_size)
+            self.dataset_name = train.name
+        self.num_classes = len(self.classes)
+        train_tf = build_train_transform(cfg.aug, self.mean, self.std, self.num_classes,
+                                         label_smoothing=cfg.loss.smoothing)
+        self.eval_tf = build_eval_transform(self.mean, self.std)
+        per_rank = d.batch_size // world
+        cl = cfg.train.channels_last
+        if self.streaming:
+            self._train_loader: Any = _StreamingLoader(train, per_rank, seed=seed, transform=train_tf,
+                                                       device=self.dist.device, num_workers=d.num_workers,
+                                                       rank=rank, world_size=world, channels_last=cl)
+            self._val_loader: Any = _StreamingLoader(val, d.eval_batch_size, seed=seed, transform=self.eval_tf,
+                                                     device=self.dist.device, num_workers=d.num_workers,
+                                                     shuffle=False, rank=rank, world_size=world)
+        else:
+            self._train_loader = TensorLoader(train.images, train.labels, per_rank, shuffle=True, drop_last=True,
+                                              seed=seed, transform=train_tf, device=self.dist.device,
+                                              channels_last=cl, rank=rank, world_size=world)
+            # evaluation shards are strided slices, without the wrap-around padding of the train sharding,
+            # so the summed counts cover each validation image exactly once
+            self._val_loader = TensorLoader(val.images[rank::world], val.labels[rank::world], d.eval_batch_size,
+                                            shuffle=False, drop_last=False, transform=self.eval_tf,
+                                            device=self.dist.device, channels_last=cl)
+        self.val_size = len(val)
+        weights = torch.tensor(cfg.loss.class_weights) if cfg.loss.class_weights else None
+        if weights is not None and len(weights) != self.num_classes:
+            raise ValueError(f"loss.class_weights has {len(weights)} values but the dataset has "
+                             f"{self.num_classes} classes: {', '.join(self.classes)}")
+        self.loss_fn = build_loss(cfg.loss.name, smoothing=cfg.loss.smoothing, gamma=cfg.loss.gamma,
+                                  alpha=cfg.loss.alpha, class_weights=weights).to(self.dist.device)
+
+    # ---- Task protocol
+    @property
+    def train_loader(self) -> Any:
+        return self._train_loader
+
+    def model_args(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_chans": self.input_shape[0], **self.cfg.model.args}
+
+    def build_model(self) -> nn.Module:
+        from paperzoo.registry import create_model
+
+        model = create_model(self.cfg.model.name, **self.model_args())
+        if self.cfg.model.pretrained:
+            from paperzoo.weights import load_weights
+
+            load_weights(model, self.cfg.model.pretrained, self.cfg.model.pretrained_source)
+        return model
+
+    def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        x, y = batch
+        logits = model(x)  # (B, K)
+        loss = self.loss_fn(logits.float(), y)
+        hard = y.argmax(1) if y.dim() == 2 else y  # mixup/cutmix targets: the dominant class
+        correct = (logits.argmax(1) == hard).sum()
+        return loss, {"correct": correct, "count": torch.tensor(y.shape[0], device=y.device)}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module) -> tuple[Tensor, Tensor]:
+        """Logits and labels of this rank's share of the validation set."""
+        was_training = model.training
+        model.eval()
+        outs, labels = [], []
+        autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16,
+                                  enabled=self.cfg.train.precision == "bf16")
+        loader = self._val_loader
+        loader.set_epoch(0)
+        for x, y in loader:
+            with autocast:
+                outs.append(model(x).float())
+            labels.append(y)
+        model.train(was_training)
+        return torch.cat(outs), torch.cat(labels)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        logits, y = self.predict(model)
+        k = min(5, self.num_classes)
+        top5 = (logits.topk(k, dim=1).indices == y[:, None]).any(1)
+        sums = torch.stack([F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(1) == y).sum().float(),
+                            top5.sum().float(), torch.tensor(float(len(y)), device=y.device)]).double()
+        loss, correct, correct5, n = all_reduce_sum(sums, self.dist).tolist()
+        if n != self.val_size:  # a loader that pads or drops would make the accuracy wrong silently
+            raise RuntimeError(f"evaluated {n:.0f} images but the validation set has {self.val_size}")
+        return {"val_loss": loss / n, "val_acc": correct / n, "val_top5": correct5 / n}
+
+    def metadata(self) -> dict[str, Any]:
+        d = self.cfg.data
+        return {"task": "image_classification",
+                "model": {"name": self.cfg.model.name, "args": self.model_args()},
+                "classes": self.classes, "normalization": {"mean": list(self.mean), "std": list(self.std)},
+                "input_size": list(self.input_shape),
+                "dataset": {"name": self.dataset_name, "root": d.root, "image_size": d.image_size,
+                            "val_fraction": d.val_fraction, "seed": self.cfg.train.seed,
+                            "in_chans": self.input_shape[0],
+                            "synthetic_size": d.synthetic_size}}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._train_loader.load_state_dict(state["train_loader"])
+
+
+def build_model_from_meta(meta: dict[str, Any]) -> nn.Module:
+    """Rebuild the architecture a checkpoint was trained with (weights not loaded)."""
+    from paperzoo.registry import create_model
+
+    m = meta["model"]
+    return create_model(m["name"], **m["args"])
+

@@ -1,0 +1,336 @@
+"""Typed training configuration: dataclasses loaded from YAML, plus ``section.key=value`` overrides.
+
+A config file mirrors :class:`Config` section by section::
+
+    model: {name: resnet18, args: {small_input: true, width: 32}}
+    data: {dataset: fashion_mnist, batch_size: 128}
+    optim: {name: sgd, lr: 0.1, weight_decay: 5.0e-4}
+    train: {epochs: 10, precision: bf16}
+
+Every value is checked against the field's type when the config is built: an unknown section or key, a
+value of the wrong type or a choice outside a ``Literal`` raises :class:`ConfigError` (a ``ValueError``) that
+lists the valid keys or choices. Override values are parsed as YAML scalars/lists, so ``train.epochs=3``,
+``optim.betas=[0.9,0.95]`` and ``loss.class_weights=null`` all work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "AugConfig", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig",
+    "RunConfig", "SchedConfig", "TrainConfig", "apply_overrides", "config_from_dict", "config_to_dict",
+    "find_recipe", "load_config", "save_config",
+]
+
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: unknown key, wrong type or a value outside the valid choices."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"
+    #: overrides of the family's config dataclass, passed to ``create_model`` (e.g. ``small_input: true``).
+    args: dict[str, Any] = field(default_factory=dict)
+    #: optional weights to start from (a ``.safetensors``/``.pth`` file) and their key layout.
+    pretrained: str | None = None
+    pretrained_source: Literal["paperzoo", "torchvision", "timm"] = "paperzoo"
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic"] = "fashion_mnist"
+    #: dataset directory; ``None`` = the Debian location for Fashion-MNIST (required for the others).
+    root: str | None = None
+    batch_size: int = 128  # global batch (split over DDP ranks), per optimizer micro-step
+    eval_batch_size: int = 512
+    #: fraction of the training set held out for validation (model selection). 0 = monitor on the test set.
+    val_fraction: float = 0.0
+    #: use only the first N (shuffled with the seed) training / test images: quick experiments and tests.
+    train_subset: int | None = None
+    test_subset: int | None = None
+    image_size: int | None = None  # ImageFolder resize target (tensor datasets keep their native size)
+    in_chans: Literal[1, 3] = 3  # ImageFolder: decode as RGB (3) or grayscale (1)
+    train_crop: Literal["center", "random_resized"] = "center"  # ImageFolder training crop
+    num_workers: int = 2  # ImageFolder DataLoader workers
+    synthetic_size: int = 512  # images per split of the generated ``synthetic`` dataset
+
+
+@dataclass
+class AugConfig:
+    """Batched tensor augmentation (see :mod:`paperzoo.data.transforms`)."""
+
+    crop_padding: int = 0  # random crop after zero padding by this many pixels; 0 = off
+    hflip: float = 0.0  # horizontal-flip probability
+    random_erasing: float = 0.0  # probability of erasing one rectangle per image
+    erasing_scale: tuple[float, float] = (0.02, 0.33)
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0  # probability of applying mixup/cutmix to a batch
+    switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
+
+
+@dataclass
+class LossConfig:
+    name: Literal["ce", "label_smoothing", "focal"] = "ce"
+    smoothing: float = 0.0  # epsilon of Inception-v3's label smoothing (also used with mixup targets)
+    gamma: float = 2.0  # focal loss
+    alpha: float | None = None
+    class_weights: list[float] | None = None
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class SchedConfig:
+    name: Literal["cosine", "step", "multistep", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    step_epochs: float | None = None  # "step": decay every this many epochs
+    milestones: list[float] = field(default_factory=list)  # "multistep": epochs at which to decay
+    gamma: float = 0.1
+    pct_start: float = 0.3  # "onecycle": fraction of steps spent warming up
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when smaller)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_clip: float | None = None  # max global grad norm
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 autocast (CPU/GPU); fp16 + GradScaler (GPU)
+    ema: bool = False
+    ema_decay: float = 0.9998
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None  # torch intra-op threads (None = torch's default)
+    sync_bn: bool = False  # DDP only: convert BatchNorm to SyncBatchNorm (GPU)
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    checkpoint_every: int | None = None  # optimizer steps between checkpoints (always at epoch ends)
+    keep_last: int = 2  # resumable checkpoints kept (the best weights are kept separately)
+    log_every: int = 50  # optimizer steps between log lines / metric records
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs"
+    name: str | None = None  # run directory name; None = "<model>-<dataset>-<time>"
+    progress: Literal["auto", "bar", "lines", "off"] = "auto"
+    tensorboard: bool = True
+    plots: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` coerced to type ``tp`` (int -> float, list -> tuple) or raise ``ConfigError``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _check_value(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: invalid value {value!r}; valid choices: {', '.join(map(str, args))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({value!r})")
+            return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")  # pragma: no cover - programming error
+
+
+def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown key {where}{key!r}{hint}; valid keys: {', '.join(valid)}")
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown(key, names, where)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{where}{key}.")
+        else:
+            kwargs[key] = _check_value(value, tp, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (missing keys take their defaults)."""
+    cfg = _build(Config, data or {}, "")
+    _check_semantics(cfg)
+    return cfg
+
+
+def _check_semantics(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    positive = {"data.batch_size": cfg.data.batch_size, "data.eval_batch_size": cfg.data.eval_batch_size,
+                "train.epochs": cfg.train.epochs, "train.grad_accum": cfg.train.grad_accum,
+                "train.keep_last": cfg.train.keep_last, "train.log_every": cfg.train.log_every,
+                "train.eval_every": cfg.train.eval_every}
+    for k, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{k}: must be >= 1, got {v}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
+    if cfg.data.dataset == "imagefolder" and cfg.data.root is None:
+        raise ConfigError("data.root: dataset 'imagefolder' needs data.root (one sub-directory per class)")
+    if cfg.sched.name == "step" and not cfg.sched.step_epochs:
+        raise ConfigError("sched.step_epochs: the 'step' schedule needs step_epochs > 0")
+    if cfg.sched.name == "multistep" and not cfg.sched.milestones:
+        raise ConfigError("sched.milestones: the 'multistep' schedule needs a list of epochs")
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dicts (tuples as lists) suitable for YAML/JSON."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings to nested dicts (values parsed as YAML). Returns ``data``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=0.1)")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        if len(keys) < 2:
+            sections = [f.name for f in dataclasses.fields(Config)]
+            raise ConfigError(f"override {item!r}: name a section and a key, e.g. optim.lr=0.1; "
+                              f"sections: {', '.join(sections)}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (or start from defaults), apply overrides and validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    return config_from_dict(apply_overrides(data, list(overrides or [])))
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically: it is read back by ``--resume``)."""
+    from .checkpoint import atomic_write_bytes
+
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    atomic_write_bytes(Path(path), text.encode())
+
+
+def find_recipe(name: str | os.PathLike) -> Path:
+    """A config path, or the name of a recipe in ``configs/`` (``fashion_mnist_default`` or with ``.yaml``).
+
+    Recipes are looked up in ``./configs`` and in the ``configs/`` directory of the paperzoo checkout.
+    """
+    p = Path(name)
+    if p.is_file():
+        return p
+    stem = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
+    dirs = list(dict.fromkeys([Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"]))
+    for d in dirs:
+        if (d / stem).is_file():
+            return d / stem
+    known = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.yaml")})
+    raise FileNotFoundError(f"config {str(name)!r} not found (looked for the file and for {stem} in "
+                            f"{', '.join(str(d) for d in dirs)}); recipes: {', '.join(known) or 'none'}")
