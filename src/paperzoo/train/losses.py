@@ -79,6 +79,7 @@ class SoftTargetCrossEntropy(_WeightedLoss):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         _check(logits, target)
         if target.ndim == 1:
+            logits = logits.float()
             return F.cross_entropy(logits, target, weight=self._class_weight(logits), reduction=self.reduction)
         logp = F.log_softmax(logits.float(), dim=-1)
         w = self._class_weight(logp)
