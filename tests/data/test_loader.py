@@ -133,3 +133,16 @@ def test_float_images_are_used_as_is():
     x = torch.randn(10, 1, 4, 4)
     loader = TensorLoader(x, torch.zeros(10, dtype=torch.long), 10, shuffle=False)
     assert torch.equal(next(iter(loader))[0], x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_equal_cpu_batches():
+    images, labels = data(k=7)
+    tf = build_train_transform({"crop_padding": 2, "hflip": 0.5, "random_erasing": 0.5, "mixup_alpha": 0.3,
+                                "cutmix_alpha": 1.0}, (0.5,), (0.3,), 7)
+    cpu = TensorLoader(images, labels, 16, seed=2, transform=tf)
+    gpu = TensorLoader(images, labels, 16, seed=2, transform=tf, device="cuda")
+    for (x, y), (gx, gy) in zip(cpu, gpu):  # all randomness is drawn on the CPU generator
+        assert gx.device.type == "cuda"
+        torch.testing.assert_close(gx.cpu(), x)
+        torch.testing.assert_close(gy.cpu(), y)
