@@ -1,6 +1,6 @@
 """TensorLoader: coverage, seeded order, exact mid-epoch resume, DDP sharding, output format.
 
-Run: python -m pytest -q tests/data/test_loader.py
+Run: python -m pytest -q tests/data/test_tensor_loader.py
 """
 
 import pytest

@@ -1,6 +1,6 @@
 """Batched augmentation: each transform against a per-image reference, reproducibility from the generator.
 
-Run: python -m pytest -q tests/data/test_transforms.py
+Run: python -m pytest -q tests/data/test_batch_transforms.py
 """
 
 import math
