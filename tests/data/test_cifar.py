@@ -89,6 +89,8 @@ def test_cifar10_binary(tmp_path):
     assert train.classes[1] == "automobile" and len(train.mean) == 3
     _check(load_image_dataset("cifar10", "test", root=str(tmp_path / "cifar-10-batches-bin")),
            [ref["test_batch.bin"]], 10)
+    os.rename(tmp_path / "cifar-10-batches-bin", tmp_path / "my_c10")  # the folder itself, under any name
+    _check(load_image_dataset("cifar10", "test", root=str(tmp_path / "my_c10")), [ref["test_batch.bin"]], 10)
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])

@@ -160,10 +160,8 @@ def cifar_sources(root: str, name: str) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for version in ("binary", "python"):
         dirname, archive = _LAYOUTS[(name, version)]
-        first_member = _FILES[(name, version)]["test"][0]
-        if os.path.isfile(os.path.join(root, first_member)) and os.path.basename(os.path.normpath(root)) in (
-            dirname, name, name.replace("cifar", "cifar-"),
-        ):
+        members = [m for split in ("train", "test") for m in _FILES[(name, version)][split]]
+        if all(os.path.isfile(os.path.join(root, m)) for m in members):  # root is the extracted folder
             out.append((version, _DirSource(root)))
         if os.path.isdir(os.path.join(root, dirname)):
             out.append((version, _DirSource(os.path.join(root, dirname))))
