@@ -15,6 +15,11 @@ Deviations from the paper (all as in torchvision / timm, whose weights load here
 * Optional stochastic depth (``drop_path_rate``) and zero-initialised last BN of each block
   (``zero_init_residual``, Goyal et al. arXiv:1706.02677) for training from scratch.
 * SE reduction ratio r = 16 (SENet Sec. 6.1), FC layers as 1x1 convs with bias.
+
+The CIFAR-10 networks of Sec. 4.2 (ResNet-20/32/44/56/110: 6n+2 layers, three stages of n basic blocks with
+16, 32, 64 filters on 32x32 maps, global pool, FC) are registered too, with the paper's parameter-free
+option-A shortcuts (strided identity, zero-padded channels). They are what "small_input" means for ResNets at
+paper scale, and cheap enough to train on a CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..layers import DropPath, SqueezeExcite, drop_path_rates
@@ -39,7 +45,7 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, se_ratio: float | None = None,
-                 drop_path: float = 0.0) -> None:
+                 drop_path: float = 0.0, zero_pad_shortcut: bool = False) -> None:
         super().__init__()
         out_chs = planes * self.expansion
         self.conv1 = nn.Conv2d(in_chs, planes, 3, stride, 1, bias=False)
@@ -48,7 +54,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.se = SqueezeExcite(out_chs, rd_ratio=se_ratio) if se_ratio else None
-        self.downsample = _shortcut(in_chs, out_chs, stride)
+        self.downsample = _shortcut(in_chs, out_chs, stride, zero_pad_shortcut)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -69,7 +75,7 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, se_ratio: float | None = None,
-                 drop_path: float = 0.0) -> None:
+                 drop_path: float = 0.0, zero_pad_shortcut: bool = False) -> None:
         super().__init__()
         out_chs = planes * self.expansion
         self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
@@ -80,7 +86,7 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.relu = nn.ReLU(inplace=True)
         self.se = SqueezeExcite(out_chs, rd_ratio=se_ratio) if se_ratio else None
-        self.downsample = _shortcut(in_chs, out_chs, stride)
+        self.downsample = _shortcut(in_chs, out_chs, stride, zero_pad_shortcut)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -96,10 +102,24 @@ class Bottleneck(nn.Module):
         return self.relu(self.drop_path(out) + shortcut)
 
 
-def _shortcut(in_chs: int, out_chs: int, stride: int) -> nn.Sequential | None:
-    """Projection shortcut (option B, Sec. 3.3) only when the shape changes."""
+class PadShortcut(nn.Module):
+    """Option A of Sec. 3.3: identity with stride, extra channels zero-padded (no parameters; used on CIFAR)."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.pad = stride, out_chs - in_chs
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]  # (B, C, H/s, W/s)
+        return F.pad(x, (0, 0, 0, 0, 0, self.pad))  # zero channels appended: (B, C + pad, H/s, W/s)
+
+
+def _shortcut(in_chs: int, out_chs: int, stride: int, zero_pad: bool = False) -> nn.Module | None:
+    """Identity when the shape is kept; else a projection (option B, Sec. 3.3) or zero padding (option A)."""
     if stride == 1 and in_chs == out_chs:
         return None
+    if zero_pad:
+        return PadShortcut(in_chs, out_chs, stride)
     return nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs))
 
 
@@ -108,7 +128,7 @@ class ResNetConfig:
     """ResNet hyper-parameters. ``layers`` are the blocks per stage conv2_x .. conv5_x of Table 1."""
 
     block: type[BasicBlock] | type[Bottleneck] = BasicBlock
-    layers: tuple[int, int, int, int] = (2, 2, 2, 2)
+    layers: tuple[int, ...] = (2, 2, 2, 2)  # 4 stages (ImageNet, Table 1) or 3 (CIFAR, Sec. 4.2)
     num_classes: int = 1000
     in_chans: int = 3
     width: int = 64  # channels of the stem and of conv2_x (before expansion)
@@ -117,6 +137,8 @@ class ResNetConfig:
     drop_rate: float = 0.0  # dropout before the classifier
     drop_path_rate: float = 0.0
     zero_init_residual: bool = False
+    cifar_stem: bool = False  # Sec. 4.2: a single 3x3 conv of `width` filters, no pooling, at full resolution
+    zero_pad_shortcut: bool = False  # option A shortcuts (Sec. 3.3), as the paper's CIFAR networks
 
 
 class ResNet(ImageClassifier):
@@ -127,10 +149,10 @@ class ResNet(ImageClassifier):
         self.cfg = cfg
         self.in_chans, self.num_classes, self.small_input = cfg.in_chans, cfg.num_classes, cfg.small_input
         w = cfg.width
-        if cfg.small_input:  # CIFAR-style stem: keep the resolution
+        if cfg.small_input or cfg.cifar_stem:  # CIFAR-style stem: keep the resolution
             self.conv1 = nn.Conv2d(cfg.in_chans, w, 3, 1, 1, bias=False)
             self.maxpool = nn.Identity()
-            self.min_input_size = (8, 8)
+            self.min_input_size = (2 ** (len(cfg.layers) - 1),) * 2
         else:  # conv1: 7x7, 64, stride 2; 3x3 max pool, stride 2 (Table 1)
             self.conv1 = nn.Conv2d(cfg.in_chans, w, 7, 2, 3, bias=False)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -140,13 +162,17 @@ class ResNet(ImageClassifier):
 
         dpr = iter(drop_path_rates(cfg.drop_path_rate, sum(cfg.layers)))
         in_chs = w
-        for i, n in enumerate(cfg.layers):  # conv2_x .. conv5_x
+        stages = []
+        for i, n in enumerate(cfg.layers):  # conv2_x .. conv5_x (Table 1), or the 3 CIFAR stages (Sec. 4.2)
             planes, stride = w * 2**i, 1 if i == 0 else 2
             blocks = []
             for j in range(n):
-                blocks.append(cfg.block(in_chs, planes, stride if j == 0 else 1, cfg.se_ratio, next(dpr)))
+                blocks.append(cfg.block(in_chs, planes, stride if j == 0 else 1, cfg.se_ratio, next(dpr),
+                                        cfg.zero_pad_shortcut))
                 in_chs = planes * cfg.block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            stages.append(f"layer{i + 1}")
+        self.stage_names = stages
         self.num_features = in_chs
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(cfg.drop_rate)
@@ -168,18 +194,24 @@ class ResNet(ImageClassifier):
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)  # (B, C, H/32, W/32)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return x  # (B, C, H/32, W/32) on ImageNet ResNets, (B, 64, H/4, W/4) on CIFAR ones
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
         return x if pre_logits else self.fc(self.drop(x))
 
 
-def _resnet(block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int], **kw) -> ResNet:
+def _resnet(block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], **kw) -> ResNet:
     return ResNet(ResNetConfig(block=block, layers=layers, **kw))
+
+
+def _cifar_resnet(n: int, **kw) -> ResNet:
+    """6n+2 layers: 3 stages of n basic blocks, 16/32/64 filters, option-A shortcuts (Sec. 4.2)."""
+    kw.setdefault("width", 16)
+    kw.pop("small_input", None)  # always small-input: the network is designed for 32x32 images
+    return _resnet(BasicBlock, (n, n, n), cifar_stem=True, zero_pad_shortcut=True, small_input=True, **kw)
 
 
 # torchvision and timm name ResNet parameters exactly as we do (conv1/bn1/layerN.i/fc; timm's SE blocks are
@@ -228,3 +260,29 @@ def seresnet50(**kw) -> ResNet:
 @register_model(family="seresnet", paper=SENET_PAPER, ref_params=49_326_872, ref_source="timm")
 def seresnet101(**kw) -> ResNet:
     return _resnet(Bottleneck, (3, 4, 23, 3), se_ratio=1 / 16, **kw)
+
+
+# CIFAR-10 networks of Sec. 4.2 / Table 6 (0.27M, 0.46M, 0.66M, 0.85M, 1.7M parameters at 10 classes).
+@register_model(family="resnet", paper=RESNET_PAPER, input_size=32, tags=("small",))
+def resnet20(**kw) -> ResNet:
+    return _cifar_resnet(3, **kw)
+
+
+@register_model(family="resnet", paper=RESNET_PAPER, input_size=32, tags=("small",))
+def resnet32(**kw) -> ResNet:
+    return _cifar_resnet(5, **kw)
+
+
+@register_model(family="resnet", paper=RESNET_PAPER, input_size=32, tags=("small",))
+def resnet44(**kw) -> ResNet:
+    return _cifar_resnet(7, **kw)
+
+
+@register_model(family="resnet", paper=RESNET_PAPER, input_size=32, tags=("small",))
+def resnet56(**kw) -> ResNet:
+    return _cifar_resnet(9, **kw)
+
+
+@register_model(family="resnet", paper=RESNET_PAPER, input_size=32, tags=("small",))
+def resnet110(**kw) -> ResNet:
+    return _cifar_resnet(18, **kw)
