@@ -123,6 +123,13 @@ def test_onecycle_matches_torch(opt_name, cycle_momentum):
         ours_opt.step(), ours.step(), ref_opt.step(), ref.step()
 
 
+@pytest.mark.parametrize("total", [1, 2, 3, 4])
+def test_onecycle_tiny_runs_are_finite(total):
+    lr = lrs("onecycle", total + 2, total_steps=total, pct_start=0.25)
+    assert all(math.isfinite(v) and 0 < v <= 1.0 for v in lr)
+    assert lr[total - 1] <= lr[0] or total == 1
+
+
 def test_scheduler_state_dict_round_trip():
     def make():
         opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5, momentum=0.9)

@@ -90,8 +90,9 @@ class OneCycleFactor:
         peak_step = self.pct_start * self.total - 1  # torch's phase boundary (a float)
         step = min(step, self.total - 1)
         if step <= peak_step:
-            return 0.0, 1.0, step / peak_step
-        return 1.0, 2.0, (step - peak_step) / (self.total - 1 - peak_step)
+            return 0.0, 1.0, step / peak_step if peak_step > 0 else 1.0
+        # Very short runs (pct_start * total <= 1) have no rise: they start at the peak and only decay.
+        return 1.0, 2.0, (step - max(peak_step, 0.0)) / max(self.total - 1 - max(peak_step, 0.0), 1.0)
 
     def __call__(self, step: int) -> float:
         initial, low = 1.0 / self.div_factor, 1.0 / (self.div_factor * self.final_div_factor)
@@ -154,8 +155,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str = "cosine", *, t
             raise ValueError(f"milestones must be increasing, got {list(milestones)}")
         factor = MultiStepFactor(warmup_steps, milestones, gamma)
     elif name == "onecycle":
-        if not 0.0 < pct_start < 1.0 or pct_start * total_steps < 2:
-            raise ValueError(f"one-cycle needs 0 < pct_start < 1 and pct_start * total_steps >= 2, got {pct_start}")
+        if not 0.0 < pct_start < 1.0:
+            raise ValueError(f"one-cycle needs 0 < pct_start < 1, got {pct_start}")
         factor = OneCycleFactor(total_steps, pct_start, div_factor, final_div_factor)
         momentum_range = (base_momentum, max_momentum) if cycle_momentum else None
     elif name == "constant":
