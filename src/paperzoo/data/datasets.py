@@ -82,6 +82,10 @@ class ImageDataset:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def __repr__(self) -> str:  # the dataclass default would print every pixel
+        return (f"ImageDataset(name={self.name!r}, images={tuple(self.images.shape)} {self.images.dtype}, "
+                f"classes={self.num_classes}, mean={self.mean}, std={self.std})")
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)

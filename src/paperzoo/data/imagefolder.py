@@ -121,6 +121,10 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def __repr__(self) -> str:
+        return (f"ImageFolderDataset(root={self.root!r}, split={self.split!r}, n={len(self)}, "
+                f"classes={len(self.classes)}, image_size={self.image_size}, random_crop={self.random_crop})")
+
     def _random_box(self, w: int, h: int, index: int) -> tuple[float, float, float, float]:
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, index))
         u = torch.rand((4, 10), generator=g, dtype=torch.float64)
