@@ -1,0 +1,107 @@
+"""`paperzoo tune`: search-space validation, a real study on tiny synthetic data, and two workers sharing one
+SQLite study without duplicate trials."""
+
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pytest
+
+from paperzoo.cli import main
+from paperzoo.tune import load_search_space
+
+BASE = """
+model: {name: resnet20, args: {width: 4}}
+data: {dataset: synthetic, synthetic_size: 64, batch_size: 32, eval_batch_size: 64, val_fraction: 0.25}
+train: {epochs: 2, precision: fp32, log_every: 100, threads: 1}
+run: {progress: "off", tensorboard: false, plots: false}
+"""
+
+
+def _space(tmp_path, params=None):
+    (tmp_path / "base.yaml").write_text(BASE)
+    params = params or """
+      optim.lr: {type: log_float, low: 0.001, high: 0.5}
+      optim.name: {type: categorical, choices: [sgd, adamw]}
+      train.epochs: {type: int, low: 1, high: 2}
+    """
+    path = tmp_path / "space.yaml"
+    path.write_text(f"base: {tmp_path / 'base.yaml'}\nparams:\n" + textwrap.indent(textwrap.dedent(params), "  "))
+    return path
+
+
+def test_search_space_rejects_unknown_config_keys_and_bad_ranges(tmp_path):
+    with pytest.raises(ValueError, match="lrr"):
+        load_search_space(_space(tmp_path, "optim.lrr: {type: float, low: 0.1, high: 1.0}"))
+    with pytest.raises(ValueError, match="low < high"):
+        load_search_space(_space(tmp_path, "optim.lr: {type: float, low: 1.0, high: 0.1}"))
+    with pytest.raises(ValueError, match="type one of"):
+        load_search_space(_space(tmp_path, "optim.lr: {type: gaussian, low: 0.1, high: 1.0}"))
+
+
+def test_tune_runs_trials_and_writes_best_config_table_and_plots(tmp_path, capsys):
+    space = _space(tmp_path)
+    out = tmp_path / "out"
+    assert main(["tune", str(space), "--n-trials", "3", "--out", str(out), "--seed", "0",
+                 "--startup-trials", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "best: trial" in printed
+    res = out / "space"
+    assert (res / "trials.csv").read_text().count("\n") == 4  # header + 3 trials
+    best = (res / "best_config.yaml").read_text()
+    assert "resnet20" in best and "val_fraction: 0.25" in best
+    assert (res / "optimization_history.png").read_bytes()[:4] == b"\x89PNG"
+    # resuming adds trials to the same study
+    assert main(["tune", str(space), "--n-trials", "1", "--out", str(out), "--seed", "1"]) == 0
+    study = optuna.load_study(study_name="space", storage=f"sqlite:///{out / 'space.db'}")
+    assert len(study.trials) == 4
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path):
+    space = _space(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    url = f"sqlite:///{out / 'shared.db'}"
+    # create the study first so the workers do not race on table creation
+    optuna.create_study(study_name="shared", storage=url, direction="maximize")
+    cmd = [sys.executable, "-m", "paperzoo", "tune", str(space), "--study", "shared", "--storage", url,
+           "--n-trials", "2", "--out", str(out)]
+    procs = [subprocess.Popen(cmd + ["--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    study = optuna.load_study(study_name="shared", storage=url)
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == 4 and sorted(numbers) == [0, 1, 2, 3]
+    run_dirs = [t.user_attrs.get("run_dir") for t in study.trials]
+    assert len(set(run_dirs)) == 4  # each trial trained in its own run directory
+
+
+def test_reporting_task_reports_each_epoch_and_prunes_when_told():
+    from paperzoo.tune import _ReportingTask
+
+    class Trial:
+        def __init__(self, prune_at):
+            self.reports, self.prune_at = [], prune_at
+
+        def report(self, value, step):
+            self.reports.append((step, value))
+
+        def should_prune(self):
+            return len(self.reports) >= self.prune_at
+
+    class Task:
+        primary_metric = "val_acc"
+
+        def evaluate(self, model):
+            return {"val_acc": 0.5}
+
+    trial = Trial(prune_at=2)
+    wrapped = _ReportingTask(Task(), trial, "val_acc")
+    assert wrapped.primary_metric == "val_acc"  # everything else is delegated
+    assert wrapped.evaluate(None) == {"val_acc": 0.5}
+    with pytest.raises(optuna.TrialPruned):
+        wrapped.evaluate(None)
+    assert trial.reports == [(1, 0.5), (2, 0.5)]
