@@ -1,0 +1,90 @@
+"""Learning curves of one or several runs on shared axes, and the confusion matrix of an evaluation.
+
+Curves read each run directory's ``metrics.jsonl`` (written by the trainer): training loss per logged step and
+validation metrics per epoch. The x axis is the optimizer step, the epoch, or the training wall-clock time
+(``train_time_s``: accuracy against time is how BENCHMARKS.md compares recipes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..train.logger import read_metrics
+from .common import new_figure, save_figure
+
+X_KEYS = {"step": ("step", "optimizer step"), "epoch": ("epoch", "epoch"),
+          "time": ("train_time_s", "training time (s)")}
+
+
+def _series(records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
+    pts = [(r[x], r[y]) for r in records if isinstance(r.get(x), int | float) and isinstance(r.get(y), int | float)]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_learning_curves(runs: Sequence[str | os.PathLike], path: str | os.PathLike, *, x: str = "step",
+                         metrics: Sequence[str] = ("train_loss", "val_acc"),
+                         labels: Sequence[str] | None = None) -> Path:
+    """One panel per metric, one line per run. Raises ``FileNotFoundError`` for a run without metrics."""
+    if x not in X_KEYS:
+        raise ValueError(f"x must be one of {', '.join(X_KEYS)}, got {x!r}")
+    xkey, xlabel = X_KEYS[x]
+    data = []
+    for run in runs:
+        recs = read_metrics(Path(run) / "metrics.jsonl")
+        if not recs:
+            raise FileNotFoundError(f"{run}: no metrics.jsonl records (is it a paperzoo run directory?)")
+        data.append(recs)
+    labels = list(labels) if labels else [Path(r).name for r in runs]
+    fig, axes = new_figure(len(metrics), size=(6 * len(metrics), 4.5))
+    for ax, metric in zip(axes[0], metrics):
+        for recs, label in zip(data, labels):
+            # train_time_s is only on evaluation records: plot train metrics against step/epoch then
+            xs, ys = _series(recs, xkey, metric)
+            if not xs and x == "time":
+                continue
+            ax.plot(xs, ys, marker="o" if metric.startswith("val") else None, markersize=3, label=label)
+        ax.set(title=metric.replace("_", " "), xlabel=xlabel, ylabel=metric)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle("Learning curves")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_confusion(eval_dir_or_file: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Row-normalised confusion matrix (true x predicted) from ``paperzoo eval``'s ``metrics.json``."""
+    src = Path(eval_dir_or_file)
+    src = src / "metrics.json" if src.is_dir() else src
+    if not src.is_file():
+        raise FileNotFoundError(f"no evaluation metrics at {src} (run `paperzoo eval ... --out DIR` first)")
+    m = json.loads(src.read_text())
+    if "confusion" not in m:
+        raise ValueError(f"{src} has no confusion matrix")
+    cm = np.asarray(m["confusion"], dtype=float)
+    classes = m.get("classes") or [str(r["class"]) for r in m.get("per_class", [])] or [str(i) for i in range(len(cm))]
+    k = len(cm)
+    fig, axes = new_figure(1, size=(max(5, 0.6 * k + 2), max(4, 0.6 * k + 1.5)))
+    ax = axes[0, 0]
+    frac = cm / np.clip(cm.sum(1, keepdims=True), 1, None)
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    if k <= 30:
+        ax.set_xticks(range(k), classes, rotation=45, ha="right")
+        ax.set_yticks(range(k), classes)
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j] > 0:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if frac[i, j] > 0.5 else "black")
+    acc = m.get("accuracy")
+    ax.set(xlabel="predicted", ylabel="true",
+           title="Confusion matrix" + (f": accuracy {acc:.4f}" if acc is not None else "") +
+                 (f" (n={m['n']})" if "n" in m else ""))
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    return save_figure(fig, path)

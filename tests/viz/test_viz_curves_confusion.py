@@ -1,0 +1,42 @@
+"""Learning curves and confusion matrix pictures from a real (tiny) training run and evaluation."""
+
+import pytest
+
+import paperzoo
+from paperzoo.viz.curves import plot_confusion, plot_learning_curves
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    runs = []
+    for lr in (0.05, 0.2):
+        res = paperzoo.train({
+            "model": {"name": "resnet20", "args": {"width": 4}},
+            "data": {"dataset": "synthetic", "synthetic_size": 64, "batch_size": 16, "eval_batch_size": 64},
+            "optim": {"lr": lr},
+            "train": {"epochs": 2, "log_every": 1, "threads": 1},
+            "run": {"out_dir": str(root), "name": f"lr{lr}", "progress": "off", "tensorboard": False,
+                    "plots": False},
+        })
+        runs.append(res.run_dir)
+    return runs
+
+
+@pytest.mark.parametrize("x", ["step", "epoch", "time"])
+def test_learning_curves_of_two_runs_on_shared_axes(two_runs, tmp_path, png_ok, x):
+    path = plot_learning_curves(two_runs, tmp_path / f"curves_{x}.png", x=x)
+    w, h = png_ok(path)
+    assert (w, h) == (1200, 450)
+
+
+def test_learning_curves_reject_a_directory_without_metrics(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        plot_learning_curves([tmp_path], tmp_path / "x.png")
+
+
+def test_confusion_picture_from_an_evaluation(two_runs, tmp_path, png_ok):
+    paperzoo.evaluate(two_runs[0], out_dir=tmp_path / "eval")
+    png_ok(plot_confusion(tmp_path / "eval", tmp_path / "cm.png"), min_size=(400, 300))
+    with pytest.raises(FileNotFoundError, match="paperzoo eval"):
+        plot_confusion(tmp_path / "nothing", tmp_path / "y.png")
