@@ -1,0 +1,81 @@
+"""Helpers shared by the MobileNet V1/V2/V3 and EfficientNet files (private: not a model family).
+
+* BatchNorm settings: the reference implementations disagree on BatchNorm epsilon and momentum, which changes
+  eval outputs (eps) and training statistics (momentum) but no parameter. The configs expose both; this
+  module sets them on every ``nn.BatchNorm2d`` and warns when weights of a source are loaded into a model
+  built with another source's epsilon (outputs would differ slightly from the original model's).
+* Key renaming: converters describe the source layout as a map *our module path -> source module path*; the
+  tensor names (``weight``, ``running_mean``, ...) are the same in every layout, so one function does the rest.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+import torch.nn as nn
+from torch import Tensor
+
+StateDict = dict[str, Tensor]
+
+
+def set_batchnorm(model: nn.Module, eps: float, momentum: float) -> None:
+    """Set ``eps`` and ``momentum`` (PyTorch convention: new = (1 - m)·old + m·batch) on every BatchNorm."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps, m.momentum = eps, momentum
+
+
+def warn_if_bn_eps_differs(model: nn.Module, source: str, expected_eps: float) -> None:
+    """Warn when ``model`` was built with another BatchNorm epsilon than the one ``source``'s model uses."""
+    eps = model.cfg.bn_eps
+    if abs(eps - expected_eps) > 1e-12:
+        name = getattr(model, "model_name", "") or type(model).__name__
+        warnings.warn(
+            f"{name} was built with bn_eps={eps:g} but {source}'s model uses {expected_eps:g}: the weights load, "
+            f"but outputs will differ slightly from the original; build it with "
+            f"create_model({name!r}, bn_eps={expected_eps:g}) to match exactly",
+            stacklevel=3,
+        )
+
+
+def rename_modules(sd: StateDict, model: nn.Module, module_map: dict[str, str],
+                   conv1x1_as_linear: Iterable[str] = ()) -> StateDict:
+    """Rename a source state dict to ``model``'s keys.
+
+    Args:
+        module_map: our module path (e.g. ``"blocks.3.dw.conv"``) -> the source's (``"blocks.1.1.conv_dw"``).
+            It must cover every module of ``model`` that holds tensors.
+        conv1x1_as_linear: our ``nn.Linear`` modules stored by the source as 1x1 convs, (out, in, 1, 1).
+
+    Keys the map does not know are passed through unchanged, so strict loading reports them as unexpected
+    (under the source's name) and our keys that received nothing as missing.
+    """
+    own = model.state_dict()
+    source_to_ours: dict[str, str] = {}
+    for key in own:
+        module, _, leaf = key.rpartition(".")
+        source_to_ours[f"{module_map[module]}.{leaf}"] = key
+    squeeze = {f"{m}.weight" for m in conv1x1_as_linear}
+    out: StateDict = {}
+    for key, value in sd.items():
+        ours = source_to_ours.get(key, key)
+        if ours in squeeze and value.dim() == 4 and tuple(value.shape[2:]) == (1, 1):
+            value = value.flatten(1)  # (out, in, 1, 1) -> (out, in)
+        out[ours] = value
+    return out
+
+
+def timm_stage_index(out_channels: list[int]) -> list[tuple[int, int]]:
+    """(stage, index in stage) of each block in timm's ``blocks.{stage}.{index}`` layout.
+
+    timm groups consecutive blocks of the same output width into one stage (one row of its architecture
+    definition); this holds for MobileNet V1/V2/V3 and EfficientNet.
+    """
+    pos, stage, idx = [], -1, 0
+    for i, c in enumerate(out_channels):
+        if i == 0 or c != out_channels[i - 1]:
+            stage, idx = stage + 1, 0
+        pos.append((stage, idx))
+        idx += 1
+    return pos
