@@ -2,9 +2,10 @@
 
     python tests/data/bench_loader.py                      # default recipe's augmentation (crop 2 + flip)
     python tests/data/bench_loader.py --aug full --threads 2 --batch-size 256
+    python tests/data/bench_loader.py --threads 2 --prep-threads 0   # prepare batches with 2 threads too
 
 Prints one line per configuration: images per second over whole epochs (best of ``--repeat``), and the
-per-batch time split between slicing/conversion and each transform.
+per-batch time split between slicing/conversion and each transform (measured with ``--threads`` threads).
 """
 
 from __future__ import annotations
@@ -58,18 +59,20 @@ def main() -> None:
     p.add_argument("--aug", choices=sorted(AUGS), nargs="+", default=["default"])
     p.add_argument("--batch-size", type=int, nargs="+", default=[128])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prep-threads", type=int, default=1, help="TensorLoader(prep_threads=); 0 = None")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--channels-last", action="store_true", default=True)
     p.add_argument("--root", default=None, help="Fashion-MNIST directory (default: Debian's)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     ds = load_image_dataset("fashion_mnist", "train", root=args.root)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {len(ds)} images {ds.image_size}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, prep_threads {args.prep_threads or None}, "
+          f"{len(ds)} images {ds.image_size}")
     for aug in args.aug:
         for bs in args.batch_size:
             tf = build_train_transform(AUGS[aug], ds.mean, ds.std, ds.num_classes)
             loader = TensorLoader(ds.images, ds.labels, bs, drop_last=True, transform=tf,
-                                  channels_last=args.channels_last)
+                                  channels_last=args.channels_last, prep_threads=args.prep_threads or None)
             rate = epoch_rate(loader, args.repeat)
             print(f"aug={aug:8s} batch={bs:4d}: {rate:10.0f} img/s   [{per_stage(ds, tf, bs)}]")
 

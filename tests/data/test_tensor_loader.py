@@ -129,6 +129,21 @@ def test_channels_last_and_transform_normalisation():
     torch.testing.assert_close(x, (images[:8].float() / 255 - 0.5) / 0.25)
 
 
+def test_prep_threads_restored_and_irrelevant_to_results():
+    images, labels = data()
+    tf = build_train_transform({"crop_padding": 2, "hflip": 0.5}, (0.5,), (0.3,), 7)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = TensorLoader(images, labels, 16, transform=tf, prep_threads=1)
+        both = TensorLoader(images, labels, 16, transform=tf, prep_threads=None)
+        for (x, y), (x2, y2) in zip(one, both):
+            assert torch.get_num_threads() == 2  # the consumer (the model) gets its threads back
+            assert torch.equal(x, x2) and torch.equal(y, y2)
+    finally:
+        torch.set_num_threads(prev)
+
+
 def test_float_images_are_used_as_is():
     x = torch.randn(10, 1, 4, 4)
     loader = TensorLoader(x, torch.zeros(10, dtype=torch.long), 10, shuffle=False)
