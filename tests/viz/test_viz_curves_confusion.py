@@ -40,3 +40,17 @@ def test_confusion_picture_from_an_evaluation(two_runs, tmp_path, png_ok):
     png_ok(plot_confusion(tmp_path / "eval", tmp_path / "cm.png"), min_size=(400, 300))
     with pytest.raises(FileNotFoundError, match="paperzoo eval"):
         plot_confusion(tmp_path / "nothing", tmp_path / "y.png")
+
+
+def test_viz_cli_curves_confusion_posenc_features(two_runs, tmp_path, png_ok):
+    from paperzoo.cli import main
+
+    assert main(["viz", "curves", *map(str, two_runs), "--x", "epoch", "-o", str(tmp_path / "c.png")]) == 0
+    png_ok(tmp_path / "c.png")
+    paperzoo.evaluate(two_runs[1], out_dir=tmp_path / "ev")
+    assert main(["viz", "confusion", str(tmp_path / "ev"), "-o", str(tmp_path / "m.png")]) == 0
+    assert main(["viz", "posenc", "--positions", "32", "--dim", "64", "-o", str(tmp_path / "p.png")]) == 0
+    assert main(["viz", "features", str(two_runs[0]), "--layer", "layer1", "-o", str(tmp_path / "f.png")]) == 0
+    for name in ("m", "p", "f"):
+        png_ok(tmp_path / f"{name}.png", min_size=(200, 150))
+    assert main(["viz", "features", "resnet20", "--size", "32"]) == 2  # neither --layer nor --se

@@ -1,0 +1,75 @@
+"""``paperzoo viz``: PNG pictures of the mechanisms (see docs/tools.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("viz", help="pictures: swin-mask, posenc, attention, curves, confusion, features",
+                       description="Draw a picture of a mechanism as a PNG file.")
+    vs = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+
+    q = vs.add_parser("posenc", help="sinusoidal positional-encoding matrix and position similarity")
+    q.add_argument("--positions", type=int, default=100)
+    q.add_argument("--dim", type=int, default=512)
+    q.add_argument("-o", "--out", default="posenc.png")
+    q.set_defaults(func=_posenc)
+
+    q = vs.add_parser("curves", help="learning curves of one or several run directories on shared axes")
+    q.add_argument("runs", nargs="+")
+    q.add_argument("--x", choices=["step", "epoch", "time"], default="step")
+    q.add_argument("--metrics", default="train_loss,val_acc", help="comma list of metrics.jsonl keys")
+    q.add_argument("-o", "--out", default="curves.png")
+    q.set_defaults(func=_curves)
+
+    q = vs.add_parser("confusion", help="confusion matrix of an evaluation (`paperzoo eval --out DIR`)")
+    q.add_argument("eval", help="evaluation directory or its metrics.json")
+    q.add_argument("-o", "--out", default="confusion.png")
+    q.set_defaults(func=_confusion)
+
+    q = vs.add_parser("features", help="feature maps of a CNN layer, or SE channel weights, for an image")
+    q.add_argument("model", help="checkpoint (run dir / .safetensors) or registered model name (random weights)")
+    q.add_argument("image", nargs="?", help="image file (default: random noise)")
+    q.add_argument("--layer", help="module name whose output to draw (e.g. layer1); omit with --se")
+    q.add_argument("--se", action="store_true", help="draw the SE blocks' channel weights instead")
+    q.add_argument("--size", type=int, help="input side for a model name (default: its input size)")
+    q.add_argument("--max-channels", type=int, default=32)
+    q.add_argument("-o", "--out", default="features.png")
+    q.set_defaults(func=_features)
+
+
+def _done(path) -> int:
+    print(f"wrote {path}")
+    return 0
+
+
+def _posenc(args: argparse.Namespace) -> int:
+    from paperzoo.viz.posenc import plot_positional_encoding
+
+    return _done(plot_positional_encoding(args.out, args.positions, args.dim))
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from paperzoo.viz.curves import plot_learning_curves
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    return _done(plot_learning_curves(args.runs, args.out, x=args.x, metrics=metrics))
+
+
+def _confusion(args: argparse.Namespace) -> int:
+    from paperzoo.viz.curves import plot_confusion
+
+    return _done(plot_confusion(args.eval, args.out))
+
+
+def _features(args: argparse.Namespace) -> int:
+    from paperzoo.viz.features import plot_feature_maps, plot_se_weights
+    from paperzoo.viz.inputs import load_model_and_image
+
+    if not args.se and not args.layer:
+        raise ValueError("give --layer NAME (e.g. layer1) or --se")
+    model, x, _ = load_model_and_image(args.model, args.image, size=args.size)
+    if args.se:
+        return _done(plot_se_weights(model, x, args.out))
+    return _done(plot_feature_maps(model, x, args.layer, args.out, args.max_channels))
