@@ -164,8 +164,10 @@ class RandomErasing:
 
     def __init__(self, p: float = 0.5, scale: Sequence[float] = (0.02, 0.33), ratio: Sequence[float] = (0.3, 3.3),
                  value: str | float = "random", attempts: int = 10) -> None:
-        if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"bad RandomErasing scale {scale} / ratio {ratio}")
+        if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1] or attempts < 1:
+            raise ValueError(f"bad RandomErasing scale {scale} / ratio {ratio} / attempts {attempts}")
+        if not (value == "random" or isinstance(value, int | float)):
+            raise ValueError(f"RandomErasing value must be 'random' or a number, got {value!r}")
         self.p, self.scale, self.ratio = float(p), tuple(scale), tuple(ratio)
         self.value, self.attempts = value, int(attempts)
 
