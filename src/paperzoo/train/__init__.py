@@ -9,13 +9,14 @@
 
 import sys
 import types
+from typing import Any
 
 
 class _CallablePackage(types.ModuleType):
     """Lets ``paperzoo.train(config, ...)`` (the issue's Python API) coexist with the ``paperzoo.train``
     package: calling the package forwards to :func:`paperzoo.train.api.train`, imported only when called."""
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from .api import train
 
         return train(*args, **kwargs)
