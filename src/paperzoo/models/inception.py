@@ -25,7 +25,7 @@ with ``source="torchvision"`` or ``"timm"``; module names are TF-slim's, ``Conv2
 * ``transform_input=True`` re-normalizes an ImageNet-mean/std input to the [-1, 1] range Google's weights
   expect, as torchvision's pretrained ``inception_v3`` does (set it when loading those weights).
 * Label smoothing (Sec. 7, "model regularization via label smoothing") is a loss, not a layer: it is in the
-  trainer (``label_smoothing`` of the training toolkit), not here.
+  training toolkit (``paperzoo.train.losses.LabelSmoothingCrossEntropy``), not here.
 * ``small_input=True``: the three unpadded stem convs become padded with stride 1 and both stem max-pools
   go, so a 32x32 image reaches Mixed_5b at 32x32 (as 299 reaches it at 35x35) and leaves Mixed_7c at 7x7;
   the aux head then pools adaptively to 5x5 instead of 5x5/3.
