@@ -1,0 +1,466 @@
+"""The Transformer for sequence transduction.
+
+Vaswani et al., "Attention Is All You Need", arXiv:1706.03762 (NeurIPS 2017).
+
+An encoder of N identical layers (self-attention, position-wise feed-forward) reads the source; a decoder of N
+layers (masked self-attention, encoder-decoder attention, feed-forward) predicts the target one token at a time
+(Sec. 3.1, Fig. 1). Each sub-layer is wrapped as LayerNorm(x + Dropout(Sublayer(x))) (Sec. 3.1, 5.4).
+Encoder-decoder attention takes its keys and values from the output of the top encoder layer (Sec. 3.2.3).
+
+Notable features:
+* ``norm_first=False`` is the paper's post-norm; ``norm_first=True`` the pre-norm variant
+  (Xiong et al., arXiv:2002.04745) that trains without warm-up tricks and needs a final LayerNorm per stack.
+* Weights copy from ``nn.Transformer(batch_first=True)`` (:func:`load_torch_transformer`); a test proves the
+  outputs are the same.
+* A step interface (``init_state`` / ``step``) with a KV cache for :mod:`paperzoo.generate`: decoder
+  self-attention keys/values are appended per step, encoder-decoder K/V are computed once per source.
+
+Deviations from the paper:
+* Sinusoidal positions are written here (:func:`sinusoidal_position_encoding`), not in ``paperzoo.layers``.
+* Optional dropout on the attention weights (``attn_drop``) and after the FFN's ReLU (``act_drop``), both 0 as in
+  the paper; ``nn.Transformer`` uses 0.1 for both, so set them to match it exactly.
+* A final LayerNorm on each stack when ``final_norm`` (default: only for pre-norm); ``nn.Transformer`` always
+  has them.
+* Initialisation is not given in the paper: Xavier-uniform projections (as tensor2tensor / ``nn.Transformer``)
+  and N(0, d_model^-1/2) embeddings, so that embeddings scaled by √d_model have unit variance (as fairseq).
+* Label smoothing (ε_ls = 0.1, Sec. 5.4) belongs to the loss, not the model.
+* ``src_vocab_size``/``tgt_vocab_size`` are separate unless ``share_embeddings`` (the paper's shared BPE
+  vocabulary, Sec. 3.4); the pre-softmax projection is tied to the target embedding by default (Sec. 3.4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..layers.attention import MultiHeadAttention, scaled_dot_product_attention
+from ..registry import Paper, register_model
+
+__all__ = ["TransformerConfig", "Transformer", "TransformerEncoder", "TransformerDecoder", "EncoderLayer",
+           "DecoderLayer", "PositionwiseFeedForward", "SinusoidalPositionalEncoding", "TransformerState",
+           "sinusoidal_position_encoding", "convert_torch_transformer_state_dict", "load_torch_transformer"]
+
+PAPER = Paper("Attention Is All You Need", "1706.03762", 2017)
+
+KV = tuple[Tensor, Tensor]  # keys, values: each (B, heads, S, d)
+
+
+def sinusoidal_position_encoding(n_pos: int, dim: int, offset: int = 0, base: float = 10000.0) -> Tensor:
+    """PE(pos, 2i) = sin(pos / base^(2i/d)), PE(pos, 2i+1) = cos(pos / base^(2i/d))  (Sec. 3.5).
+
+    Returns (n_pos, dim) float32 for positions ``offset .. offset + n_pos - 1``; computed in float64 so that
+    large positions keep their precision.
+    """
+    pos = torch.arange(offset, offset + n_pos, dtype=torch.float64)[:, None]  # (N, 1)
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (ceil(d/2),) = 1/base^(2i/d)
+    angles = pos * inv_freq  # (N, ceil(d/2))
+    pe = torch.empty(n_pos, dim, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angles)
+    pe[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    return pe.float()
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """A cached table of :func:`sinusoidal_position_encoding` that grows on demand (no length limit).
+
+    The table is a non-persistent buffer: it never appears in checkpoints, and moves with ``.to()``.
+    """
+
+    def __init__(self, dim: int, max_len: int = 1024) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("pe", sinusoidal_position_encoding(max_len, dim), persistent=False)
+
+    def forward(self, n: int, offset: int = 0) -> Tensor:
+        """(n, dim) encodings of positions ``offset .. offset + n - 1``."""
+        if offset + n > self.pe.shape[0]:  # longer than ever seen: grow to the next power of two
+            size = 1 << math.ceil(math.log2(offset + n))
+            self.pe = sinusoidal_position_encoding(size, self.dim).to(self.pe.device)
+        return self.pe[offset : offset + n]
+
+
+@dataclass
+class TransformerConfig:
+    """Hyper-parameters with the paper's symbols (Table 3). Defaults are the base model."""
+
+    src_vocab_size: int = 37000
+    tgt_vocab_size: int = 37000
+    N_enc: int = 6  # N, encoder layers
+    N_dec: int = 6  # N, decoder layers
+    d_model: int = 512
+    d_ff: int = 2048
+    h: int = 8  # heads; d_k = d_v = d_model / h
+    P_drop: float = 0.1  # residual dropout, on sub-layer outputs and on embedding + PE sums (Sec. 5.4)
+    attn_drop: float = 0.0  # dropout on attention weights (not in the paper; nn.Transformer: 0.1)
+    act_drop: float = 0.0  # dropout after the FFN activation (not in the paper; nn.Transformer: 0.1)
+    activation: str = "relu"  # Eq. 2 uses ReLU; "gelu" as an option
+    norm_first: bool = False  # False: post-norm as the paper; True: pre-norm
+    final_norm: bool | None = None  # a LayerNorm on top of each stack; None = norm_first
+    share_embeddings: bool = False  # one embedding for source and target (shared vocabulary, Sec. 3.4)
+    tie_output: bool = True  # pre-softmax linear = target embedding matrix (Sec. 3.4)
+    layer_norm_eps: float = 1e-5
+    max_len: int = 1024  # initial size of the position table (it grows when needed)
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+
+class PositionwiseFeedForward(nn.Module):
+    """FFN(x) = max(0, x W1 + b1) W2 + b2  (Sec. 3.3, Eq. 2)."""
+
+    def __init__(self, d_model: int, d_ff: int, act_drop: float = 0.0, activation: str = "relu") -> None:
+        super().__init__()
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.act = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.drop = nn.Dropout(act_drop)
+        self.linear2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.drop(self.act(self.linear1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then FFN, each as LayerNorm(x + Dropout(Sublayer(x))) (Sec. 3.1), or pre-norm."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm_first = cfg.norm_first
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.h, dropout=cfg.attn_drop)
+        self.ffn = PositionwiseFeedForward(cfg.d_model, cfg.d_ff, cfg.act_drop, cfg.activation)
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.drop1 = nn.Dropout(cfg.P_drop)
+        self.drop2 = nn.Dropout(cfg.P_drop)
+
+    def _sa(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        return self.drop1(self.self_attn(x, key_padding_mask=key_padding_mask)[0])
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        if self.norm_first:
+            x = x + self._sa(self.norm1(x), key_padding_mask)
+            return x + self.drop2(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self._sa(x, key_padding_mask))
+        return self.norm2(x + self.drop2(self.ffn(x)))
+
+
+def _memory_kv(attn: MultiHeadAttention, memory: Tensor) -> KV:
+    """Wᴷ, Wⱽ rows of the packed in-projection applied to the encoder output once (Sec. 3.2.3)."""
+    e, h, d = attn.embed_dim, attn.num_heads, attn.head_dim
+    b = attn.in_proj.bias
+    kv = F.linear(memory, attn.in_proj.weight[e:], None if b is None else b[e:])  # (B, S, 2C)
+    kv = kv.view(memory.shape[0], memory.shape[1], 2, h, d).permute(2, 0, 3, 1, 4)  # (2, B, heads, S, d)
+    return kv[0], kv[1]
+
+
+def _cross_attend(attn: MultiHeadAttention, x: Tensor, kv: KV, mask: Tensor | None) -> Tensor:
+    """Encoder-decoder attention with precomputed memory keys/values; ``mask`` (B, 1, 1, S) True = real."""
+    e, b_in = attn.embed_dim, attn.in_proj.bias
+    q = F.linear(x, attn.in_proj.weight[:e], None if b_in is None else b_in[:e])  # (B, L, C) · Wᑫ
+    b, n, _ = q.shape
+    q = q.view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, L, C) -> (B, heads, L, d)
+    out, _ = scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask,
+                                          dropout_p=attn.dropout if attn.training else 0.0)
+    out = out.transpose(1, 2).reshape(b, n, e)  # (B, heads, L, d) -> (B, L, C): Concat(head_1..h)
+    return attn.out_proj(out)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, encoder-decoder attention, FFN (Sec. 3.1), each with residual + LayerNorm."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.norm_first = cfg.norm_first
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.h, dropout=cfg.attn_drop)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.h, dropout=cfg.attn_drop)
+        self.ffn = PositionwiseFeedForward(cfg.d_model, cfg.d_ff, cfg.act_drop, cfg.activation)
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm3 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.drop1 = nn.Dropout(cfg.P_drop)
+        self.drop2 = nn.Dropout(cfg.P_drop)
+        self.drop3 = nn.Dropout(cfg.P_drop)
+
+    def _sa(self, x: Tensor, tgt_kpm: Tensor | None, past_kv: KV | None) -> tuple[Tensor, KV]:
+        # Masked self-attention (Sec. 3.2.3): position i sees positions <= i. One new token with a cache
+        # sees every cached key, so no mask at all; otherwise SDPA's is_causal (or a folded mask).
+        causal = x.shape[1] > 1
+        out, _, kv = self.self_attn(x, key_padding_mask=tgt_kpm, is_causal=causal, past_kv=past_kv,
+                                    use_cache=True)
+        return self.drop1(out), kv
+
+    def forward(self, x: Tensor, memory_kv: KV, memory_mask: Tensor | None, tgt_key_padding_mask: Tensor | None
+                = None, past_kv: KV | None = None) -> tuple[Tensor, KV]:
+        """x: (B, L, C) -> ((B, L, C), this layer's self-attention (k, v) including ``past_kv``)."""
+        if self.norm_first:
+            sa, kv = self._sa(self.norm1(x), tgt_key_padding_mask, past_kv)
+            x = x + sa
+            x = x + self.drop2(_cross_attend(self.cross_attn, self.norm2(x), memory_kv, memory_mask))
+            return x + self.drop3(self.ffn(self.norm3(x))), kv
+        sa, kv = self._sa(x, tgt_key_padding_mask, past_kv)
+        x = self.norm1(x + sa)
+        x = self.norm2(x + self.drop2(_cross_attend(self.cross_attn, x, memory_kv, memory_mask)))
+        return self.norm3(x + self.drop3(self.ffn(x))), kv
+
+
+def _allowed(key_padding_mask: Tensor | None) -> Tensor | None:
+    """(B, S) True = padding  ->  (B, 1, 1, S) True = may attend, the form SDPA takes."""
+    return None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+
+
+class TransformerEncoder(nn.Module):
+    """N encoder layers (+ final LayerNorm). ``forward(x (B, S, C), key_padding_mask (B, S)) -> memory``."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.N_enc))
+        final = cfg.norm_first if cfg.final_norm is None else cfg.final_norm
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if final else None
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, key_padding_mask)
+        return x if self.norm is None else self.norm(x)
+
+
+class TransformerDecoder(nn.Module):
+    """N decoder layers (+ final LayerNorm), with an optional KV cache for step-by-step decoding."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.N_dec))
+        final = cfg.norm_first if cfg.final_norm is None else cfg.final_norm
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if final else None
+
+    def memory_kv(self, memory: Tensor) -> list[KV]:
+        """Every layer's encoder-decoder keys/values from the top encoder output, computed once."""
+        return [_memory_kv(layer.cross_attn, memory) for layer in self.layers]
+
+    def forward(self, x: Tensor, memory: Tensor | None = None, *, memory_key_padding_mask: Tensor | None = None,
+                tgt_key_padding_mask: Tensor | None = None, memory_kv: list[KV] | None = None,
+                past_kv: list[KV] | None = None, use_cache: bool = False) -> Tensor | tuple[Tensor, list[KV]]:
+        """x: (B, L, C) target embeddings; memory: (B, S, C), or its ``memory_kv`` precomputed.
+
+        With ``past_kv`` (one (k, v) per layer) the L positions follow the cached ones; ``use_cache`` also
+        returns the updated per-layer (k, v) of shape (B, heads, S_past + L, d).
+        """
+        if memory_kv is None:
+            if memory is None:
+                raise ValueError("TransformerDecoder needs `memory` or `memory_kv`")
+            memory_kv = self.memory_kv(memory)
+        mask = _allowed(memory_key_padding_mask)
+        new_kv = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, memory_kv[i], mask, tgt_key_padding_mask, None if past_kv is None else past_kv[i])
+            new_kv.append(kv)
+        x = x if self.norm is None else self.norm(x)
+        return (x, new_kv) if use_cache else x
+
+
+@dataclass
+class TransformerState:
+    """Decoding state for :mod:`paperzoo.generate`. Every tensor has the batch (or beam) first.
+
+    Attributes:
+        memory_kv: per decoder layer, the encoder-decoder (k, v), each (B, heads, S, d): computed once.
+        memory_mask: (B, 1, 1, S) True = real source token, or None without padding.
+        tokens: (B, t) decoder inputs fed so far (BOS first); the uncached path re-reads them each step.
+        self_kv: per layer, the self-attention (k, v), each (B, heads, t, d); None when not caching.
+        use_cache: append keys/values per step (True) or re-run the decoder over ``tokens`` (False).
+    """
+
+    memory_kv: list[KV]
+    memory_mask: Tensor | None
+    tokens: Tensor
+    self_kv: list[KV] | None = None
+    use_cache: bool = True
+
+    def reorder(self, index: Tensor) -> TransformerState:
+        """Select batch rows (beam search reorders and expands beams with this)."""
+        sel = lambda t: t.index_select(0, index)  # noqa: E731
+        return TransformerState(
+            memory_kv=[(sel(k), sel(v)) for k, v in self.memory_kv],
+            memory_mask=None if self.memory_mask is None else sel(self.memory_mask),
+            tokens=sel(self.tokens),
+            self_kv=None if self.self_kv is None else [(sel(k), sel(v)) for k, v in self.self_kv],
+            use_cache=self.use_cache,
+        )
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder Transformer (Fig. 1). ``forward(src, tgt) -> logits (B, T, tgt_vocab)``."""
+
+    is_decoder_only = False
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        if cfg.share_embeddings and cfg.src_vocab_size != cfg.tgt_vocab_size:
+            raise ValueError(f"share_embeddings needs one vocabulary; got src_vocab_size={cfg.src_vocab_size}, "
+                             f"tgt_vocab_size={cfg.tgt_vocab_size}")
+        self.cfg = cfg
+        self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.d_model)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.tgt_vocab_size, cfg.d_model)
+        self.pos = SinusoidalPositionalEncoding(cfg.d_model, cfg.max_len)
+        self.emb_drop = nn.Dropout(cfg.P_drop)
+        self.encoder = TransformerEncoder(cfg)
+        self.decoder = TransformerDecoder(cfg)
+        self.generator = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)  # pre-softmax linear
+        self._init_weights()
+        if cfg.tie_output:  # "share the same weight matrix between ... and the pre-softmax linear" (Sec. 3.4)
+            self.generator.weight = self.tgt_embed.weight
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embed" not in name:
+                nn.init.xavier_uniform_(p)
+            elif p.dim() == 1 and name.endswith("bias"):
+                nn.init.zeros_(p)
+        for emb in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(emb.weight, std=self.cfg.d_model**-0.5)
+
+    # -------------------------------------------------------------------------------------- building blocks
+    def embed(self, tokens: Tensor, table: nn.Embedding, offset: int = 0) -> Tensor:
+        """Embedding · √d_model + PE (Sec. 3.4, 3.5), then dropout (Sec. 5.4). (B, N) -> (B, N, C)."""
+        x = table(tokens) * math.sqrt(self.cfg.d_model)
+        return self.emb_drop(x + self.pos(tokens.shape[1], offset).to(x.dtype))
+
+    def src_padding_mask(self, src: Tensor, src_lengths: Tensor | None = None) -> Tensor | None:
+        """(B, S) True at padding, from lengths or ``pad_id``; None when nothing is padded (fast path)."""
+        if src_lengths is not None:
+            mask = torch.arange(src.shape[1], device=src.device)[None, :] >= src_lengths.to(src.device)[:, None]
+        else:
+            mask = src.eq(self.cfg.pad_id)
+        return mask if bool(mask.any()) else None
+
+    def _check_tokens(self, x: Tensor, what: str) -> None:
+        if x.dim() != 2 or x.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"{what} must be integer token ids of shape (B, N), got {tuple(x.shape)} {x.dtype}")
+
+    def encode(self, src: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
+        """(B, S) source ids -> memory (B, S, C), the top encoder layer's output."""
+        self._check_tokens(src, "src")
+        return self.encoder(self.embed(src, self.src_embed), src_key_padding_mask)
+
+    def forward(self, src: Tensor, tgt: Tensor, src_key_padding_mask: Tensor | None = None,
+                tgt_key_padding_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits. src: (B, S), tgt: (B, T) decoder inputs (BOS y_1 .. y_{T-1}) -> (B, T, V).
+
+        The source padding mask defaults to ``src == pad_id``. A target padding mask is not needed for
+        right-padded targets: the causal mask already hides later (padding) positions from real ones.
+        """
+        if src_key_padding_mask is None:
+            src_key_padding_mask = self.src_padding_mask(src)
+        memory = self.encode(src, src_key_padding_mask)
+        self._check_tokens(tgt, "tgt")
+        y = self.decoder(self.embed(tgt, self.tgt_embed), memory, memory_key_padding_mask=src_key_padding_mask,
+                         tgt_key_padding_mask=tgt_key_padding_mask)
+        return self.generator(y)
+
+    # --------------------------------------------------------------------------- step interface (generate.py)
+    def init_state(self, src: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True
+                   ) -> TransformerState:
+        """Encode the source once and precompute each layer's encoder-decoder K/V."""
+        kpm = self.src_padding_mask(src, src_lengths)
+        memory = self.encode(src, kpm)
+        return TransformerState(memory_kv=self.decoder.memory_kv(memory), memory_mask=_allowed(kpm),
+                                tokens=src.new_zeros(src.shape[0], 0), self_kv=[] if use_cache else None,
+                                use_cache=use_cache)
+
+    def step(self, tokens: Tensor, state: TransformerState) -> tuple[Tensor, TransformerState]:
+        """Feed the last tokens (B,) and return next-token logits (B, V) and the new state."""
+        seq = torch.cat([state.tokens, tokens[:, None]], dim=1)  # (B, t + 1)
+        if state.use_cache:  # only the new position runs; keys/values of earlier ones come from the cache
+            x = self.embed(tokens[:, None], self.tgt_embed, offset=state.tokens.shape[1])  # (B, 1, C)
+            past = state.self_kv or None
+            y, kv = self._decode_steps(x, state, past)
+        else:  # re-run the whole prefix: the reference the cache is tested against
+            y, kv = self._decode_steps(self.embed(seq, self.tgt_embed), state, None)
+            kv = None
+        return self.generator(y[:, -1]), replace(state, tokens=seq, self_kv=kv)
+
+    def _decode_steps(self, x: Tensor, state: TransformerState, past: list[KV] | None) -> tuple[Tensor, list[KV]]:
+        mask = state.memory_mask
+        new_kv = []
+        for i, layer in enumerate(self.decoder.layers):
+            x, kv = layer(x, state.memory_kv[i], mask, None, None if past is None else past[i])
+            new_kv.append(kv)
+        return (x if self.decoder.norm is None else self.decoder.norm(x)), new_kv
+
+    @torch.no_grad()
+    def generate(self, src: Tensor, src_lengths: Tensor | None = None, **kwargs: Any) -> Any:
+        """Translate ``src`` (B, S); see :func:`paperzoo.generate.generate` for the options."""
+        from ..generate import generate
+
+        kwargs.setdefault("bos_id", self.cfg.bos_id)
+        kwargs.setdefault("eos_id", self.cfg.eos_id)
+        kwargs.setdefault("pad_id", self.cfg.pad_id)
+        return generate(self, src, src_lengths, **kwargs)
+
+
+# ------------------------------------------------------------------------------------- nn.Transformer weights
+def convert_torch_transformer_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the keys of ``nn.Transformer.state_dict()`` to our encoder/decoder stacks' names."""
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("in_proj_weight", "in_proj.weight").replace("in_proj_bias", "in_proj.bias")
+        k = k.replace("multihead_attn.", "cross_attn.").replace("linear1.", "ffn.linear1.")
+        k = k.replace("linear2.", "ffn.linear2.")
+        out[k] = v
+    return out
+
+
+def load_torch_transformer(model: Transformer, ref: nn.Transformer) -> None:
+    """Copy an ``nn.Transformer``'s encoder and decoder into ``model`` (strict: every key and shape must fit).
+
+    ``nn.Transformer`` has no embeddings or output layer; those keep their values. Build ``model`` with the
+    same sizes, ``norm_first`` and ``final_norm=True`` (``nn.Transformer`` always has the final norms).
+    """
+    sd = convert_torch_transformer_state_dict(ref.state_dict())
+    enc = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    dec = {k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")}
+    try:
+        model.encoder.load_state_dict(enc, strict=True)
+        model.decoder.load_state_dict(dec, strict=True)
+    except RuntimeError as e:
+        hint = " (nn.Transformer always has final norms: build with final_norm=True)" if '"norm.' in str(e) else ""
+        raise ValueError(f"nn.Transformer does not fit this model{hint}: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------- registered models
+def _transformer(**kw: Any) -> Transformer:
+    return Transformer(TransformerConfig(**kw))
+
+
+@register_model(family="transformer", paper=PAPER, kind="sequence", tags=("translation",))
+def transformer_base(**kw: Any) -> Transformer:
+    """The paper's base model (Table 3): N=6, d_model=512, d_ff=2048, h=8, P_drop=0.1, shared 37k vocabulary."""
+    kw.setdefault("share_embeddings", kw.get("src_vocab_size", 37000) == kw.get("tgt_vocab_size", 37000))
+    return _transformer(**{"N_enc": 6, "N_dec": 6, "d_model": 512, "d_ff": 2048, "h": 8, "P_drop": 0.1, **kw})
+
+
+@register_model(family="transformer", paper=PAPER, kind="sequence", tags=("translation",))
+def transformer_big(**kw: Any) -> Transformer:
+    """The paper's big model (Table 3): N=6, d_model=1024, d_ff=4096, h=16, P_drop=0.3."""
+    kw.setdefault("share_embeddings", kw.get("src_vocab_size", 37000) == kw.get("tgt_vocab_size", 37000))
+    return _transformer(**{"N_enc": 6, "N_dec": 6, "d_model": 1024, "d_ff": 4096, "h": 16, "P_drop": 0.3, **kw})
+
+
+@register_model(family="transformer", paper=PAPER, kind="sequence", tags=("translation", "small"))
+def transformer_small(**kw: Any) -> Transformer:
+    """3+3 layers, d_model=256, d_ff=1024, h=8: the benchmark configuration; trains on a CPU."""
+    kw = {"src_vocab_size": 8000, "tgt_vocab_size": 8000, **kw}
+    return _transformer(**{"N_enc": 3, "N_dec": 3, "d_model": 256, "d_ff": 1024, "h": 8, **kw})
+
+
+@register_model(family="transformer", paper=PAPER, kind="sequence", tags=("translation", "small"))
+def transformer_tiny(**kw: Any) -> Transformer:
+    """2+2 layers, d_model=128, d_ff=512, h=4: small tasks (dates and numbers) in minutes on a CPU."""
+    kw = {"src_vocab_size": 1000, "tgt_vocab_size": 1000, **kw}
+    return _transformer(**{"N_enc": 2, "N_dec": 2, "d_model": 128, "d_ff": 512, "h": 4, **kw})
