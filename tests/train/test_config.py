@@ -1,0 +1,88 @@
+"""Typed config: YAML + overrides, strict validation with the valid choices in the message, recipes."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from paperzoo.train.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    find_recipe,
+    load_config,
+    save_config,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_defaults_and_yaml_with_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model: {name: resnet34, args: {small_input: true}}\noptim: {name: adamw, lr: 0.001}\n")
+    cfg = load_config(p, ["optim.lr=0.1", "train.epochs=3", "optim.betas=[0.8, 0.9]", "loss.class_weights=null",
+                          "train.grad_clip=1", "model.args.width=16"])
+    assert cfg.model.name == "resnet34" and cfg.model.args == {"small_input": True, "width": 16}
+    assert cfg.optim.name == "adamw" and cfg.optim.lr == 0.1 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.betas == (0.8, 0.9) and cfg.train.epochs == 3
+    assert cfg.train.grad_clip == 1.0 and isinstance(cfg.train.grad_clip, float)  # int accepted for float
+    assert cfg.data == Config().data  # untouched sections keep their defaults
+
+
+def test_unknown_keys_list_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown key 'optimizer'.*valid keys: model, data, aug"):
+        config_from_dict({"optimizer": {}})
+    with pytest.raises(ConfigError, match=r"unknown key optim\.'learning_rate'.*valid keys: name, lr") as e:
+        load_config(None, ["optim.learning_rate=0.1"])
+    assert "did you mean" not in str(e.value) or "lr" in str(e.value)
+    with pytest.raises(ConfigError, match=r"did you mean 'epochs'"):
+        load_config(None, ["train.epoch=3"])
+
+
+def test_bad_values_list_the_choices():
+    with pytest.raises(ConfigError, match=r"optim\.name: invalid value 'adam'; valid choices: sgd, adamw"):
+        load_config(None, ["optim.name=adam"])
+    with pytest.raises(ConfigError, match=r"train\.precision.*valid choices: fp32, bf16, fp16"):
+        load_config(None, ["train.precision=fp8"])
+    with pytest.raises(ConfigError, match=r"data\.dataset.*fashion_mnist, mnist, cifar10"):
+        load_config(None, ["data.dataset=imagenet"])
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer, got 'many'"):
+        load_config(None, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer"):
+        load_config(None, ["train.epochs=2.5"])
+    with pytest.raises(ConfigError, match=r"train\.ema: expected true or false"):
+        load_config(None, ["train.ema=1"])
+    with pytest.raises(ConfigError, match=r"optim\.betas: expected 2 values"):
+        load_config(None, ["optim.betas=[0.9]"])
+    with pytest.raises(ConfigError, match=r"data\.batch_size: must be >= 1"):
+        load_config(None, ["data.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"'multistep' schedule needs"):
+        load_config(None, ["sched.name=multistep"])
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
+        apply_overrides({}, ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"sections: model, data"):
+        apply_overrides({}, ["lr=0.1"])
+    assert issubclass(ConfigError, ValueError)  # the CLI turns it into one error line
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(None, ["optim.betas=[0.9, 0.95]", "sched.milestones=[2, 4]", "model.args.width=8"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == config_to_dict(cfg)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_recipes_are_valid_and_name_registered_models(path):
+    from paperzoo.registry import get_entry
+
+    cfg = load_config(path)
+    get_entry(cfg.model.name)  # raises KeyError for an unknown model
+    assert find_recipe(path.stem) == path
+
+
+def test_find_recipe_lists_known_recipes():
+    with pytest.raises(FileNotFoundError, match="fashion_mnist_default"):
+        find_recipe("no_such_recipe")
