@@ -33,8 +33,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..layers.attention import MultiHeadAttention
+from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
-from .transformer import KV, SinusoidalPositionalEncoding
+from .transformer import KV
 
 __all__ = ["GPTConfig", "GPT", "Block", "GPTState"]
 
@@ -150,12 +151,12 @@ class GPT(nn.Module):
         return n - self.wpe.weight.numel() if non_embedding and self.cfg.pos == "learned" else n
 
     def _embed(self, idx: Tensor, offset: int) -> Tensor:
-        t = idx.shape[1]
+        x = self.wte(idx)  # (B, T, C)
         if self.cfg.pos == "learned":
-            pos = self.wpe(torch.arange(offset, offset + t, device=idx.device))  # (T, C)
+            x = x + self.wpe(torch.arange(offset, offset + idx.shape[1], device=idx.device))  # (T, C) broadcast
         else:
-            pos = self.sinusoid(t, offset)
-        return self.drop(self.wte(idx) + pos)  # (B, T, C)
+            x = self.sinusoid(x, offset)
+        return self.drop(x)
 
     def _run(self, idx: Tensor, offset: int = 0, past: list[KV] | None = None) -> tuple[Tensor, list[KV]]:
         x = self._embed(idx, offset)

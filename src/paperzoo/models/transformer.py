@@ -16,7 +16,8 @@ Notable features:
   self-attention keys/values are appended per step, encoder-decoder K/V are computed once per source.
 
 Deviations from the paper:
-* Sinusoidal positions are written here (:func:`sinusoidal_position_encoding`), not in ``paperzoo.layers``.
+* Sinusoidal positions (Sec. 3.5) come from :mod:`paperzoo.layers.pos_embed`; their table grows on demand, so
+  there is no length limit (``max_len`` only sizes the first table).
 * Optional dropout on the attention weights (``attn_drop``) and after the FFN's ReLU (``act_drop``), both 0 as in
   the paper; ``nn.Transformer`` uses 0.1 for both, so set them to match it exactly.
 * A final LayerNorm on each stack when ``final_norm`` (default: only for pre-norm); ``nn.Transformer`` always
@@ -40,49 +41,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..layers.attention import MultiHeadAttention, scaled_dot_product_attention
+from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
 
 __all__ = ["TransformerConfig", "Transformer", "TransformerEncoder", "TransformerDecoder", "EncoderLayer",
-           "DecoderLayer", "PositionwiseFeedForward", "SinusoidalPositionalEncoding", "TransformerState",
-           "sinusoidal_position_encoding", "convert_torch_transformer_state_dict", "load_torch_transformer"]
+           "DecoderLayer", "PositionwiseFeedForward", "TransformerState", "convert_torch_transformer_state_dict",
+           "load_torch_transformer"]
 
 PAPER = Paper("Attention Is All You Need", "1706.03762", 2017)
 
 KV = tuple[Tensor, Tensor]  # keys, values: each (B, heads, S, d)
-
-
-def sinusoidal_position_encoding(n_pos: int, dim: int, offset: int = 0, base: float = 10000.0) -> Tensor:
-    """PE(pos, 2i) = sin(pos / base^(2i/d)), PE(pos, 2i+1) = cos(pos / base^(2i/d))  (Sec. 3.5).
-
-    Returns (n_pos, dim) float32 for positions ``offset .. offset + n_pos - 1``; computed in float64 so that
-    large positions keep their precision.
-    """
-    pos = torch.arange(offset, offset + n_pos, dtype=torch.float64)[:, None]  # (N, 1)
-    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (ceil(d/2),) = 1/base^(2i/d)
-    angles = pos * inv_freq  # (N, ceil(d/2))
-    pe = torch.empty(n_pos, dim, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(angles)
-    pe[:, 1::2] = torch.cos(angles[:, : dim // 2])
-    return pe.float()
-
-
-class SinusoidalPositionalEncoding(nn.Module):
-    """A cached table of :func:`sinusoidal_position_encoding` that grows on demand (no length limit).
-
-    The table is a non-persistent buffer: it never appears in checkpoints, and moves with ``.to()``.
-    """
-
-    def __init__(self, dim: int, max_len: int = 1024) -> None:
-        super().__init__()
-        self.dim = dim
-        self.register_buffer("pe", sinusoidal_position_encoding(max_len, dim), persistent=False)
-
-    def forward(self, n: int, offset: int = 0) -> Tensor:
-        """(n, dim) encodings of positions ``offset .. offset + n - 1``."""
-        if offset + n > self.pe.shape[0]:  # longer than ever seen: grow to the next power of two
-            size = 1 << math.ceil(math.log2(offset + n))
-            self.pe = sinusoidal_position_encoding(size, self.dim).to(self.pe.device)
-        return self.pe[offset : offset + n]
 
 
 @dataclass
@@ -328,8 +296,7 @@ class Transformer(nn.Module):
     # -------------------------------------------------------------------------------------- building blocks
     def embed(self, tokens: Tensor, table: nn.Embedding, offset: int = 0) -> Tensor:
         """Embedding · √d_model + PE (Sec. 3.4, 3.5), then dropout (Sec. 5.4). (B, N) -> (B, N, C)."""
-        x = table(tokens) * math.sqrt(self.cfg.d_model)
-        return self.emb_drop(x + self.pos(tokens.shape[1], offset).to(x.dtype))
+        return self.emb_drop(self.pos(table(tokens) * math.sqrt(self.cfg.d_model), offset))
 
     def src_padding_mask(self, src: Tensor, src_lengths: Tensor | None = None) -> Tensor | None:
         """(B, S) True at padding, from lengths or ``pad_id``; None when nothing is padded (fast path)."""
