@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = ["WeightLoadError", "register_converter", "read_state_dict", "convert_state_dict", "load_weights",
-           "SOURCES"]
+           "fill_bn_counters", "SOURCES"]
 
 StateDict = dict[str, Tensor]
 Converter = Callable[[StateDict, nn.Module], StateDict]
@@ -44,6 +44,18 @@ def register_converter(family: str, source: str) -> Callable[[Converter], Conver
         return fn
 
     return wrap
+
+
+def fill_bn_counters(sd: StateDict, model: nn.Module) -> StateDict:
+    """Add the BatchNorm ``num_batches_tracked`` counters that checkpoints saved before PyTorch 0.4 lack.
+
+    ``nn.BatchNorm2d`` accepts their absence itself (the counter only matters with ``momentum=None``); a
+    converter calls this so that strict loading does not report them as missing.
+    """
+    for key, value in model.state_dict().items():
+        if key.endswith(".num_batches_tracked") and key not in sd and key.rsplit(".", 1)[0] + ".weight" in sd:
+            sd[key] = torch.zeros_like(value, device="cpu")
+    return sd
 
 
 def read_state_dict(path: str | os.PathLike) -> StateDict:

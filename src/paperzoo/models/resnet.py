@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..layers import DropPath, SqueezeExcite, drop_path_rates
 from ..registry import Paper, register_model
-from ..weights import register_converter
+from ..weights import fill_bn_counters, register_converter
 from ._base import ImageClassifier
 
 RESNET_PAPER = Paper("Deep Residual Learning for Image Recognition", "1512.03385", 2016)
@@ -215,9 +215,10 @@ def _cifar_resnet(n: int, **kw) -> ResNet:
 
 
 # torchvision and timm name ResNet parameters exactly as we do (conv1/bn1/layerN.i/fc; timm's SE blocks are
-# `se.fc1`/`se.fc2`), so both converters are the identity; strict loading still checks every key and shape.
+# `se.fc1`/`se.fc2`), so both converters are the identity, except that BN counters missing from old
+# checkpoints are added; strict loading still checks every key and shape.
 def _identity(sd: dict, model: nn.Module) -> dict:
-    return sd
+    return fill_bn_counters(sd, model)
 
 
 for _family in ("resnet", "seresnet"):
