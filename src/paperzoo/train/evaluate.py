@@ -111,7 +111,8 @@ def _eval_batches(meta: dict[str, Any], split: str, *, root: str | None, dataset
 
     def batches() -> Iterator[tuple[Tensor, Tensor]]:
         for i in range(0, n, batch_size):
-            yield ds.images[i:i + batch_size].float() / 255.0, ds.labels[i:i + batch_size]
+            j = min(i + batch_size, n)
+            yield ds.images[i:j].float() / 255.0, ds.labels[i:j]
 
     return list(ds.classes), batches()
 
@@ -189,10 +190,10 @@ def write_report(metrics: dict[str, Any], classes: Sequence[str], out_dir: str |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cm = torch.tensor(metrics["confusion"], dtype=torch.float64)
+    cm = torch.tensor(metrics["confusion"], dtype=torch.float64).numpy()
     K = len(classes)
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * K + 2), max(4, 0.6 * K + 1.5)))
-    im = ax.imshow(cm / cm.sum(1, keepdim=True).clamp(min=1), cmap="Blues", vmin=0, vmax=1)
+    im = ax.imshow(cm / cm.sum(1, keepdims=True).clip(min=1), cmap="Blues", vmin=0, vmax=1)
     if K <= 30:
         ax.set_xticks(range(K), classes, rotation=45, ha="right")
         ax.set_yticks(range(K), classes)

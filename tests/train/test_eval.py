@@ -1,0 +1,134 @@
+"""Evaluation, TTA, ensembles, weight averaging and prediction on a tiny trained run."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from paperzoo.train.api import train
+from paperzoo.train.checkpoint import read_meta, read_weights, save_checkpoint
+from paperzoo.train.classification import make_synthetic
+from paperzoo.train.evaluate import (
+    average_checkpoints,
+    classification_metrics,
+    ensemble,
+    evaluate,
+    load_checkpoint,
+    predict_files,
+    predict_probs,
+    tta_views,
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = train({
+        "model": {"name": "resnet18", "args": {"small_input": True, "width": 4}},
+        "data": {"dataset": "synthetic", "image_size": 8, "synthetic_size": 64, "batch_size": 16},
+        "optim": {"lr": 0.05}, "train": {"epochs": 2, "ema": True, "ema_decay": 0.9, "threads": 1},
+        "run": {"out_dir": str(out), "name": "tiny", "progress": "off", "tensorboard": False, "plots": False}})
+    assert result.status == "done"
+    return result
+
+
+def test_metrics_by_hand():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    pred = torch.tensor([0, 1, 1, 1, 0, 2])
+    probs = torch.full((6, 3), 0.1).scatter_(1, pred[:, None], 0.8)
+    m = classification_metrics(probs, labels, ["a", "b", "c"])
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]  # rows: true class, columns: predicted
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["top5"] == 1.0  # top-k clipped to K=3 classes
+    assert [c["accuracy"] for c in m["per_class"]] == pytest.approx([0.5, 1.0, 0.5])
+    assert [c["precision"] for c in m["per_class"]] == pytest.approx([0.5, 2 / 3, 1.0])
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert m["nll"] == pytest.approx(-(4 * torch.tensor(0.8).log() + 2 * torch.tensor(0.1).log()).item() / 6)
+
+
+def test_tta_views():
+    x = torch.rand(2, 1, 28, 28)
+    assert len(tta_views(x)) == 1 and len(tta_views(x, ["flip"])) == 2 and len(tta_views(x, ["shift"])) == 5
+    views = tta_views(x, ["flip", "shift"])
+    assert len(views) == 10 and all(v.shape == x.shape for v in views)
+    assert torch.equal(views[5], x.flip(-1))
+    # the first shift moves content down by 2 px (28 / 14), with zeros entering at the top
+    assert torch.equal(views[1][..., 2:, :], x[..., :-2, :]) and not views[1][..., :2, :].any()
+    with pytest.raises(ValueError, match="valid: flip, shift"):
+        tta_views(x, ["rotate"])
+
+
+def test_evaluate_matches_the_trainer_and_writes_the_report(run, tmp_path):
+    res = evaluate(run.run_dir, out_dir=tmp_path / "eval")
+    m = res.metrics
+    assert m["n"] == 64 and m["accuracy"] == pytest.approx(run.metrics["val_acc"], abs=1e-9)
+    assert m["top5"] == 1.0 and 0 <= m["macro_f1"] <= 1
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "per_class.csv", "confusion.csv",
+                                                                "confusion.png"}
+    rows = (tmp_path / "eval" / "confusion.csv").read_text().splitlines()
+    assert rows[0].split(",")[1:] == ["class0", "class1", "class2", "class3"]
+    assert sum(sum(map(int, r.split(",")[1:])) for r in rows[1:]) == 64
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    ema = evaluate(run.run_dir, ema=True)
+    assert ema.metrics["accuracy"] == pytest.approx(run.metrics["val_acc_ema"], abs=1e-9)
+    assert evaluate(run.run_dir, which="best").metrics["accuracy"] == pytest.approx(run.best["value"])
+    tta = evaluate(run.run_dir, tta="flip,shift", limit=16)
+    assert tta.metrics["n"] == 16 and tta.metrics["tta"] == ["flip", "shift"]
+
+
+def _random_checkpoint(run, path, name="resnet34", classes=None):
+    """A differently-initialised checkpoint with the run's metadata (another architecture if asked)."""
+    from paperzoo.train.classification import build_model_from_meta
+
+    meta = read_meta(run.run_dir / "final" / "model.safetensors")
+    meta["model"] = {**meta["model"], "name": name}
+    meta["classes"] = classes or meta["classes"]
+    torch.manual_seed(1)
+    return save_checkpoint(path, build_model_from_meta(meta).state_dict(), meta)
+
+
+def test_ensemble(run, tmp_path):
+    single = evaluate(run.run_dir).metrics
+    twice = ensemble([run.run_dir, run.run_dir]).metrics
+    assert twice["accuracy"] == single["accuracy"] and twice["nll"] == pytest.approx(single["nll"], rel=1e-5)
+    other = _random_checkpoint(run, tmp_path / "r34")  # a different architecture
+    mixed = ensemble([run.run_dir, other], weights=[1.0, 0.0]).metrics  # zero weight: the first model alone
+    assert mixed["accuracy"] == single["accuracy"] and mixed["nll"] == pytest.approx(single["nll"], rel=1e-5)
+    assert ensemble([run.run_dir, other], weights=[1, 1]).metrics["nll"] != pytest.approx(single["nll"])
+    with pytest.raises(ValueError, match="one non-negative weight per checkpoint"):
+        ensemble([run.run_dir, other], weights=[1.0])
+    bad = _random_checkpoint(run, tmp_path / "bad", name="resnet18", classes=["w", "x", "y", "z"])
+    with pytest.raises(ValueError, match="trained on classes"):
+        ensemble([run.run_dir, bad])
+
+
+def test_average_checkpoints(run, tmp_path):
+    final = read_weights(run.run_dir / "final" / "model.safetensors")
+    same = average_checkpoints([run.run_dir, run.run_dir], tmp_path / "same")
+    assert all(torch.equal(read_weights(same / "model.safetensors")[k], v) for k, v in final.items())
+    other = _random_checkpoint(run, tmp_path / "other", name="resnet18")
+    avg = read_weights(average_checkpoints([run.run_dir, other], tmp_path / "avg") / "model.safetensors")
+    o = read_weights(other / "model.safetensors")
+    k = "layer1.0.conv1.weight"
+    torch.testing.assert_close(avg[k], (final[k] + o[k]) / 2)
+    assert torch.equal(avg["bn1.num_batches_tracked"], final["bn1.num_batches_tracked"])
+    assert read_meta(tmp_path / "avg" / "model.safetensors")["averaged_from"]
+    assert evaluate(tmp_path / "avg").metrics["n"] == 64  # a usable checkpoint
+    with pytest.raises(ValueError, match="different architectures"):
+        average_checkpoints([run.run_dir, _random_checkpoint(run, tmp_path / "r34")], tmp_path / "x")
+
+
+def test_predict_files(run, tmp_path):
+    ds = make_synthetic("test", 64, 8)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(ds.images[i, 0].numpy(), mode="L").save(paths[-1])
+    preds = predict_files(run.run_dir, paths, topk=3)
+    m = load_checkpoint(run.run_dir)
+    probs = predict_probs(m.model, ds.images[:3].float() / 255, m.meta)
+    for i, p in enumerate(preds):
+        assert len(p["top"]) == 3 and p["image"] == str(paths[i])
+        assert p["top"][0]["class"] == m.classes[int(probs[i].argmax())]
+        assert p["top"][0]["prob"] == pytest.approx(probs[i].max().item(), abs=1e-6)
+        assert [t["prob"] for t in p["top"]] == sorted((t["prob"] for t in p["top"]), reverse=True)
