@@ -187,6 +187,13 @@ def test_dropout_between_layers_only():
     torch.testing.assert_close(one(x)[0], one(x)[0])
 
 
+def test_fused_default_and_teaching_switch():
+    assert rnn.LSTM(IN, H).fused and rnn.GRU(IN, H).fused and rnn.RNN(IN, H).fused
+    assert not rnn.LSTM(IN, H, fused=False).fused
+    assert not rnn.GRU(IN, H, reset_after=False).fused  # only the equations path computes Cho's variant
+    assert "fused=False" in repr(rnn.LSTM(IN, H, fused=False))
+
+
 def test_state_dict_names_and_shapes_match_torch():
     for mode in MODES:
         ours, ref = _pair(mode, num_layers=3, bidirectional=True)

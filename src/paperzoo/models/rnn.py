@@ -27,9 +27,12 @@ Deviations and options:
 * GRU: PyTorch's variant (as cuDNN) applies the reset gate *after* the recurrent product,
   r ⊙ (W_hn h + b_hn); Cho et al. (Eq. 8) apply it before, W_hn (r ⊙ h). ``reset_after=False`` gives the
   paper's form (teaching path only; the parameters have the same shapes).
-* ``fused=True`` hands the time loop to PyTorch's fused kernels (``torch._VF.lstm`` etc., the ones
-  ``nn.LSTM`` calls) with the same parameters; results agree with the loop written here to float
-  tolerance (tested). The default ``fused=False`` runs the equations above.
+* Two paths, same parameters, equal to float tolerance (tested): ``fused=False`` runs the equations above in
+  Python (one ``addmm`` + a few elementwise ops per step, autograd does backprop-through-time);
+  ``fused=True`` hands the time loop to PyTorch's fused kernels (``torch._VF.lstm`` etc., the ones
+  ``nn.LSTM`` calls: oneDNN on CPU, cuDNN on GPU), which also batch the weight gradients over time.
+  The default ``fused=None`` picks the fused path whenever it computes the same function (everything but
+  ``reset_after=False``); set ``fused=False`` to step through the equations. See docs/models/recurrent.md.
 * ``lengths`` (B,) gives variable-length batches: outputs past a sequence's length are zero and its final
   state is taken at its last valid step (the reverse direction starts there), like ``pack_padded_sequence``.
   A ``PackedSequence`` input is also accepted and gives a ``PackedSequence`` output.
@@ -186,7 +189,7 @@ class _RecurrentStack(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, fused: bool = False, reset_after: bool = True) -> None:
+                 proj_size: int = 0, fused: bool | None = None, reset_after: bool = True) -> None:
         super().__init__()
         if num_layers < 1 or hidden_size < 1:
             raise ValueError(f"num_layers and hidden_size must be >= 1, got {num_layers}, {hidden_size}")
@@ -198,7 +201,8 @@ class _RecurrentStack(nn.Module):
             raise ValueError("fused kernels implement only reset_after=True (PyTorch's GRU)")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size, self.fused = bidirectional, proj_size, fused
+        self.bidirectional, self.proj_size = bidirectional, proj_size
+        self.fused = reset_after if fused is None else fused  # auto: fused whenever the kernel matches
         self.reset_after = reset_after
         self.num_directions = 2 if bidirectional else 1
         self.output_size = proj_size or hidden_size  # size of h_t
@@ -225,12 +229,14 @@ class _RecurrentStack(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
-        for k in ("batch_first", "bidirectional", "fused"):
+        for k in ("batch_first", "bidirectional"):
             if getattr(self, k):
                 s += f", {k}=True"
         if self.dropout:
             s += f", dropout={self.dropout}"
-        return s + (f", proj_size={self.proj_size}" if self.proj_size else "")
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        return s + f", fused={self.fused}"
 
     # -- input checks -------------------------------------------------------------------------------------
 
