@@ -190,3 +190,46 @@ def test_deterministic_mode_repeats_exactly(tmp_path):
 def test_torch_compile_option(tmp_path):
     result = train(_cfg(tmp_path, "compiled", train={"epochs": 1, "compile": True}))
     assert result.status == "done" and math.isfinite(result.metrics["val_loss"])
+
+
+def test_imagefolder_streaming(tmp_path):
+    """ImageFolder data streams through a DataLoader (resumable sampler) and evaluates on its val split."""
+    from PIL import Image
+
+    from paperzoo.train.evaluate import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    for c, colour in (("dark", 40), ("light", 210)):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(20):
+            px = (colour + torch.randint(-30, 30, (12, 10, 3), generator=g)).clamp(0, 255).to(torch.uint8)
+            Image.fromarray(px.numpy()).save(tmp_path / "data" / c / f"{i}.png")
+    cfg = _cfg(tmp_path, "folder", data={"dataset": "imagefolder", "root": str(tmp_path / "data"), "image_size": 8,
+                                         "val_fraction": 0.2, "num_workers": 0, "batch_size": 8},
+               train={"epochs": 2, "checkpoint_every": 3})
+    result = train(cfg)
+    assert result.status == "done" and result.step == 8  # 32 training images / 8
+    assert result.metrics["val_acc"] == 1.0  # dark vs light
+    m = evaluate(result.run_dir).metrics
+    assert m["n"] == 8 and m["accuracy"] == 1.0  # 20 % of 2 x 20 images
+
+
+def test_progress_bar_and_lines():
+    import io
+
+    from paperzoo.train.logger import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    bar, plain = Tty(), io.StringIO()
+    for stream in (bar, plain):
+        p = Progress(100, "auto", stream)
+        p.update(50, 0, {"train_loss": 0.5, "lr": 0.1}, eta_s=75)
+        p.message("epoch 1: val_acc 0.9")
+        p.close()
+    assert bar.getvalue().startswith("\r[############............] epoch 1 step 50/100 | train_loss 0.5 | lr 0.1")
+    assert "ETA 01:15" in bar.getvalue() and "\nepoch 1: val_acc 0.9\n" in bar.getvalue()
+    assert plain.getvalue().splitlines() == ["epoch 1 step 50/100 | train_loss 0.5 | lr 0.1 | ETA 01:15",
+                                             "epoch 1: val_acc 0.9"]
