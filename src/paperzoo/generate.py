@@ -81,14 +81,14 @@ def _finish(tokens: Tensor, finished: Tensor, eos_id: int | None, pad_id: int) -
     return tokens, finished
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_search(model: StepModel, state: Any, start_tokens: Tensor, *, max_len: int, eos_id: int | None = None,
                   pad_id: int = 0) -> Tensor:
     """Pick the most likely token at each step. Returns (B, T ≤ max_len) new tokens, EOS included."""
     return sample(model, state, start_tokens, max_len=max_len, temperature=0.0, eos_id=eos_id, pad_id=pad_id)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample(model: StepModel, state: Any, start_tokens: Tensor, *, max_len: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None, pad_id: int = 0,
            generator: torch.Generator | None = None) -> Tensor:
@@ -129,7 +129,7 @@ class BeamSearchOutput:
     lengths: Tensor
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model: StepModel, state: Any, start_tokens: Tensor, *, beam_size: int, max_len: int,
                 eos_id: int | None, pad_id: int = 0, length_penalty: float = 0.0, n_best: int = 1
                 ) -> BeamSearchOutput:
@@ -207,6 +207,7 @@ def _merge_finished(fin_score: Tensor, fin_seq: Tensor, fin_len: Tensor, new_sco
     return best, seq.gather(1, idx[:, :, None].expand(-1, -1, seq.shape[2])), lens.gather(1, idx)
 
 
+@torch.inference_mode()
 def generate(model: Any, src: Tensor, src_lengths: Tensor | None = None, *, method: str = "greedy",
              max_len: int = 128, bos_id: int | None = None, eos_id: int | None = None, pad_id: int = 0,
              use_cache: bool = True, beam_size: int = 4, length_penalty: float = 0.6, n_best: int = 1,

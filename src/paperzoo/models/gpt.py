@@ -199,7 +199,7 @@ class GPT(nn.Module):
             kv = state.kv
         return self.lm_head(h[:, -1]), replace(state, tokens=seq, kv=kv)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prompt: Tensor, max_new_tokens: int, **kwargs: Any) -> Tensor:
         """Continue ``prompt`` (B, T0) by ``max_new_tokens`` tokens; returns (B, T0 + new) (see generate.py)."""
         from ..generate import generate

@@ -237,29 +237,31 @@ class TransformerState:
     """Decoding state for :mod:`paperzoo.generate`. Every tensor has the batch (or beam) first.
 
     Attributes:
-        memory_kv: per decoder layer, the encoder-decoder (k, v), each (B, heads, S, d): computed once.
-        memory_mask: (B, 1, 1, S) True = real source token, or None without padding.
+        memory_key_padding_mask: (B, S) True at source padding, or None without padding.
         tokens: (B, t) decoder inputs fed so far (BOS first); the uncached path re-reads them each step.
-        self_kv: per layer, the self-attention (k, v), each (B, heads, t, d); None when not caching.
-        use_cache: append keys/values per step (True) or re-run the decoder over ``tokens`` (False).
+        use_cache: keep the KV cache below (True), or recompute everything from ``memory`` and ``tokens``.
+        memory_kv: with the cache, per decoder layer, the encoder-decoder (k, v) of the top encoder output,
+            each (B, heads, S, d): computed once per source.
+        self_kv: with the cache, per layer, the self-attention (k, v), each (B, heads, t, d): one row per step.
+        memory: without the cache, the encoder output (B, S, C), re-projected to K/V every step.
     """
 
-    memory_kv: list[KV]
-    memory_mask: Tensor | None
+    memory_key_padding_mask: Tensor | None
     tokens: Tensor
-    self_kv: list[KV] | None = None
     use_cache: bool = True
+    memory_kv: list[KV] | None = None
+    self_kv: list[KV] | None = None
+    memory: Tensor | None = None
 
     def reorder(self, index: Tensor) -> TransformerState:
-        """Select batch rows (beam search reorders and expands beams with this)."""
-        sel = lambda t: t.index_select(0, index)  # noqa: E731
-        return TransformerState(
-            memory_kv=[(sel(k), sel(v)) for k, v in self.memory_kv],
-            memory_mask=None if self.memory_mask is None else sel(self.memory_mask),
-            tokens=sel(self.tokens),
-            self_kv=None if self.self_kv is None else [(sel(k), sel(v)) for k, v in self.self_kv],
-            use_cache=self.use_cache,
-        )
+        """Select batch rows (beam search expands and reorders beams with this)."""
+        def sel(t: Any) -> Any:
+            if t is None or isinstance(t, Tensor):
+                return None if t is None else t.index_select(0, index)
+            return [(sel(k), sel(v)) for k, v in t]
+
+        return TransformerState(sel(self.memory_key_padding_mask), sel(self.tokens), self.use_cache,
+                                sel(self.memory_kv), sel(self.self_kv), sel(self.memory))
 
 
 class Transformer(nn.Module):
@@ -333,34 +335,29 @@ class Transformer(nn.Module):
     # --------------------------------------------------------------------------- step interface (generate.py)
     def init_state(self, src: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True
                    ) -> TransformerState:
-        """Encode the source once and precompute each layer's encoder-decoder K/V."""
+        """Encode the source once; with the cache, also project each layer's encoder-decoder K/V once."""
         kpm = self.src_padding_mask(src, src_lengths)
         memory = self.encode(src, kpm)
-        return TransformerState(memory_kv=self.decoder.memory_kv(memory), memory_mask=_allowed(kpm),
-                                tokens=src.new_zeros(src.shape[0], 0), self_kv=[] if use_cache else None,
-                                use_cache=use_cache)
+        state = TransformerState(kpm, src.new_zeros(src.shape[0], 0), use_cache)
+        if use_cache:
+            return replace(state, memory_kv=self.decoder.memory_kv(memory))
+        return replace(state, memory=memory)
 
     def step(self, tokens: Tensor, state: TransformerState) -> tuple[Tensor, TransformerState]:
         """Feed the last tokens (B,) and return next-token logits (B, V) and the new state."""
         seq = torch.cat([state.tokens, tokens[:, None]], dim=1)  # (B, t + 1)
-        if state.use_cache:  # only the new position runs; keys/values of earlier ones come from the cache
+        kpm = state.memory_key_padding_mask
+        if state.use_cache:  # only the new position runs; every key/value it attends to is cached
             x = self.embed(tokens[:, None], self.tgt_embed, offset=state.tokens.shape[1])  # (B, 1, C)
-            past = state.self_kv or None
-            y, kv = self._decode_steps(x, state, past)
-        else:  # re-run the whole prefix: the reference the cache is tested against
-            y, kv = self._decode_steps(self.embed(seq, self.tgt_embed), state, None)
-            kv = None
-        return self.generator(y[:, -1]), replace(state, tokens=seq, self_kv=kv)
+            y, kv = self.decoder(x, memory_key_padding_mask=kpm, memory_kv=state.memory_kv,
+                                 past_kv=state.self_kv or None, use_cache=True)
+            state = replace(state, tokens=seq, self_kv=kv)
+        else:  # re-run the whole prefix against the memory: the reference the cache is tested against
+            y = self.decoder(self.embed(seq, self.tgt_embed), state.memory, memory_key_padding_mask=kpm)
+            state = replace(state, tokens=seq)
+        return self.generator(y[:, -1]), state
 
-    def _decode_steps(self, x: Tensor, state: TransformerState, past: list[KV] | None) -> tuple[Tensor, list[KV]]:
-        mask = state.memory_mask
-        new_kv = []
-        for i, layer in enumerate(self.decoder.layers):
-            x, kv = layer(x, state.memory_kv[i], mask, None, None if past is None else past[i])
-            new_kv.append(kv)
-        return (x if self.decoder.norm is None else self.decoder.norm(x)), new_kv
-
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, src: Tensor, src_lengths: Tensor | None = None, **kwargs: Any) -> Any:
         """Translate ``src`` (B, S); see :func:`paperzoo.generate.generate` for the options."""
         from ..generate import generate
