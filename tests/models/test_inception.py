@@ -45,7 +45,7 @@ def test_factorized_convolutions():
 def test_aux_head_only_in_training_and_only_when_enabled():
     torch.manual_seed(0)
     model = paperzoo.create_model("inception_v3", num_classes=5, aux_logits=True, small_input=True)
-    x = torch.randn(2, 3, 16, 16)  # small stem: Mixed_6e at 7x7, pooled adaptively to 5x5 for the aux head
+    x = torch.randn(2, 3, 9, 9)  # small stem: Mixed_6e at 4x4, pooled adaptively to 5x5 for the aux head
     out = model.train()(x)
     assert isinstance(out, InceptionOutputs)
     assert out.logits.shape == (2, 5) and out.aux_logits.shape == (2, 5)
