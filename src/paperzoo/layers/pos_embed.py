@@ -121,7 +121,8 @@ def relative_position_index(window: int | tuple[int, int], table_window: int | t
     th, tw = to_2tuple(table_window if table_window is not None else window)
     if wh > th or ww > tw:
         raise ValueError(f"window {wh}x{ww} is larger than the table's window {th}x{tw}")
-    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)  # (2, N)
+    ar_h, ar_w = torch.arange(wh, device="cpu"), torch.arange(ww, device="cpu")
+    coords = torch.stack(torch.meshgrid(ar_h, ar_w, indexing="ij")).flatten(1)  # (2, N): (y, x) of each token
     rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N): (dy, dx) of query i minus key j
     return (rel[0] + th - 1) * (2 * tw - 1) + (rel[1] + tw - 1)  # (N, N)
 
@@ -135,22 +136,22 @@ class RelativePositionBias(nn.Module):
         wh, ww = self.window
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=std)
-        # a function of the window size: rebuilt, not stored in checkpoints
-        self.register_buffer("relative_position_index", relative_position_index(self.window), persistent=False)
-        self._index_cache: dict[tuple[int, int], Tensor] = {}
+        # The index is a function of the window size, so it is neither stored in checkpoints nor a buffer
+        # (a buffer would be lost by meta-device init + to_empty); it is built on first use per device.
+        self._index_cache: dict[tuple, Tensor] = {}
 
-    def index(self, window: tuple[int, int]) -> Tensor:
-        """The (N, N) index for an effective ``window`` <= the table's (cached per window size)."""
-        if tuple(window) == self.window:
-            return self.relative_position_index
-        idx = self._index_cache.get(tuple(window))
-        if idx is None or idx.device != self.relative_position_bias_table.device:
-            idx = relative_position_index(window, self.window).to(self.relative_position_bias_table.device)
-            self._index_cache[tuple(window)] = idx
+    def index(self, window: tuple[int, int] | None = None) -> Tensor:
+        """The (N, N) index for an effective ``window`` <= the table's (cached per window and device)."""
+        window = tuple(window or self.window)
+        device = self.relative_position_bias_table.device
+        idx = self._index_cache.get((window, device))
+        if idx is None:
+            idx = relative_position_index(window, self.window).to(device)
+            self._index_cache[(window, device)] = idx
         return idx
 
     def forward(self, window: tuple[int, int] | None = None) -> Tensor:
-        idx = self.index(window or self.window)
+        idx = self.index(window)
         n = idx.shape[0]
         bias = self.relative_position_bias_table[idx.reshape(-1)].view(n, n, -1)  # (N, N, heads)
         return bias.permute(2, 0, 1)  # (N, N, heads) -> (heads, N, N)

@@ -1,0 +1,285 @@
+"""timm checkpoints of ViT and Swin load with ``load_weights(..., source="timm")`` and give the outputs of the
+original architecture.
+
+The state dicts are built here from timm's published key layout (names and shapes written out below, not
+taken from our model), filled with random values, and the reference outputs come from functional forwards
+written here from the papers / official code, independent of paperzoo's modules. Both Swin layouts are
+covered: timm >= 0.9 (patch merging at the start of stages 1..3, ``head.fc``) and the official repo / older
+timm (merging at the end of stages 0..2, ``head``, stored ``relative_position_index`` and ``attn_mask``).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import paperzoo
+from paperzoo import WeightLoadError
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _rand(*shape):
+    return torch.randn(*shape) * 0.1
+
+
+# ------------------------------------------------------------------------------------------------------ ViT
+def timm_vit_state_dict(depth=2, d=32, heads=4, patch=4, in_chans=3, grid=4, num_classes=10, mlp=64):
+    sd = {
+        "cls_token": _rand(1, 1, d),
+        "pos_embed": _rand(1, 1 + grid * grid, d),
+        "patch_embed.proj.weight": _rand(d, in_chans, patch, patch),
+        "patch_embed.proj.bias": _rand(d),
+    }
+    for i in range(depth):
+        p = f"blocks.{i}."
+        sd.update({
+            p + "norm1.weight": 1 + _rand(d), p + "norm1.bias": _rand(d),
+            p + "attn.qkv.weight": _rand(3 * d, d), p + "attn.qkv.bias": _rand(3 * d),
+            p + "attn.proj.weight": _rand(d, d), p + "attn.proj.bias": _rand(d),
+            p + "norm2.weight": 1 + _rand(d), p + "norm2.bias": _rand(d),
+            p + "mlp.fc1.weight": _rand(mlp, d), p + "mlp.fc1.bias": _rand(mlp),
+            p + "mlp.fc2.weight": _rand(d, mlp), p + "mlp.fc2.bias": _rand(d),
+        })
+    sd.update({"norm.weight": 1 + _rand(d), "norm.bias": _rand(d),
+               "head.weight": _rand(num_classes, d), "head.bias": _rand(num_classes)})
+    return sd
+
+
+def _bicubic_grid(pe, old, new):
+    cls, grid = pe[:, :1], pe[:, 1:]
+    d = grid.shape[-1]
+    img = grid.reshape(1, old, old, d).permute(0, 3, 1, 2)
+    img = F.interpolate(img, size=new, mode="bicubic", align_corners=False)
+    return torch.cat([cls, img.permute(0, 2, 3, 1).reshape(1, -1, d)], 1)
+
+
+def reference_vit(sd, x, heads, patch, depth, pos_embed=None):
+    """ViT Eq. 1-4 on timm-named tensors."""
+    x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
+    x = x.flatten(2).transpose(1, 2)
+    b, n, d = x.shape
+    x = torch.cat([sd["cls_token"].expand(b, 1, d), x], 1) + (sd["pos_embed"] if pos_embed is None else pos_embed)
+    for i in range(depth):
+        p = f"blocks.{i}."
+        h = F.layer_norm(x, (d,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-6)
+        q, k, v = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]).reshape(
+            b, n + 1, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        a = ((q @ k.transpose(-1, -2)) / (d // heads) ** 0.5).softmax(-1) @ v
+        a = a.transpose(1, 2).reshape(b, n + 1, d)
+        x = x + F.linear(a, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        h = F.layer_norm(x, (d,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-6)
+        h = F.linear(F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
+                     sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+        x = x + h
+    x = F.layer_norm(x, (d,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
+    return F.linear(x[:, 0], sd["head.weight"], sd["head.bias"])
+
+
+def _vit(img_size=16):
+    return paperzoo.create_model("vit_tiny_patch16_224", num_classes=10, img_size=img_size, patch_size=4,
+                                 embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0).eval()
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_vit_timm_checkpoint_gives_reference_outputs(tmp_path, suffix):
+    sd = timm_vit_state_dict()
+    path = tmp_path / f"vit{suffix}"
+    if suffix == ".pth":
+        torch.save(sd, path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path))
+    model = paperzoo.load_weights(_vit(), path, source="timm")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference_vit(sd, x, heads=4, patch=4, depth=2), **TOL)
+
+
+def test_vit_timm_checkpoint_at_another_size_interpolates_pos_embed(tmp_path):
+    sd = timm_vit_state_dict(grid=4)  # trained at 16x16 = 4x4 patches
+    torch.save(sd, tmp_path / "vit.pth")
+    model = paperzoo.load_weights(_vit(img_size=24), tmp_path / "vit.pth", source="timm")  # 6x6 patches
+    pe = _bicubic_grid(sd["pos_embed"], 4, (6, 6))
+    torch.testing.assert_close(model.pos_embed, pe)
+    x = torch.randn(1, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference_vit(sd, x, 4, 4, 2, pos_embed=pe), **TOL)
+
+
+def test_vit_mismatches_raise_weight_load_error(tmp_path):
+    sd = timm_vit_state_dict()
+    bad = dict(sd)
+    del bad["blocks.1.mlp.fc2.bias"]
+    bad["fc_norm.weight"] = torch.ones(32)  # a mean-pooling timm model's head norm: not our layout
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(WeightLoadError, match=r"(?s)missing keys.*blocks\.1\.mlp\.fc2\.bias.*unexpected.*fc_norm"):
+        paperzoo.load_weights(_vit(), tmp_path / "bad.pth", source="timm")
+    torch.save(timm_vit_state_dict(d=48, heads=4), tmp_path / "wide.pth")
+    with pytest.raises(WeightLoadError, match="shape mismatches"):
+        paperzoo.load_weights(_vit(), tmp_path / "wide.pth", source="timm")
+
+
+# ----------------------------------------------------------------------------------------------------- Swin
+SWIN = dict(patch=2, c=16, depths=(2, 2, 2), heads=(2, 4, 8), window=4, num_classes=10, mlp_ratio=2)
+
+
+def timm_swin_state_dict(patch, c, depths, heads, window, num_classes, mlp_ratio, in_chans=3):
+    """timm >= 0.9 layout: ``layers.i.downsample`` (i >= 1) merges at the start of stage i; ``head.fc``."""
+    sd = {"patch_embed.proj.weight": _rand(c, in_chans, patch, patch), "patch_embed.proj.bias": _rand(c),
+          "patch_embed.norm.weight": 1 + _rand(c), "patch_embed.norm.bias": _rand(c)}
+    dim = c
+    for i, (depth, h) in enumerate(zip(depths, heads)):
+        if i > 0:
+            sd[f"layers.{i}.downsample.norm.weight"] = 1 + _rand(4 * dim)
+            sd[f"layers.{i}.downsample.norm.bias"] = _rand(4 * dim)
+            sd[f"layers.{i}.downsample.reduction.weight"] = _rand(2 * dim, 4 * dim)
+            dim *= 2
+        for j in range(depth):
+            p = f"layers.{i}.blocks.{j}."
+            hid = mlp_ratio * dim
+            sd.update({
+                p + "norm1.weight": 1 + _rand(dim), p + "norm1.bias": _rand(dim),
+                p + "attn.relative_position_bias_table": _rand((2 * window - 1) ** 2, h),
+                p + "attn.qkv.weight": _rand(3 * dim, dim), p + "attn.qkv.bias": _rand(3 * dim),
+                p + "attn.proj.weight": _rand(dim, dim), p + "attn.proj.bias": _rand(dim),
+                p + "norm2.weight": 1 + _rand(dim), p + "norm2.bias": _rand(dim),
+                p + "mlp.fc1.weight": _rand(hid, dim), p + "mlp.fc1.bias": _rand(hid),
+                p + "mlp.fc2.weight": _rand(dim, hid), p + "mlp.fc2.bias": _rand(dim),
+            })
+    sd.update({"norm.weight": 1 + _rand(dim), "norm.bias": _rand(dim),
+               "head.fc.weight": _rand(num_classes, dim), "head.fc.bias": _rand(num_classes)})
+    return sd
+
+
+def _official_rel_index(ws):
+    n = ws * ws
+    idx = torch.empty(n, n, dtype=torch.long)
+    for i in range(n):
+        for j in range(n):
+            dy, dx = i // ws - j // ws, i % ws - j % ws
+            idx[i, j] = (dy + ws - 1) * (2 * ws - 1) + (dx + ws - 1)
+    return idx
+
+
+def _official_shift_mask(h, w, ws, s):
+    """The official recipe: label the 3x3 slices of the rolled map, partition, -100 where labels differ."""
+    img = torch.zeros(h, w)
+    cnt = 0
+    for hs in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
+        for wsl in (slice(0, -ws), slice(-ws, -s), slice(-s, None)):
+            img[hs, wsl] = cnt
+            cnt += 1
+    win = img.view(h // ws, ws, w // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
+    diff = win[:, None, :] - win[:, :, None]
+    return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
+
+
+def reference_swin(sd, x, patch, c, depths, heads, window, **_):
+    """Swin Eq. 3-4 / Fig. 3-4 on timm-named tensors, following the official algorithm step by step."""
+    x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch).permute(0, 2, 3, 1)
+    x = F.layer_norm(x, (c,), sd["patch_embed.norm.weight"], sd["patch_embed.norm.bias"])
+    dim = c
+    for i, depth in enumerate(depths):
+        if i > 0:
+            p = f"layers.{i}.downsample."
+            x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+            x = F.layer_norm(x, (4 * dim,), sd[p + "norm.weight"], sd[p + "norm.bias"])
+            x = F.linear(x, sd[p + "reduction.weight"])
+            dim *= 2
+        nh = heads[i]
+        for j in range(depth):
+            p = f"layers.{i}.blocks.{j}."
+            b, hh, ww, _ = x.shape
+            ws, s = window, (0 if j % 2 == 0 else window // 2)
+            if min(hh, ww) <= ws:
+                ws, s = min(hh, ww), 0
+            shortcut = x
+            h = F.layer_norm(x, (dim,), sd[p + "norm1.weight"], sd[p + "norm1.bias"])
+            if s:
+                h = torch.roll(h, (-s, -s), (1, 2))
+            win = h.view(b, hh // ws, ws, ww // ws, ws, dim).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, dim)
+            n = ws * ws
+            q, k, v = F.linear(win, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]).reshape(
+                -1, n, 3, nh, dim // nh).permute(2, 0, 3, 1, 4)
+            attn = (q * (dim // nh) ** -0.5) @ k.transpose(-2, -1)
+            table = sd[p + "attn.relative_position_bias_table"]
+            t = window  # the table is laid out for the configured window
+            idx = _official_rel_index(ws) if ws == t else None
+            if idx is None:  # a smaller window reads the same offsets out of the bigger table
+                full = _official_rel_index(t)
+                keep = torch.tensor([r * t + col for r in range(ws) for col in range(ws)])
+                idx = full[keep][:, keep]
+            attn = attn + table[idx.reshape(-1)].view(n, n, nh).permute(2, 0, 1)[None]
+            if s:
+                mask = _official_shift_mask(hh, ww, ws, s)
+                nw = mask.shape[0]
+                attn = (attn.view(b, nw, nh, n, n) + mask[None, :, None]).view(-1, nh, n, n)
+            a = (attn.softmax(-1) @ v).transpose(1, 2).reshape(-1, n, dim)
+            a = F.linear(a, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+            a = a.view(b, hh // ws, ww // ws, ws, ws, dim).permute(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, dim)
+            if s:
+                a = torch.roll(a, (s, s), (1, 2))
+            x = shortcut + a
+            h = F.layer_norm(x, (dim,), sd[p + "norm2.weight"], sd[p + "norm2.bias"])
+            x = x + F.linear(F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"])),
+                             sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+    x = F.layer_norm(x, (dim,), sd["norm.weight"], sd["norm.bias"]).mean((1, 2))
+    return F.linear(x, sd["head.fc.weight"], sd["head.fc.bias"])
+
+
+def _swin(window=4):
+    return paperzoo.create_model("swin_tiny_patch4_window7_224", num_classes=10, patch_size=2, embed_dim=16,
+                                 depths=(2, 2, 2), num_heads=(2, 4, 8), window_size=window,
+                                 mlp_ratio=2.0).eval()
+
+
+def to_old_layout(sd, depths, window):
+    """Official repo / timm < 0.9: merging at the end of stage i - 1, plain ``head``, stored buffers."""
+    old = {}
+    for k, v in sd.items():
+        if k.startswith("layers.") and ".downsample." in k:
+            i = int(k.split(".")[1])
+            k = k.replace(f"layers.{i}.downsample.", f"layers.{i - 1}.downsample.")
+        old[k.replace("head.fc.", "head.")] = v
+    for i, depth in enumerate(depths):
+        for j in range(depth):
+            old[f"layers.{i}.blocks.{j}.attn.relative_position_index"] = _official_rel_index(window)
+            if j % 2:
+                old[f"layers.{i}.blocks.{j}.attn_mask"] = torch.zeros(4, window * window, window * window)
+    return old
+
+
+@pytest.mark.parametrize("layout", ["timm>=0.9", "official"])
+def test_swin_timm_checkpoint_gives_reference_outputs(tmp_path, layout):
+    sd = timm_swin_state_dict(**SWIN)
+    ckpt = sd if layout == "timm>=0.9" else {"model": to_old_layout(sd, SWIN["depths"], SWIN["window"])}
+    torch.save(ckpt, tmp_path / "swin.pth")
+    model = paperzoo.load_weights(_swin(), tmp_path / "swin.pth", source="timm")
+    x = torch.randn(2, 3, 32, 32)  # 16x16 tokens, 4x4 windows; 8x8; then 4x4 = one window, not shifted
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference_swin(sd, x, **SWIN), **TOL)
+
+
+def test_swin_window_change_resizes_relative_tables(tmp_path):
+    sd = timm_swin_state_dict(**SWIN)  # window 4: 7x7 tables
+    torch.save(sd, tmp_path / "swin.pth")
+    model = paperzoo.load_weights(_swin(window=6), tmp_path / "swin.pth", source="timm")  # 11x11 tables
+    got = model.layers[1].blocks[0].attn.rel_pos.relative_position_bias_table
+    src = sd["layers.1.blocks.0.attn.relative_position_bias_table"]  # (49, heads)
+    img = src.T.reshape(1, 4, 7, 7)
+    expected = F.interpolate(img, size=(11, 11), mode="bicubic", align_corners=False).reshape(4, -1).T
+    torch.testing.assert_close(got, expected)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_swin_mismatches_raise_weight_load_error(tmp_path):
+    sd = timm_swin_state_dict(**SWIN)
+    del sd["layers.2.downsample.reduction.weight"]
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(WeightLoadError, match=r"missing keys.*layers\.2\.downsample\.reduction\.weight"):
+        paperzoo.load_weights(_swin(), tmp_path / "bad.pth", source="timm")
+    wide = timm_swin_state_dict(**{**SWIN, "c": 24})
+    torch.save(wide, tmp_path / "wide.pth")
+    with pytest.raises(WeightLoadError, match="shape mismatches"):
+        paperzoo.load_weights(_swin(), tmp_path / "wide.pth", source="timm")
