@@ -114,7 +114,12 @@ def test_stochastic_depth_grows_linearly_and_only_on_residual_blocks():
     torch.testing.assert_close(y[kept], x[kept] + branch[kept] / (1 - blk.drop_path.p))
 
 
-@pytest.mark.parametrize("variant,gflops,params_m", [("b0", 0.39, 5.3), ("b1", 0.70, 7.8), ("b2", 1.0, 9.2)])
+@pytest.mark.parametrize("variant,gflops,params_m", [
+    ("b0", 0.39, 5.3),
+    pytest.param("b1", 0.70, 7.8, marks=pytest.mark.slow),
+    pytest.param("b2", 1.0, 9.2, marks=pytest.mark.slow),
+    pytest.param("b3", 1.8, 12.2, marks=pytest.mark.slow),
+])
 def test_cost_matches_table_2(variant, gflops, params_m):
     name = f"efficientnet_{variant}"
     r = paperzoo.get_entry(name).input_size[0]

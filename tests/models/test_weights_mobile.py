@@ -9,6 +9,7 @@ as a WeightLoadError (names or shapes) or as different outputs.
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import paperzoo
@@ -87,15 +88,16 @@ def timm_mobilenetv2_keys() -> list[str]:
     return keys + _conv_bn("conv_head", "bn2") + ["classifier.weight", "classifier.bias"]
 
 
-# MobileNetV3-Small, torchvision's bneck_conf rows: (input, expanded, use_se) and timm's stage grouping.
-V3_SMALL = [(16, 16, True), (16, 72, False), (24, 88, False), (24, 96, True), (40, 240, True), (40, 240, True),
-            (40, 120, True), (48, 144, True), (48, 288, True), (96, 576, True), (96, 576, True)]
+# MobileNetV3-Small, torchvision's bneck_conf rows: (input, expanded, use_se, h-swish, stride) and timm's stages.
+V3_SMALL = [(16, 16, True, False, 2), (16, 72, False, False, 2), (24, 88, False, False, 1), (24, 96, True, True, 2),
+            (40, 240, True, True, 1), (40, 240, True, True, 1), (40, 120, True, True, 1), (48, 144, True, True, 1),
+            (48, 288, True, True, 2), (96, 576, True, True, 1), (96, 576, True, True, 1)]
 V3_SMALL_TIMM_STAGES = [1, 2, 3, 2, 3]  # ds_r1; ir_r1 + ir_r1; ir_r1 + ir_r2; ir_r2; ir_r3; then cn_r1 (576)
 
 
 def tv_mobilenetv3_small_keys() -> list[str]:
     keys = _tv_seq("features.0")
-    for i, (inp, exp, se) in enumerate(V3_SMALL):
+    for i, (inp, exp, se, _, _) in enumerate(V3_SMALL):
         keys += _tv_mbconv(f"features.{i + 1}.block", expand=exp != inp, se=se)
     keys += _tv_seq(f"features.{len(V3_SMALL) + 1}")
     return keys + ["classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias"]
@@ -105,7 +107,7 @@ def timm_mobilenetv3_small_keys() -> list[str]:
     keys, i = _conv_bn("conv_stem", "bn1"), 0
     for stage, n in enumerate(V3_SMALL_TIMM_STAGES):
         for j in range(n):
-            _, _, se = V3_SMALL[i]
+            se = V3_SMALL[i][2]
             keys += (_timm_ds if i == 0 else _timm_ir)(f"blocks.{stage}.{j}", se=se)
             i += 1
     last = len(V3_SMALL_TIMM_STAGES)
@@ -130,6 +132,143 @@ def timm_efficientnet_b0_keys() -> list[str]:
         for j in range(n):
             keys += (_timm_ds if stage == 0 else _timm_ir)(f"blocks.{stage}.{j}", se=True)
     return keys + _conv_bn("conv_head", "bn2") + ["classifier.weight", "classifier.bias"]
+
+
+# ------------------------------------------------------------- functional reference forwards (source layouts)
+# Each computes the published architecture straight from a source-layout state dict with torch.nn.functional,
+# independently of paperzoo's modules: activations, SE placement and gate, strides, shortcuts, BN eps.
+V1_STRIDES = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]  # Table 1 (the last dw layer is stride 1 in practice)
+V2_ROWS = [(1, 1), (6, 2), (6, 2), (6, 2), (6, 1), (6, 2), (6, 1)]  # Table 2 (t, s); repeats in V2_REPEATS
+B0_ROWS = [(1, 1), (6, 2), (6, 2), (6, 2), (6, 1), (6, 2), (6, 1)]  # Table 1 (t, s); repeats in B0_REPEATS
+
+
+def _cba(x, sd, conv, bn, eps, stride=1, act=None):
+    w = sd[conv]
+    groups = x.shape[1] if w.shape[1] == 1 and x.shape[1] > 1 else 1  # (C, 1, k, k): depthwise
+    y = F.conv2d(x, w, None, stride, w.shape[-1] // 2, 1, groups)
+    y = F.batch_norm(y, sd[f"{bn}.running_mean"], sd[f"{bn}.running_var"], sd[f"{bn}.weight"], sd[f"{bn}.bias"],
+                     False, 0.0, eps)
+    return act(y) if act else y
+
+
+def _block(x, sd, eps, stride, act, names, se_act=F.relu, gate=torch.sigmoid):
+    h = x
+    if names.get("expand"):
+        h = _cba(h, sd, *names["expand"], eps, 1, act)
+    h = _cba(h, sd, *names["dw"], eps, stride, act)
+    if names.get("se"):
+        r, e = names["se"]
+        z = se_act(F.conv2d(h.mean((2, 3), keepdim=True), sd[f"{r}.weight"], sd[f"{r}.bias"]))
+        h = h * gate(F.conv2d(z, sd[f"{e}.weight"], sd[f"{e}.bias"]))
+    h = _cba(h, sd, *names["project"], eps, 1, None)
+    return x + h if stride == 1 and h.shape == x.shape else h
+
+
+def _tv_names(p, expand, se):
+    names, n = {}, 0
+    if expand:
+        names["expand"], n = (f"{p}.0.0.weight", f"{p}.0.1"), 1
+    names["dw"], n = (f"{p}.{n}.0.weight", f"{p}.{n}.1"), n + 1
+    if se:
+        names["se"], n = (f"{p}.{n}.fc1", f"{p}.{n}.fc2"), n + 1
+    names["project"] = (f"{p}.{n}.0.weight", f"{p}.{n}.1")
+    return names
+
+
+def _timm_names(p, ds, se):
+    names = {"se": (f"{p}.se.conv_reduce", f"{p}.se.conv_expand")} if se else {}
+    if ds:
+        return {**names, "dw": (f"{p}.conv_dw.weight", f"{p}.bn1"), "project": (f"{p}.conv_pw.weight", f"{p}.bn2")}
+    return {**names, "expand": (f"{p}.conv_pw.weight", f"{p}.bn1"), "dw": (f"{p}.conv_dw.weight", f"{p}.bn2"),
+            "project": (f"{p}.conv_pwl.weight", f"{p}.bn3")}
+
+
+def _linear(x, sd, p):
+    return F.linear(x, sd[f"{p}.weight"], sd[f"{p}.bias"])
+
+
+def ref_timm_mobilenetv1(sd, x, eps=1e-5):
+    x, i = _cba(x, sd, "conv_stem.weight", "bn1", eps, 2, F.relu6), 0
+    for stage, n in enumerate([1, 2, 2, 6, 2]):
+        for j in range(n):
+            p = f"blocks.{stage}.{j}"
+            x = _cba(x, sd, f"{p}.conv_dw.weight", f"{p}.bn1", eps, V1_STRIDES[i], F.relu6)
+            x = _cba(x, sd, f"{p}.conv_pw.weight", f"{p}.bn2", eps, 1, F.relu6)
+            i += 1
+    return _linear(x.mean((2, 3)), sd, "classifier")
+
+
+def _v2_strides():
+    return [(t, s if j == 0 else 1) for (t, s), n in zip(V2_ROWS, V2_REPEATS) for j in range(n)]
+
+
+def ref_tv_mobilenetv2(sd, x, eps=1e-5):
+    x = _cba(x, sd, "features.0.0.weight", "features.0.1", eps, 2, F.relu6)
+    for k, (t, stride) in enumerate(_v2_strides(), start=1):
+        p = f"features.{k}.conv"
+        if t == 1:
+            names = {"dw": (f"{p}.0.0.weight", f"{p}.0.1"), "project": (f"{p}.1.weight", f"{p}.2")}
+        else:
+            names = {"expand": (f"{p}.0.0.weight", f"{p}.0.1"), "dw": (f"{p}.1.0.weight", f"{p}.1.1"),
+                     "project": (f"{p}.2.weight", f"{p}.3")}
+        x = _block(x, sd, eps, stride, F.relu6, names)
+    x = _cba(x, sd, "features.18.0.weight", "features.18.1", eps, 1, F.relu6)
+    return _linear(x.mean((2, 3)), sd, "classifier.1")
+
+
+def ref_timm_mobilenetv2(sd, x, eps=1e-5):
+    x = _cba(x, sd, "conv_stem.weight", "bn1", eps, 2, F.relu6)
+    for stage, ((t, s), n) in enumerate(zip(V2_ROWS, V2_REPEATS)):
+        for j in range(n):
+            x = _block(x, sd, eps, s if j == 0 else 1, F.relu6, _timm_names(f"blocks.{stage}.{j}", t == 1, False))
+    x = _cba(x, sd, "conv_head.weight", "bn2", eps, 1, F.relu6)
+    return _linear(x.mean((2, 3)), sd, "classifier")
+
+
+def _v3_head(x, sd, conv, bn, eps, hidden, out):
+    x = _cba(x, sd, conv, bn, eps, 1, F.hardswish).mean((2, 3))  # pool first, then the NBN layers (Fig. 5)
+    w = sd[f"{hidden}.weight"]
+    x = F.hardswish(F.linear(x, w.flatten(1), sd[f"{hidden}.bias"]))  # timm stores it as a 1x1 conv
+    return _linear(x, sd, out)
+
+
+def ref_tv_mobilenetv3_small(sd, x, eps=1e-3):
+    x = _cba(x, sd, "features.0.0.weight", "features.0.1", eps, 2, F.hardswish)
+    for i, (inp, exp, se, hs, s) in enumerate(V3_SMALL):
+        names = _tv_names(f"features.{i + 1}.block", exp != inp, se)
+        x = _block(x, sd, eps, s, F.hardswish if hs else F.relu, names, F.relu, F.hardsigmoid)
+    return _v3_head(x, sd, "features.12.0.weight", "features.12.1", eps, "classifier.0", "classifier.3")
+
+
+def ref_timm_mobilenetv3_small(sd, x, eps=1e-5):
+    x, i = _cba(x, sd, "conv_stem.weight", "bn1", eps, 2, F.hardswish), 0
+    for stage, n in enumerate(V3_SMALL_TIMM_STAGES):
+        for j in range(n):
+            _, _, se, hs, s = V3_SMALL[i]
+            names = _timm_names(f"blocks.{stage}.{j}", i == 0, se)
+            x = _block(x, sd, eps, s, F.hardswish if hs else F.relu, names, F.relu, F.hardsigmoid)
+            i += 1
+    return _v3_head(x, sd, "blocks.5.0.conv.weight", "blocks.5.0.bn1", eps, "conv_head", "classifier")
+
+
+def ref_tv_efficientnet_b0(sd, x, eps=1e-5):
+    x = _cba(x, sd, "features.0.0.weight", "features.0.1", eps, 2, F.silu)
+    for stage, ((t, s), n) in enumerate(zip(B0_ROWS, B0_REPEATS)):
+        for j in range(n):
+            names = _tv_names(f"features.{stage + 1}.{j}.block", t != 1, True)
+            x = _block(x, sd, eps, s if j == 0 else 1, F.silu, names, F.silu, torch.sigmoid)
+    x = _cba(x, sd, "features.8.0.weight", "features.8.1", eps, 1, F.silu)
+    return _linear(x.mean((2, 3)), sd, "classifier.1")
+
+
+def ref_timm_efficientnet_b0(sd, x, eps=1e-5):
+    x = _cba(x, sd, "conv_stem.weight", "bn1", eps, 2, F.silu)
+    for stage, ((t, s), n) in enumerate(zip(B0_ROWS, B0_REPEATS)):
+        for j in range(n):
+            names = _timm_names(f"blocks.{stage}.{j}", t == 1, True)
+            x = _block(x, sd, eps, s if j == 0 else 1, F.silu, names, F.silu, torch.sigmoid)
+    x = _cba(x, sd, "conv_head.weight", "bn2", eps, 1, F.silu)
+    return _linear(x.mean((2, 3)), sd, "classifier")
 
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -166,20 +305,26 @@ def _save(sd: dict, tmp_path, fmt: str):
     return path
 
 
-CASES = [  # (model, source, test-side layout, extra config for the source's BatchNorm)
-    ("mobilenetv1_100", "timm", timm_mobilenetv1_keys, {}),
-    ("mobilenetv2_100", "torchvision", tv_mobilenetv2_keys, {}),
-    ("mobilenetv2_100", "timm", timm_mobilenetv2_keys, {}),
-    ("mobilenetv3_small_100", "torchvision", tv_mobilenetv3_small_keys, {"bn_eps": 1e-3, "bn_momentum": 0.01}),
-    ("mobilenetv3_small_100", "timm", timm_mobilenetv3_small_keys, {"bn_eps": 1e-5, "bn_momentum": 0.1}),
-    ("efficientnet_b0", "torchvision", tv_efficientnet_b0_keys, source_bn_args("efficientnet_b0", "torchvision")),
-    ("efficientnet_b0", "timm", timm_efficientnet_b0_keys, source_bn_args("efficientnet_b0", "timm")),
+CASES = [  # (model, source, test-side layout, functional reference, config for the source's BatchNorm)
+    ("mobilenetv1_100", "timm", timm_mobilenetv1_keys, ref_timm_mobilenetv1, {}),
+    ("mobilenetv2_100", "torchvision", tv_mobilenetv2_keys, ref_tv_mobilenetv2, {}),
+    ("mobilenetv2_100", "timm", timm_mobilenetv2_keys, ref_timm_mobilenetv2, {}),
+    ("mobilenetv3_small_100", "torchvision", tv_mobilenetv3_small_keys, ref_tv_mobilenetv3_small,
+     {"bn_eps": 1e-3, "bn_momentum": 0.01}),
+    ("mobilenetv3_small_100", "timm", timm_mobilenetv3_small_keys, ref_timm_mobilenetv3_small,
+     {"bn_eps": 1e-5, "bn_momentum": 0.1}),
+    ("efficientnet_b0", "torchvision", tv_efficientnet_b0_keys, ref_tv_efficientnet_b0,
+     source_bn_args("efficientnet_b0", "torchvision")),
+    ("efficientnet_b0", "timm", timm_efficientnet_b0_keys, ref_timm_efficientnet_b0,
+     source_bn_args("efficientnet_b0", "timm")),
 ]
 
 
-@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
-@pytest.mark.parametrize("name,source,layout,bn", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_source_state_dict_loads_and_outputs_match(name, source, layout, bn, fmt, tmp_path):
+# each case is saved in one of the two file formats (alternating), so both readers are exercised for both sources
+@pytest.mark.parametrize("name,source,layout,ref,bn,fmt", [(*c, ("pth", "safetensors")[i % 2])
+                                                            for i, c in enumerate(CASES)],
+                         ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_source_state_dict_loads_and_outputs_match(name, source, layout, ref, bn, fmt, tmp_path):
     torch.manual_seed(0)
     original = _randomise(paperzoo.create_model(name, **bn))
     sd = to_source_layout(original, layout())
@@ -189,9 +334,11 @@ def test_source_state_dict_loads_and_outputs_match(name, source, layout, bn, fmt
     model = paperzoo.load_weights(paperzoo.create_model(name, **bn), path, source=source).eval()
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
-        ref, out = original(x), model(x)
-    assert ref.abs().max() > 1e-3  # a meaningful output, not all zeros
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+        out, expected = model(x), original(x)
+        independent = ref(sd, x)  # the source architecture computed functionally from its own keys
+    assert expected.abs().max() > 1e-3  # a meaningful output, not all zeros
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(out, independent, rtol=1e-4, atol=1e-4 * independent.abs().max().item())
 
 
 def test_known_key_names_of_the_published_layouts():
