@@ -233,3 +233,19 @@ def test_progress_bar_and_lines():
     assert "ETA 01:15" in bar.getvalue() and "\nepoch 1: val_acc 0.9\n" in bar.getvalue()
     assert plain.getvalue().splitlines() == ["epoch 1 step 50/100 | train_loss 0.5 | lr 0.1 | ETA 01:15",
                                              "epoch 1: val_acc 0.9"]
+
+
+@pytest.mark.slow
+def test_default_recipe_learns_a_fashion_mnist_subset(tmp_path, fmnist_dir):
+    """The default recipe end to end on real data, shrunk: 3 epochs on 3,000 training images."""
+    cfg = load_config(_recipe("fashion_mnist_default"),
+                      ["data.train_subset=3000", "data.test_subset=1000", "train.epochs=3", "train.threads=1",
+                       f"run.out_dir={tmp_path}", "run.progress=off", "run.tensorboard=false", "run.plots=false"])
+    result = fit(cfg)
+    assert result.status == "done" and result.metrics["val_acc"] > 0.7, result.metrics
+
+
+def _recipe(name):
+    from paperzoo.train.config import find_recipe
+
+    return find_recipe(name)

@@ -173,6 +173,8 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
     if origin is Literal:
+        if isinstance(value, bool) and "off" in args:  # YAML 1.1 reads a bare `off` as false
+            value = "on" if value else "off"
         if value not in args:
             raise ConfigError(f"{where}: invalid value {value!r}; valid choices: {', '.join(map(str, args))}")
         return value

@@ -328,11 +328,13 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
 
                     # -- hooks after each optimizer step: NaN guard, log, checkpoint, Ctrl-C
                     if step % check_every == 0 or step % cfg.train.log_every == 0 or step == total_steps:
-                        if bool(nonfinite):
+                        # a collective in DDP: every rank must stop together, or the others would hang
+                        if D.all_reduce_sum(nonfinite.float(), dist).item() > 0:
+                            when = f"step {step}" + (f" or in the {check_every - 1} steps before it"
+                                                     if check_every > 1 else "")
                             raise NonFiniteLossError(
-                                f"the training loss is NaN/inf at step {step} (epoch {epoch + 1}) or in the "
-                                f"{check_every - 1} steps before; lower optim.lr, set train.grad_clip or use "
-                                "fp32. The last good checkpoint is kept.")
+                                f"the training loss is NaN/inf at {when} (epoch {epoch + 1}); lower optim.lr, set "
+                                "train.grad_clip or use fp32. The last good checkpoint is kept.")
                     end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
                     if step % cfg.train.log_every == 0 or end_of_epoch:
                         record = _train_record(sums, epoch, step, optimizer, dist)
@@ -347,6 +349,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
                         break
                     if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
                         save("step")
+                        t_step = time.perf_counter()  # train_time counts training, not saving
                     if _should_stop(interrupt["stop"], dist):
                         save("step")
                         status = "interrupted"
@@ -361,6 +364,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
                     progress.message(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                     final_metrics = metrics
                 save("step", final_metrics)
+                t_log = time.perf_counter()  # img/s measures training only, not evaluation or saving
                 if _should_stop(interrupt["stop"], dist):
                     status = "interrupted"
                     break
