@@ -28,7 +28,8 @@ Deviations and options:
   r ⊙ (W_hn h + b_hn); Cho et al. (Eq. 8) apply it before, W_hn (r ⊙ h). ``reset_after=False`` gives the
   paper's form (teaching path only; the parameters have the same shapes).
 * Two paths, same parameters, equal to float tolerance (tested): ``fused=False`` runs the equations above in
-  Python (one ``addmm`` + a few elementwise ops per step, autograd does backprop-through-time);
+  Python (one ``addmm`` + a few elementwise ops per step; autograd does backprop-through-time, except that the
+  RNN's and LSTM's W_hh gradient is one product over all steps, see ``_RecurrentWeightGrad``);
   ``fused=True`` hands the time loop to PyTorch's fused kernels (``torch._VF.lstm`` etc., the ones
   ``nn.LSTM`` calls: oneDNN on CPU, cuDNN on GPU), which also batch the weight gradients over time.
   The default ``fused=None`` picks the fused path whenever it computes the same function (everything but
@@ -325,10 +326,17 @@ class _RecurrentStack(nn.Module):
         # Input projection for every time step at once: (T*B, In) @ (In, G) -> (T, B, G)
         gx = F.linear(x.reshape(T * B, -1), w_ih, b_ih).view(T, B, -1)
         w_hr = getattr(self, f"weight_hr_{key}", None)
+        h_prev: list[Tensor] | None = None
+        if self.mode != "GRU" and w_hh.requires_grad and torch.is_grad_enabled():
+            # W_hh's gradient for all steps in one GEMM (see _RecurrentWeightGrad); the loop uses a detached W_hh
+            h_prev = [x] * T
+            gx, w_hh = _RecurrentWeightGrad.apply(gx, w_hh, h_prev), w_hh.detach()
         outs: list[Tensor] = [x] * T  # placeholders, every slot is overwritten
         gxs = gx.unbind(0)
         for t in range(T - 1, -1, -1) if reverse else range(T):
             g = gxs[t]
+            if h_prev is not None:
+                h_prev[t] = state[0].detach()  # h_{t-1}, read by _RecurrentWeightGrad.backward
             if self.mode == "LSTM":
                 new = lstm_step(g, state[0], state[1], w_hh, b_hh, w_hr)
             elif self.mode == "GRU":
@@ -363,6 +371,28 @@ class _RecurrentStack(nn.Module):
         if self.mode == "LSTM":
             return out, (res[1].index_select(1, unsort), res[2].index_select(1, unsort))
         return out, res[1].index_select(1, unsort)
+
+
+class _RecurrentWeightGrad(torch.autograd.Function):
+    """Identity on the precomputed input gates G = W_ih x + b (T, B, G) whose backward also returns W_hh's gradient.
+
+    For the RNN and the LSTM the pre-activation at step t is G_t + W_hh h_{t-1}, so its gradient is exactly dG_t
+    and dW_hh = Σ_t dG_tᵀ h_{t-1}: one (G, T·B) @ (T·B, H) product here instead of T small ones accumulated
+    step by step by autograd (cuDNN and oneDNN do the same). ``h_prev`` is filled by the time loop *after* this
+    forward runs; by the time backward runs it holds every h_{t-1}. The GRU's W_hn sits inside r ⊙ (...), so
+    it keeps autograd's per-step gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, gx: Tensor, w_hh: Tensor, h_prev: list[Tensor]) -> Tensor:
+        ctx.h_prev = h_prev
+        return gx.view_as(gx)
+
+    @staticmethod
+    def backward(ctx, d_gx: Tensor) -> tuple[Tensor, Tensor, None]:
+        h = torch.stack(ctx.h_prev)  # T x (B, H) -> (T, B, H)
+        d_w = d_gx.reshape(-1, d_gx.shape[-1]).t() @ h.reshape(-1, h.shape[-1])  # (G, T*B) @ (T*B, H) -> (G, H)
+        return d_gx, d_w, None
 
 
 class RNN(_RecurrentStack):
