@@ -160,18 +160,19 @@ def beam_search(model: StepModel, state: Any, start_tokens: Tensor, *, beam_size
         length = t + 1
         logits, state = model.step(tokens, state)  # (B*K, V)
         vocab = logits.shape[-1]
-        logp = logits.float().log_softmax(dim=-1).view(b, k, vocab)
-        cand = (alive_score[:, :, None] + logp).view(b, k * vocab)  # log P of every extension
+        logp = logits.float().log_softmax(dim=-1).view(b, k, vocab)  # (B*K, V) -> (B, K, V)
+        cand = (alive_score[:, :, None] + logp).view(b, k * vocab)  # (B, K*V): log P of every extension
         top_score, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, 2K), sorted
-        beam, tok = top_idx // vocab, top_idx % vocab
+        beam, tok = top_idx // vocab, top_idx % vocab  # (B, 2K): parent beam and token of each candidate
         cand_seq = torch.cat([alive_seq.gather(1, beam[:, :, None].expand(-1, -1, t)), tok[:, :, None]], dim=2)
 
         # finished: EOS extensions ranked within the first K (so that K = 1 is exactly greedy)
         is_eos = tok == eos_id if eos_id is not None else torch.zeros_like(tok, dtype=torch.bool)
         in_top_k = torch.arange(tok.shape[1], device=dev)[None, :] < k
         new_fin = is_eos & in_top_k & ~done[:, None] & torch.isfinite(top_score)
-        if t == max_len - 1:  # out of length: alive hypotheses compete as they are
-            new_fin = new_fin | (~is_eos & ~done[:, None] & torch.isfinite(top_score))
+        if t == max_len - 1:  # out of length: the extensions that would stay alive compete as they are
+            would_live = ~is_eos & ((~is_eos).cumsum(dim=1) <= k)
+            new_fin = new_fin | (would_live & ~done[:, None] & torch.isfinite(top_score))
         fin_score, fin_seq, fin_len = _merge_finished(
             fin_score, fin_seq, fin_len,
             torch.where(new_fin, top_score / gnmt_length_penalty(length, length_penalty), neg_inf),
@@ -181,8 +182,9 @@ def beam_search(model: StepModel, state: Any, start_tokens: Tensor, *, beam_size
         alive_cand = torch.where(is_eos, neg_inf, top_score)
         alive_score, pos = alive_cand.topk(k, dim=1)  # (B, K)
         alive_seq = cand_seq.gather(1, pos[:, :, None].expand(-1, -1, length))
-        tokens = tok.gather(1, pos).view(-1)
-        state = reorder_state(model, state, (rows[:, None] * k + beam.gather(1, pos)).view(-1))
+        tokens = tok.gather(1, pos).view(-1)  # (B, K) -> (B*K,)
+        parents = rows[:, None] * k + beam.gather(1, pos)  # (B, K): row of each new beam's parent in B*K
+        state = reorder_state(model, state, parents.view(-1))
 
         # done: n_best finished and no alive beam can overtake the worst of them
         lp_max = torch.maximum(gnmt_length_penalty(length + 1, length_penalty),
