@@ -8,7 +8,8 @@ depthwise conv (one filter per channel) followed by a 1x1 pointwise conv. Fig. 5
 layers (2 plain, 34 separable) in 14 modules, all with linear residual connections except the first and
 last: an *entry flow* that downsamples to 728 channels at 1/16 resolution, a *middle flow* of eight
 identical residual modules, and an *exit flow* to 2048 channels. Sec. 4.7 / Fig. 10: *no* non-linearity
-between the depthwise and the pointwise step works best, so :class:`SeparableConv2d` has none (and no BN in between either).
+between the depthwise and the pointwise step works best, so :class:`SeparableConv2d` has none (and no BN
+in between either).
 
 Deviations (all as timm's ``legacy_xception``, whose weights load here with ``source="timm"``):
 * Every convolution is followed by batch norm (Sec. 3: "all Convolution and SeparableConvolution layers
