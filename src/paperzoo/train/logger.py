@@ -152,7 +152,18 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) ->
 
     panels = [("loss", ["train_loss", "val_loss"]), ("accuracy", ["train_acc", "val_acc", "val_acc_ema"]),
               ("learning rate", ["lr"])]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    # accuracy against training time (evaluation records carry train_time_s): the speed/accuracy trade-off
+    ax = axes[3]
+    for key in ("val_acc", "val_acc_ema"):
+        pts = [(r["train_time_s"] / 60, r[key]) for r in records if key in r and "train_time_s" in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", markersize=3, label=key)
+    ax.set_title("accuracy vs training time")
+    ax.set_xlabel("minutes in the training loop")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             xs, ys = series(key)

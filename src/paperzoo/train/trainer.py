@@ -71,6 +71,12 @@ class Task(Protocol):
         """Saved with every checkpoint: what is needed to use the weights (classes, normalization, ...)."""
         ...
 
+    def state_dict(self) -> dict[str, Any]:
+        """Resumable task state (at least the train loader's position), saved in ``state.pt``."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 @dataclass
 class TrainResult:
@@ -127,7 +133,8 @@ def prepare_run_dir(cfg: Config, resume: str | os.PathLike | None = None) -> Pat
         if not (run_dir / "config.yaml").is_file():
             raise FileNotFoundError(f"cannot resume: {run_dir} is not a run directory (no config.yaml)")
         return run_dir
-    name = cfg.run.name or f"{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dataset = getattr(getattr(cfg, "data", None), "dataset", "data")
+    name = cfg.run.name or f"{cfg.model.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.run.out_dir) / name
     if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
         raise ValueError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} "
@@ -162,7 +169,9 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
     """Train according to ``cfg`` (or resume the run directory ``resume``) and return the outcome.
 
     Args:
-        cfg: the full configuration (see :mod:`paperzoo.train.config`).
+        cfg: the full configuration (see :mod:`paperzoo.train.config`). Other tasks may pass their own
+            dataclass as long as it has the ``model`` (``name``), ``optim``, ``sched``, ``train`` and ``run``
+            sections of :class:`~paperzoo.train.config.Config` (e.g. ``paperzoo.text.config.TextConfig``).
         task: defaults to image classification built from ``cfg``.
         resume: a run directory to continue from its newest complete checkpoint.
     """
@@ -241,6 +250,8 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
     progress = Progress(total_steps, cfg.run.progress if dist.is_main else "off")
     if last is not None:
         progress.message(f"resumed {run_dir} from {last.name} (epoch {epoch + 1}, step {step}/{total_steps})")
+    else:
+        progress.message(f"run directory: {run_dir} ({total_steps} steps, {steps_per_epoch} per epoch)")
 
     def save(kind: str, metrics: dict[str, float] | None = None) -> None:
         """Hook: write a resumable checkpoint ("step") or weights only ("best", "final"); rank 0 only."""
@@ -370,6 +381,11 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
                     break
     except NonFiniteLossError as e:
         status, error = "failed", str(e)
+    except BaseException as e:  # a crash or a second Ctrl-C: record it, then let it propagate
+        if dist.is_main:
+            write_status(run_dir, "failed", step=step, error=f"{type(e).__name__}: {e}",
+                         resume=f"paperzoo train --resume {run_dir}")
+        raise
     finally:
         progress.close()
         logger.close()
