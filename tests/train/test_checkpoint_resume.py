@@ -168,3 +168,22 @@ def test_sigkill_at_random_moments_from_outside(tmp_path):
     time.sleep(0)
     assert kills >= 1
     assert_bitwise_equal(_weights(tmp_path / "ref"), _weights(tmp_path / "run"))
+
+
+def test_atomic_directory_replacement_recovers_from_a_crash(tmp_path):
+    """A crash between "rename old aside" and "rename new into place" leaves best.old: it is found and restored."""
+    from paperzoo.train.checkpoint import clean_temporary, find_checkpoint, save_checkpoint
+
+    meta = {"task": "image_classification"}
+    save_checkpoint(tmp_path / "best", {"w": torch.zeros(2)}, meta)
+    save_checkpoint(tmp_path / "best", {"w": torch.ones(2)}, meta)  # replaced atomically
+    assert torch.equal(read_weights(find_checkpoint(tmp_path, "best"))["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    # simulate the crash window: the old copy renamed aside, a half-written temporary, no `best`
+    (tmp_path / "best").rename(tmp_path / "best.old")
+    (tmp_path / ".tmp-best.123").mkdir()
+    assert torch.equal(read_weights(find_checkpoint(tmp_path, "best"))["w"], torch.ones(2))
+    clean_temporary(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+    with pytest.raises(FileNotFoundError, match="holds no final checkpoint"):
+        find_checkpoint(tmp_path, "final")

@@ -93,3 +93,12 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert status["status"] == "done"
     assert status["metrics"]["val_acc"] == json.loads((single / "status.json").read_text())["metrics"]["val_acc"]
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
+
+
+def test_sync_bn_on_cpu_is_a_clear_error():
+    import pytest
+
+    from paperzoo.train.distributed import DistInfo, wrap_model
+
+    with pytest.raises(ValueError, match="sync_bn=true needs GPUs"):
+        wrap_model(torch.nn.BatchNorm2d(3), DistInfo(rank=0, world_size=2), sync_bn=True)
