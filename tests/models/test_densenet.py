@@ -104,3 +104,26 @@ def test_paper_dropout_only_in_training():
         torch.testing.assert_close(layer(x), layer(x))
         layer.train()
         assert not torch.equal(layer(x), layer(x))
+
+
+def test_memory_efficient_mode_saves_fewer_activations_for_backward():
+    # Plain: every layer keeps its own concatenated input and BN/ReLU outputs, O(L^2) in the block depth.
+    # Checkpointed: only the per-layer k-wide maps and 4k-wide bottleneck outputs remain, O(L).
+    def saved_elements(memory_efficient: bool, num_layers: int) -> int:
+        block = DenseBlock(num_layers, 16, k=8, memory_efficient=memory_efficient).train()
+        x = torch.randn(2, 16, 8, 8, requires_grad=True)
+        storages = {}  # count each saved storage once: layers share references to the same maps
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes() // t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            block(x)
+        return sum(storages.values())
+
+    plain = {n: saved_elements(False, n) for n in (8, 16)}
+    efficient = {n: saved_elements(True, n) for n in (8, 16)}
+    assert efficient[16] < 0.5 * plain[16]
+    assert efficient[16] / efficient[8] < 2.2  # linear in depth
+    assert plain[16] / plain[8] > 2.5  # quadratic-ish
