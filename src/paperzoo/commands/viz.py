@@ -10,6 +10,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Draw a picture of a mechanism as a PNG file.")
     vs = p.add_subparsers(dest="what", metavar="WHAT", required=True)
 
+    q = vs.add_parser("swin-mask", help="Swin's cyclic shift: regions, windows and each window's attention mask")
+    q.add_argument("--height", type=int, default=8, help="feature-map height in tokens")
+    q.add_argument("--width", type=int, default=8, help="feature-map width in tokens")
+    q.add_argument("--window", type=int, default=4)
+    q.add_argument("--shift", type=int, default=None, help="default: window // 2, as in the paper")
+    q.add_argument("-o", "--out", default="swin_mask.png")
+    q.set_defaults(func=_swin_mask)
+
+    q = vs.add_parser("attention", help="per-head attention maps (+ rollout for ViT) of a ViT/Swin over an image")
+    q.add_argument("model", help="checkpoint (run dir / .safetensors) or registered ViT/Swin name (random weights)")
+    q.add_argument("image", nargs="?", help="image file (default: random noise)")
+    q.add_argument("--layer", type=int, default=-1, help="block index (default: the last)")
+    q.add_argument("--size", type=int, help="input side for a model name (default: its input size)")
+    q.add_argument("--max-heads", type=int, default=12)
+    q.add_argument("-o", "--out", default="attention.png")
+    q.set_defaults(func=_attention)
+
     q = vs.add_parser("posenc", help="sinusoidal positional-encoding matrix and position similarity")
     q.add_argument("--positions", type=int, default=100)
     q.add_argument("--dim", type=int, default=512)
@@ -42,6 +59,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _done(path) -> int:
     print(f"wrote {path}")
     return 0
+
+
+def _swin_mask(args: argparse.Namespace) -> int:
+    from paperzoo.viz.swin_mask import plot_swin_mask
+
+    return _done(plot_swin_mask(args.out, args.height, args.width, args.window, args.shift))
+
+
+def _attention(args: argparse.Namespace) -> int:
+    from paperzoo.viz.attention import plot_attention
+    from paperzoo.viz.inputs import load_model_and_image
+
+    model, x, raw = load_model_and_image(args.model, args.image, size=args.size)
+    return _done(plot_attention(model, x, raw, args.out, layer=args.layer, max_heads=args.max_heads))
 
 
 def _posenc(args: argparse.Namespace) -> int:
