@@ -6,7 +6,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import paperzoo
-from paperzoo.layers import ConvNormAct, DepthwiseSeparableConv, HardSigmoid, HardSwish, InvertedResidual
+from paperzoo.layers import (
+    ConvNormAct,
+    DepthwiseSeparableConv,
+    HardSigmoid,
+    HardSwish,
+    InvertedResidual,
+    separable_conv_cost,
+)
 from paperzoo.models.mobilenet_v1 import TABLE_1
 from paperzoo.models.mobilenet_v2 import TABLE_2
 from paperzoo.models.mobilenet_v3 import TABLE_1_LARGE, TABLE_2_SMALL, se_width
@@ -47,6 +54,25 @@ def test_v1_width_multiplier_matches_table_6(name, alpha, madds_m, params_m):
     assert _meta(name).cfg.alpha == alpha
     assert paperzoo.count_params(_meta(name)) / 1e6 == pytest.approx(params_m, abs=0.05)
     assert _madds(name) / 1e6 == pytest.approx(madds_m, rel=0.01)
+
+
+def test_v1_depthwise_separable_vs_full_convolution_table_4():
+    # Table 4: the same network with full 3x3 convs has 29.3M weights and 4866M mult-adds; depthwise separable
+    # layers cut that to 4.2M and 569M (Eq. 5 per layer: 1/N + 1/k²). Stem and FC are shared by both.
+    std_p = sep_p = 3 * 3 * 3 * 32 + 1024 * 1000
+    std_m = sep_m = 3 * 3 * 3 * 32 * 112 * 112 + 1024 * 1000
+    side, m = 112, 32
+    for row in TABLE_1:
+        side //= row.s
+        cost = separable_conv_cost(m, row.c, 3, side, side)
+        assert cost["separable_madds"] / cost["standard_madds"] == pytest.approx(1 / row.c + 1 / 9)
+        std_p, sep_p = std_p + cost["standard_params"], sep_p + cost["separable_params"]
+        std_m, sep_m = std_m + cost["standard_madds"], sep_m + cost["separable_madds"]
+        m = row.c
+    assert std_p / 1e6 == pytest.approx(29.3, abs=0.05) and std_m / 1e6 == pytest.approx(4866, rel=1e-3)
+    assert sep_p / 1e6 == pytest.approx(4.2, abs=0.05) and sep_m / 1e6 == pytest.approx(569, rel=1e-3)
+    conv_params = sum(c.weight.numel() for c in _meta("mobilenetv1_100").modules() if isinstance(c, nn.Conv2d))
+    assert conv_params + 1024 * 1000 == sep_p  # our model holds exactly those weights (plus BN and FC bias)
 
 
 def test_v1_paper_activation_option():

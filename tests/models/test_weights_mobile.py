@@ -7,6 +7,8 @@ initialised paperzoo model into that layout in order, saves the file (.pth or .s
 as a WeightLoadError (names or shapes) or as different outputs.
 """
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -409,3 +411,7 @@ def test_loading_with_another_sources_eps_warns(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():  # the eps really matters: outputs differ slightly, hence the warning
         assert not torch.equal(default.eval()(x), timm_model(x))
+    matching = paperzoo.create_model("mobilenetv3_small_100", bn_eps=1e-5, bn_momentum=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when the eps is the source's
+        paperzoo.load_weights(matching, path, source="timm")
