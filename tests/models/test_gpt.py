@@ -111,3 +111,16 @@ def test_learns_a_repeating_text():
     assert loss.item() < 0.1
     out = model.generate(torch.tensor([[3]]), 10, method="greedy")
     assert out.tolist() == [[3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5]]
+
+
+def test_checkpoint_round_trip_keeps_the_output_tied(tmp_path):
+    from safetensors.torch import save_file
+
+    kw = dict(vocab_size=37, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    a = paperzoo.create_model("gpt_mini", **kw).eval()
+    save_file({k: v.clone() for k, v in a.state_dict().items()}, tmp_path / "m.safetensors")
+    b = paperzoo.load_weights(paperzoo.create_model("gpt_mini", **kw), tmp_path / "m.safetensors").eval()
+    assert b.lm_head.weight is b.wte.weight
+    x = torch.randint(0, 37, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))

@@ -199,3 +199,16 @@ def test_learns_to_reverse_sequences():
     beam = model.generate(src, max_len=7, method="beam", beam_size=3)
     assert hits >= 90, hits
     assert beam.tokens.shape[:2] == (100, 1)
+
+
+def test_checkpoint_round_trip_keeps_embeddings_tied(tmp_path):
+    from safetensors.torch import save_file
+
+    kw = dict(src_vocab_size=30, tgt_vocab_size=30, share_embeddings=True, d_model=D, d_ff=FF, h=H)
+    a = paperzoo.create_model("transformer_tiny", **kw).eval()
+    save_file({k: v.clone() for k, v in a.state_dict().items()}, tmp_path / "m.safetensors")  # ties saved twice
+    b = paperzoo.load_weights(paperzoo.create_model("transformer_tiny", **kw), tmp_path / "m.safetensors").eval()
+    assert b.generator.weight is b.tgt_embed.weight is b.src_embed.weight
+    src, tgt = torch.randint(3, 30, (2, 6)), torch.randint(3, 30, (2, 4))
+    with torch.no_grad():
+        assert torch.equal(a(src, tgt), b(src, tgt))
