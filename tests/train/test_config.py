@@ -97,6 +97,13 @@ def test_recipes_are_valid_and_name_registered_models(path):
     assert find_recipe(path.stem) == path
 
 
+def test_api_accepts_a_recipe_name():
+    from paperzoo.train.api import resolve_config
+
+    cfg = resolve_config("fashion_mnist_default", ["train.epochs=1"])
+    assert cfg.train.epochs == 1 and cfg.data.dataset == "fashion_mnist"
+
+
 def test_find_recipe_lists_known_recipes():
     with pytest.raises(FileNotFoundError, match="fashion_mnist_default"):
         find_recipe("no_such_recipe")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
+from .config import Config, apply_overrides, config_from_dict, config_to_dict, find_recipe, load_config
 from .evaluate import EvalResult, average_checkpoints, ensemble, evaluate, predict_files
 from .trainer import Task, TrainResult, fit
 
@@ -32,15 +32,15 @@ __all__ = ["EvalResult", "TrainResult", "average_checkpoints", "build_optimizer_
 
 def resolve_config(config: Config | dict | str | os.PathLike | None = None,
                    overrides: list[str] | None = None) -> Config:
-    """A validated :class:`Config` from a Config, a dict or a YAML path, with overrides applied."""
+    """A validated :class:`Config` from a Config, a dict, a YAML path or a recipe name, with overrides applied."""
     if isinstance(config, Config):
         data = config_to_dict(config)
     elif isinstance(config, dict):
         data = dict(config)
     elif config is None:
         data = {}
-    else:
-        return load_config(config, overrides)
+    else:  # a YAML path or a recipe name from configs/
+        return load_config(find_recipe(config), overrides)
     return config_from_dict(apply_overrides(data, list(overrides or [])))
 
 
