@@ -212,3 +212,27 @@ def test_checkpoint_round_trip_keeps_embeddings_tied(tmp_path):
     src, tgt = torch.randint(3, 30, (2, 6)), torch.randint(3, 30, (2, 4))
     with torch.no_grad():
         assert torch.equal(a(src, tgt), b(src, tgt))
+
+
+def test_attention_maps_explicit_path_agrees_and_respects_masks():
+    model = _tiny().eval()
+    src = torch.randint(3, 23, (2, 6))
+    src[1, 4:] = 0  # padding
+    tgt = torch.randint(3, 19, (2, 5))
+    with torch.no_grad():
+        fast = model(src, tgt)
+    maps = model.attention_maps(src, tgt)
+    assert model.decoder.layers[0].keep_attn is False and model.decoder.layers[0].cross_weights is None
+    assert [m.shape for m in maps["cross"]] == [(2, H, 5, 6)] * 2
+    assert [m.shape for m in maps["encoder"]] == [(2, H, 6, 6)] * 2
+    for m in maps["encoder"] + maps["decoder"] + maps["cross"]:
+        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))  # each row is a distribution
+    for m in maps["decoder"]:
+        assert (m.triu(1) == 0).all()  # masked self-attention: nothing from the future
+    for m in maps["cross"] + maps["encoder"]:
+        assert (m[1, :, :, 4:] == 0).all()  # nothing from source padding
+    # the explicit path (used for the maps) gives the same logits as the fused one
+    for layer in [*model.encoder.layers, *model.decoder.layers]:
+        layer.keep_attn = True
+    with torch.no_grad():
+        torch.testing.assert_close(model(src, tgt), fast, rtol=1e-5, atol=1e-5)

@@ -107,9 +107,12 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.drop1 = nn.Dropout(cfg.P_drop)
         self.drop2 = nn.Dropout(cfg.P_drop)
+        self.keep_attn = False  # set by Transformer.attention_maps: use the explicit path, keep the weights
+        self.attn_weights: Tensor | None = None
 
     def _sa(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        return self.drop1(self.self_attn(x, key_padding_mask=key_padding_mask)[0])
+        out, self.attn_weights = self.self_attn(x, key_padding_mask=key_padding_mask, need_weights=self.keep_attn)
+        return self.drop1(out)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         if self.norm_first:
@@ -128,16 +131,18 @@ def _memory_kv(attn: MultiHeadAttention, memory: Tensor) -> KV:
     return kv[0], kv[1]
 
 
-def _cross_attend(attn: MultiHeadAttention, x: Tensor, kv: KV, mask: Tensor | None) -> Tensor:
-    """Encoder-decoder attention with precomputed memory keys/values; ``mask`` (B, 1, 1, S) True = real."""
+def _cross_attend(attn: MultiHeadAttention, x: Tensor, kv: KV, mask: Tensor | None, need_weights: bool = False
+                  ) -> tuple[Tensor, Tensor | None]:
+    """Encoder-decoder attention with precomputed memory keys/values; ``mask`` (B, 1, 1, S) True = real.
+    Returns the output (B, L, C) and, with ``need_weights``, the weights (B, heads, L, S)."""
     e, b_in = attn.embed_dim, attn.in_proj.bias
     q = F.linear(x, attn.in_proj.weight[:e], None if b_in is None else b_in[:e])  # (B, L, C) · Wᑫ
     b, n, _ = q.shape
     q = q.view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, L, C) -> (B, heads, L, d)
-    out, _ = scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask,
-                                          dropout_p=attn.dropout if attn.training else 0.0)
+    out, weights = scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, need_weights=need_weights,
+                                                dropout_p=attn.dropout if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(b, n, e)  # (B, heads, L, d) -> (B, L, C): Concat(head_1..h)
-    return attn.out_proj(out)
+    return attn.out_proj(out), weights
 
 
 class DecoderLayer(nn.Module):
@@ -155,13 +160,20 @@ class DecoderLayer(nn.Module):
         self.drop1 = nn.Dropout(cfg.P_drop)
         self.drop2 = nn.Dropout(cfg.P_drop)
         self.drop3 = nn.Dropout(cfg.P_drop)
+        self.keep_attn = False  # set by Transformer.attention_maps
+        self.attn_weights: Tensor | None = None
+        self.cross_weights: Tensor | None = None
+
+    def _ca(self, x: Tensor, memory_kv: KV, memory_mask: Tensor | None) -> Tensor:
+        out, self.cross_weights = _cross_attend(self.cross_attn, x, memory_kv, memory_mask, self.keep_attn)
+        return self.drop2(out)
 
     def _sa(self, x: Tensor, tgt_kpm: Tensor | None, past_kv: KV | None) -> tuple[Tensor, KV]:
         # Masked self-attention (Sec. 3.2.3): position i sees positions <= i. One new token with a cache
         # sees every cached key, so no mask at all; otherwise SDPA's is_causal (or a folded mask).
         causal = x.shape[1] > 1
-        out, _, kv = self.self_attn(x, key_padding_mask=tgt_kpm, is_causal=causal, past_kv=past_kv,
-                                    use_cache=True)
+        out, self.attn_weights, kv = self.self_attn(x, key_padding_mask=tgt_kpm, is_causal=causal,
+                                                    past_kv=past_kv, use_cache=True, need_weights=self.keep_attn)
         return self.drop1(out), kv
 
     def forward(self, x: Tensor, memory_kv: KV, memory_mask: Tensor | None, tgt_key_padding_mask: Tensor | None
@@ -170,11 +182,11 @@ class DecoderLayer(nn.Module):
         if self.norm_first:
             sa, kv = self._sa(self.norm1(x), tgt_key_padding_mask, past_kv)
             x = x + sa
-            x = x + self.drop2(_cross_attend(self.cross_attn, self.norm2(x), memory_kv, memory_mask))
+            x = x + self._ca(self.norm2(x), memory_kv, memory_mask)
             return x + self.drop3(self.ffn(self.norm3(x))), kv
         sa, kv = self._sa(x, tgt_key_padding_mask, past_kv)
         x = self.norm1(x + sa)
-        x = self.norm2(x + self.drop2(_cross_attend(self.cross_attn, x, memory_kv, memory_mask)))
+        x = self.norm2(x + self._ca(x, memory_kv, memory_mask))
         return self.norm3(x + self.drop3(self.ffn(x))), kv
 
 
@@ -331,6 +343,27 @@ class Transformer(nn.Module):
         y = self.decoder(self.embed(tgt, self.tgt_embed), memory, memory_key_padding_mask=src_key_padding_mask,
                          tgt_key_padding_mask=tgt_key_padding_mask)
         return self.generator(y)
+
+    @torch.no_grad()
+    def attention_maps(self, src: Tensor, tgt: Tensor) -> dict[str, list[Tensor]]:
+        """Attention weights of every layer for one teacher-forced pass, through the explicit path (Eq. 1).
+
+        Returns ``{"encoder": [(B, heads, S, S)] * N_enc, "decoder": [(B, heads, T, T)] * N_dec,
+        "cross": [(B, heads, T, S)] * N_dec}``; "cross" shows which source tokens each target token reads.
+        """
+        layers = [*self.encoder.layers, *self.decoder.layers]
+        for layer in layers:
+            layer.keep_attn = True
+        try:
+            self(src, tgt)
+            return {"encoder": [la.attn_weights for la in self.encoder.layers],
+                    "decoder": [la.attn_weights for la in self.decoder.layers],
+                    "cross": [la.cross_weights for la in self.decoder.layers]}
+        finally:
+            for layer in layers:
+                layer.keep_attn, layer.attn_weights = False, None
+                if isinstance(layer, DecoderLayer):
+                    layer.cross_weights = None
 
     # --------------------------------------------------------------------------- step interface (generate.py)
     def init_state(self, src: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True
