@@ -6,6 +6,8 @@
   built with another source's epsilon (outputs would differ slightly from the original model's).
 * Key renaming: converters describe the source layout as a map *our module path -> source module path*; the
   tensor names (``weight``, ``running_mean``, ...) are the same in every layout, so one function does the rest.
+  timm names the blocks of all four families alike (``timm_block_map``) and groups them into stages by output
+  width (``timm_stage_index``).
 """
 
 from __future__ import annotations
@@ -79,3 +81,17 @@ def timm_stage_index(out_channels: list[int]) -> list[tuple[int, int]]:
         pos.append((stage, idx))
         idx += 1
     return pos
+
+
+def timm_block_map(ours: str, src: str, block: nn.Module) -> dict[str, str]:
+    """Module map of one InvertedResidual to timm's DepthwiseSeparableConv (no expansion) or InvertedResidual.
+
+    Shared by MobileNet V2/V3 and EfficientNet, whose timm blocks use the same names.
+    """
+    se = {f"{ours}.se.fc1": f"{src}.se.conv_reduce", f"{ours}.se.fc2": f"{src}.se.conv_expand"}
+    if isinstance(block.expand, nn.Identity):  # no expansion layer
+        return {f"{ours}.dw.conv": f"{src}.conv_dw", f"{ours}.dw.bn": f"{src}.bn1",
+                f"{ours}.project.conv": f"{src}.conv_pw", f"{ours}.project.bn": f"{src}.bn2", **se}
+    return {f"{ours}.expand.conv": f"{src}.conv_pw", f"{ours}.expand.bn": f"{src}.bn1",
+            f"{ours}.dw.conv": f"{src}.conv_dw", f"{ours}.dw.bn": f"{src}.bn2",
+            f"{ours}.project.conv": f"{src}.conv_pwl", f"{ours}.project.bn": f"{src}.bn3", **se}

@@ -42,8 +42,7 @@ from ..layers import ConvNormAct, InvertedResidual, SqueezeExcite, make_divisibl
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
-from ._mobile_common import rename_modules, set_batchnorm, warn_if_bn_eps_differs
-from .mobilenet_v2 import timm_block_map
+from ._mobile_common import rename_modules, set_batchnorm, timm_block_map, warn_if_bn_eps_differs
 
 EFFICIENTNET_PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
                            "1905.11946", 2019)
@@ -107,7 +106,7 @@ class EfficientNetConfig:
 
     width: float = 1.0  # w = β^φ
     depth: float = 1.0  # d = α^φ
-    resolution: int = 224  # r·224; informs the registry's input size, any input size works
+    resolution: int = 224  # r·224, the input size the model is scaled for (registry default); any size runs
     table: tuple[StageRow, ...] = TABLE_1_B0
     num_classes: int = 1000
     in_chans: int = 3
@@ -249,49 +248,49 @@ def _efficientnet(variant: str, **kw) -> EfficientNet:
 
 
 # Reference counts: torchvision at 1000 classes (timm's efficientnet_bX have the same architecture and count).
-@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=224, ref_params=5_288_548,
-                ref_source="torchvision")
+@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=COMPOUND_COEFFICIENTS["b0"][2],
+                ref_params=5_288_548, ref_source="torchvision")
 def efficientnet_b0(**kw) -> EfficientNet:
     return _efficientnet("b0", **kw)
 
 
-@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=240, ref_params=7_794_184,
-                ref_source="torchvision")
+@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=COMPOUND_COEFFICIENTS["b1"][2],
+                ref_params=7_794_184, ref_source="torchvision")
 def efficientnet_b1(**kw) -> EfficientNet:
     return _efficientnet("b1", **kw)
 
 
-@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=260, ref_params=9_109_994,
-                ref_source="torchvision")
+@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=COMPOUND_COEFFICIENTS["b2"][2],
+                ref_params=9_109_994, ref_source="torchvision")
 def efficientnet_b2(**kw) -> EfficientNet:
     return _efficientnet("b2", **kw)
 
 
-@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=300, ref_params=12_233_232,
-                ref_source="torchvision")
+@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=COMPOUND_COEFFICIENTS["b3"][2],
+                ref_params=12_233_232, ref_source="torchvision")
 def efficientnet_b3(**kw) -> EfficientNet:
     return _efficientnet("b3", **kw)
 
 
-@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=380, ref_params=19_341_616,
-                ref_source="torchvision")
+@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=COMPOUND_COEFFICIENTS["b4"][2],
+                ref_params=19_341_616, ref_source="torchvision")
 def efficientnet_b4(**kw) -> EfficientNet:
     return _efficientnet("b4", **kw)
 
 
-@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=456, ref_params=30_389_784,
-                ref_source="torchvision")
+@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=COMPOUND_COEFFICIENTS["b5"][2],
+                ref_params=30_389_784, ref_source="torchvision")
 def efficientnet_b5(**kw) -> EfficientNet:
     return _efficientnet("b5", **kw)
 
 
-@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=528, ref_params=43_040_704,
-                ref_source="torchvision")
+@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=COMPOUND_COEFFICIENTS["b6"][2],
+                ref_params=43_040_704, ref_source="torchvision")
 def efficientnet_b6(**kw) -> EfficientNet:
     return _efficientnet("b6", **kw)
 
 
-@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=600, ref_params=66_347_960,
-                ref_source="torchvision")
+@register_model(family="efficientnet", paper=EFFICIENTNET_PAPER, input_size=COMPOUND_COEFFICIENTS["b7"][2],
+                ref_params=66_347_960, ref_source="torchvision")
 def efficientnet_b7(**kw) -> EfficientNet:
     return _efficientnet("b7", **kw)

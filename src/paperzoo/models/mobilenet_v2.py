@@ -30,7 +30,7 @@ from ..layers import ConvNormAct, InvertedResidual, make_divisible
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
-from ._mobile_common import rename_modules, set_batchnorm
+from ._mobile_common import rename_modules, set_batchnorm, timm_block_map
 
 MOBILENET_V2_PAPER = Paper("MobileNetV2: Inverted Residuals and Linear Bottlenecks", "1801.04381", 2018)
 
@@ -163,20 +163,6 @@ def _from_timm(sd: dict, model: MobileNetV2) -> dict:
         for j, block in enumerate(stage):
             mapping.update(timm_block_map(f"stages.{i}.{j}", f"blocks.{i}.{j}", block))
     return rename_modules(sd, model, mapping)
-
-
-def timm_block_map(ours: str, src: str, block: InvertedResidual) -> dict[str, str]:
-    """Module map of one InvertedResidual to timm's DepthwiseSeparableConv (no expansion) or InvertedResidual.
-
-    Shared by MobileNet V2/V3 and EfficientNet, whose timm blocks use the same names.
-    """
-    se = {f"{ours}.se.fc1": f"{src}.se.conv_reduce", f"{ours}.se.fc2": f"{src}.se.conv_expand"}
-    if not isinstance(block.expand, ConvNormAct):
-        return {f"{ours}.dw.conv": f"{src}.conv_dw", f"{ours}.dw.bn": f"{src}.bn1",
-                f"{ours}.project.conv": f"{src}.conv_pw", f"{ours}.project.bn": f"{src}.bn2", **se}
-    return {f"{ours}.expand.conv": f"{src}.conv_pw", f"{ours}.expand.bn": f"{src}.bn1",
-            f"{ours}.dw.conv": f"{src}.conv_dw", f"{ours}.dw.bn": f"{src}.bn2",
-            f"{ours}.project.conv": f"{src}.conv_pwl", f"{ours}.project.bn": f"{src}.bn3", **se}
 
 
 # ----------------------------------------------------------------------------------------- registered models

@@ -39,8 +39,13 @@ from ..layers import ConvNormAct, HardSigmoid, HardSwish, InvertedResidual, Sque
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
-from ._mobile_common import rename_modules, set_batchnorm, timm_stage_index, warn_if_bn_eps_differs
-from .mobilenet_v2 import timm_block_map
+from ._mobile_common import (
+    rename_modules,
+    set_batchnorm,
+    timm_block_map,
+    timm_stage_index,
+    warn_if_bn_eps_differs,
+)
 
 MOBILENET_V3_PAPER = Paper("Searching for MobileNetV3", "1905.02244", 2019)
 RE, HS = nn.ReLU, HardSwish  # the NL column of Tables 1 and 2
