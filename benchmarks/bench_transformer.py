@@ -11,8 +11,8 @@
     the two losses are checked to be equal in eval mode. One training step is forward + cross-entropy +
     backward + Adam step on a (B, S) source and (B, T) target batch, causal target mask, no padding;
     tokens/s = B·T target tokens / seconds per step. The steps are timed round-robin (ours, nn, ours, nn, ...)
-    so that a busy machine slows both alike; we report the median, the spread (min-max as % of the median)
-    and the ratio. A third row is our model with the paper's dropout (residual + embeddings only).
+    so that a busy machine slows both alike; we report the median, the spread (± half the min-max range, as %
+    of the median) and the ratio. A third row is our model with the paper's dropout (residual + embeddings only).
 (b) Generation. Greedy decoding of ``--gen-len`` tokens (EOS disabled, so every step runs) with the KV cache
     (one new position per step; encoder-decoder K/V computed once) and without it (the decoder re-runs the
     whole prefix each step), for the Transformer above (source of S tokens) and a GPT (``gpt_mini``, 1-token
