@@ -174,6 +174,8 @@ class HardAttention(nn.Module):
     def forward(self, query: Tensor, keys: Tensor, values: Tensor | None = None,
                 key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None,
                 projected_keys: Tensor | None = None) -> HardAttentionOutput:
+        """Sample one location per query (arguments as :meth:`AdditiveAttention.forward`); in training mode by the
+        chosen estimator, in eval mode by ``eval_mode``. See :class:`HardAttentionOutput` for what comes back."""
         alpha = self.align.weights(query, keys, key_padding_mask, attn_mask, projected_keys)
         v = keys if values is None else values
         present = alpha > 0  # masked keys have α = 0 exactly

@@ -262,8 +262,9 @@ class _RecurrentStack(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------------------
 
-    def forward(self, input: Tensor | PackedSequence, hx=None,
-                lengths: Tensor | Sequence[int] | None = None):
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor] | None = None,
+                lengths: Tensor | Sequence[int] | None = None
+                ) -> tuple[Tensor | PackedSequence, Tensor | tuple[Tensor, Tensor]]:
         if isinstance(input, PackedSequence):  # unpack, run with lengths, pack again
             if lengths is not None:
                 raise ValueError("give either a PackedSequence or lengths, not both")
