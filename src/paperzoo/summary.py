@@ -26,6 +26,7 @@ class ModelSummary:
     ref_params: int | None
     input_size: tuple[int, int]
     gflops: float | None
+    kind: str = "image"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -51,4 +52,5 @@ def summarize(name: str, with_flops: bool = True) -> ModelSummary:
         ref_params=entry.ref_params,
         input_size=entry.input_size,
         gflops=gflops,
+        kind=entry.kind,
     )

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         s = summarize(name, with_flops=not (args.no_flops or args.check))
         row = s.as_dict()
         row["paper"] = f"{s.paper} ({s.year})"
-        row["input"] = f"{s.input_size[0]}x{s.input_size[1]}"
+        row["input"] = f"{s.input_size[0]}x{s.input_size[1]}" if s.kind == "image" else "tokens"
         if args.check:
             row["match"] = None if s.ref_params is None else s.params == s.ref_params
         rows.append(row)
