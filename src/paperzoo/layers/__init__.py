@@ -1,6 +1,7 @@
 """Layers that recur across families, one job per file."""
 
 from .activations import HardSigmoid, HardSwish, Swish, hard_sigmoid, hard_swish
+from .additive_attention import AdditiveAttention, HardAttention, HardAttentionOutput
 from .attention import MultiHeadAttention, attention_explicit, merge_masks, scaled_dot_product_attention
 from .channel_shuffle import ChannelShuffle, channel_shuffle, channel_unshuffle
 from .conv_norm_act import ConvNormAct
@@ -21,6 +22,9 @@ from .pos_embed import (
 from .squeeze_excite import SqueezeExcite
 
 __all__ = [
+    "AdditiveAttention",
+    "HardAttention",
+    "HardAttentionOutput",
     "MultiHeadAttention",
     "attention_explicit",
     "merge_masks",
