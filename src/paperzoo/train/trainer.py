@@ -23,6 +23,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -238,7 +239,14 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
         task.load_state_dict(state["task"])
         epoch, step, in_epoch = state["epoch"], state["step"], state["in_epoch"]
         best, train_time = dict(state["best"]), state["train_time"]
-        _set_rng_state(state["rng"][dist.rank] if isinstance(state["rng"], list) else state["rng"])
+        rng = state["rng"]  # one entry per rank of the saving run (a list under DDP)
+        if isinstance(rng, list):
+            if len(rng) != dist.world_size:
+                progress_note = (f"resuming a {len(rng)}-process run with {dist.world_size} process(es): the data "
+                                 "shards and random streams differ from the original run")
+                print(f"paperzoo: warning: {progress_note}", file=sys.stderr)
+            rng = rng[dist.rank % len(rng)]
+        _set_rng_state(rng)
     else:
         torch.manual_seed(cfg.train.seed + dist.rank)  # per-rank dropout / drop-path masks
     train_model = D.wrap_model(model, dist, cfg.train.sync_bn)
