@@ -189,3 +189,17 @@ def test_small_input_downsamples_8x(name):
     with torch.no_grad():
         assert default.forward_features(torch.randn(1, 3, 64, 64)).shape[-2:] == (2, 2)  # 32x
     assert m.min_input_size == (8, 8) and default.min_input_size == (32, 32)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv1_025", "mobilenetv2_050", "mobilenetv3_small_100", "efficientnet_b0"])
+def test_one_training_step_reaches_every_parameter(name):
+    torch.manual_seed(0)
+    extra = {} if name.startswith("mobilenetv1") else {"drop_path_rate": 0.1}  # V1 has no residuals to drop
+    model = paperzoo.create_model(name, small_input=True, in_chans=1, num_classes=10, **extra)
+    model.train()
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
