@@ -1,6 +1,6 @@
 """Stand-alone self-attention (arXiv:1906.05909): the local attention layer against a naive loop over pixels
-(Eq. 3 written out), its stride/shape behaviour, k = 1 and the relative embeddings, memory that grows with
-k^2 per pixel and not (H*W)^2, and the structure of the SASA-ResNets."""
+(Eq. 3 written out) and against PyTorch's SDPA, its stride/shape behaviour, k = 1 and the relative embeddings,
+memory that grows with k^2 per pixel and not (H*W)^2, and the structure of the SASA-ResNets."""
 
 import math
 
@@ -48,21 +48,41 @@ def test_matches_naive_equation_3(k, heads, scale):
     x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
     ref = naive_local_attention(layer, x)
     with torch.no_grad():
-        fast = layer(x)
-        explicit, attn = layer(x, return_attention=True)
-    torch.testing.assert_close(fast, ref)
-    torch.testing.assert_close(explicit, ref)
+        out = layer(x)
+        same, attn = layer(x, return_attention=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(same, ref)
     assert attn.shape == (2, heads, 5 * 4, k * k)
     torch.testing.assert_close(attn.sum(-1), torch.ones(2, heads, 20, dtype=torch.float64))
 
 
-def test_sdpa_path_agrees_with_explicit_path_and_backprops():
-    layer = LocalSelfAttention2d(16, 32, kernel_size=7, heads=4)
+def sdpa_local_attention(layer: LocalSelfAttention2d, x: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 through PyTorch's F.scaled_dot_product_attention: each pixel is a batch entry with one query and
+    its k^2 window keys; r_{a-i,b-j} = [r_row(a-i), r_col(b-j)] is materialised and q.r enters as attn_mask."""
+    B, _, H, W = x.shape
+    k, N, d = layer.kernel_size, layer.heads, layer.dim_head
+    q = F.conv2d(x, layer.to_q.weight).view(B, N, d, H * W).transpose(2, 3)  # (B, heads, HW, d)
+
+    def windows(t):  # (B, C, H, W) -> (B, heads, HW, k^2, d)
+        return F.unfold(t, k, padding=k // 2).view(B, N, d, k * k, H * W).permute(0, 1, 4, 3, 2)
+
+    keys, values = windows(F.conv2d(x, layer.to_k.weight)), windows(F.conv2d(x, layer.to_v.weight))
+    r = torch.cat([layer.rel_row[:, :, None, :].expand(N, k, k, d // 2),  # row offset a-i varies along dim 1
+                   layer.rel_col[:, None, :, :].expand(N, k, k, d // 2)], dim=-1).reshape(N, k * k, d)
+    bias = torch.einsum("bhnd,hkd->bhnk", q, r) * layer.scale  # q.r: (B, heads, HW, k^2)
+    inside = F.unfold(torch.ones(1, 1, H, W, dtype=x.dtype), k, padding=k // 2)[0].t() > 0  # (HW, k^2)
+    bias = bias.masked_fill(~inside, float("-inf"))
+    out = F.scaled_dot_product_attention(q.unsqueeze(-2), keys, values, attn_mask=bias.unsqueeze(-2),
+                                         scale=layer.scale).squeeze(-2)  # (B, heads, HW, d)
+    return out.transpose(2, 3).reshape(B, N * d, H, W)
+
+
+def test_agrees_with_pytorch_sdpa_and_backprops():
+    layer = LocalSelfAttention2d(16, 32, kernel_size=7, heads=4, scale=0.25)
     x = torch.randn(2, 16, 9, 7, requires_grad=True)
-    fast = layer(x)
-    explicit, _ = layer(x, return_attention=True)
-    torch.testing.assert_close(fast, explicit, rtol=1e-5, atol=1e-5)
-    fast.square().sum().backward()
+    out = layer(x)
+    torch.testing.assert_close(out, sdpa_local_attention(layer, x), rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert layer.rel_row.grad is not None and layer.rel_row.grad.abs().sum() > 0
 
@@ -152,6 +172,8 @@ def test_bad_configs_raise_clear_errors():
         LocalSelfAttention2d(8, 8, kernel_size=4)
     with pytest.raises(ValueError, match="divisible by 2 \\* heads"):
         LocalSelfAttention2d(8, 12, heads=4)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        LocalSelfAttention2d(8, 8, heads=2, scale=0.0)
 
 
 # ------------------------------------------------------------------------------------------------- models

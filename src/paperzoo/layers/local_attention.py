@@ -12,8 +12,9 @@ of half the query width, so q^T r = q_row^T r_{a-i} + q_col^T r_{b-j}: k row ter
 pixel, broadcast to the k x k window (the k^2 embeddings are never built). With N heads the channels are split
 into N groups of d_out/N and each head computes Eq. 3 on its group; the outputs are concatenated.
 
-Keys and values of every window are gathered with ``F.unfold``: (B, C * k^2, H * W). Memory is therefore
-O(B * C * H * W * k^2), proportional to k^2 per pixel and never to (H * W)^2.
+Keys and values of every window are gathered with ``F.unfold``: (B, C * k^2, H * W), viewed as
+(B, heads, d, k^2, H * W), and Eq. 3 is evaluated in that layout. Memory is therefore O(B * C * H * W * k^2),
+proportional to k^2 per pixel and never to (H * W)^2.
 
 Choices and deviations:
 * W_Q, W_K, W_V are full d_in -> d_out 1x1 projections (no bias) whose outputs are split into heads. Sec. 2.2
@@ -58,6 +59,8 @@ class LocalSelfAttention2d(nn.Module):
         if out_chs % (2 * heads) != 0:
             raise ValueError(f"out_chs={out_chs} must be divisible by 2 * heads = {2 * heads} "
                              "(each head splits its channels between row and column offsets)")
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         self.in_chs, self.out_chs, self.stride = in_chs, out_chs, stride
@@ -80,53 +83,45 @@ class LocalSelfAttention2d(nn.Module):
         nn.init.normal_(self.rel_col, std=1.0)
 
     def _gather(self, x: Tensor) -> Tensor:
-        """k x k windows of a (B, C, H, W) map as (B, heads, H*W, k^2, d), zero outside the image."""
+        """k x k windows of a (B, C, H, W) map as (B, heads, d, k^2, H*W), zero outside the image."""
         B, C, H, W = x.shape
         k = self.kernel_size
         win = F.unfold(x, k, padding=k // 2)  # (B, C * k^2, H*W); channel-major, window row-major
-        win = win.view(B, self.heads, self.dim_head, k * k, H * W)  # (B, heads, d, k^2, N)
-        return win.permute(0, 1, 4, 3, 2)  # (B, heads, N, k^2, d)
+        return win.view(B, self.heads, self.dim_head, k * k, H * W)  # (B, heads, d, k^2, N)
 
     def _inside(self, H: int, W: int, device: torch.device) -> Tensor:
-        """(H*W, k^2) bool: which window positions fall inside the image."""
+        """(k^2, H*W) bool: which window positions fall inside the image."""
         k = self.kernel_size
         ones = torch.ones(1, 1, H, W, device=device)
-        return F.unfold(ones, k, padding=k // 2)[0].t() > 0  # (N, k^2)
+        return F.unfold(ones, k, padding=k // 2)[0] > 0  # (k^2, N)
 
-    def _logits_bias(self, q: Tensor, H: int, W: int) -> Tensor:
-        """q^T r_{a-i,b-j} (Eq. 3) plus -inf outside the image: (B, heads, N, k^2)."""
+    def _relative_logits(self, q: Tensor, H: int, W: int) -> Tensor:
+        """q^T r_{a-i,b-j} of Eq. 3, and -inf outside the image: (B, heads, k^2, N)."""
         half = self.dim_head // 2
-        q_row, q_col = q[..., :half], q[..., half:]  # (B, heads, N, d/2) each
-        row = torch.einsum("bhnd,hkd->bhnk", q_row, self.rel_row)  # q_row^T r_{a-i}: (B, heads, N, k)
-        col = torch.einsum("bhnd,hkd->bhnk", q_col, self.rel_col)  # q_col^T r_{b-j}: (B, heads, N, k)
-        bias = (row.unsqueeze(-1) + col.unsqueeze(-2)).flatten(-2)  # (B, heads, N, k, k) -> (B, heads, N, k^2)
-        bias = bias * self.scale
-        inside = self._inside(H, W, q.device)
-        return bias.masked_fill(~inside, float("-inf"))
+        q_row, q_col = q[:, :, :half], q[:, :, half:]  # (B, heads, d/2, N) each
+        row = torch.einsum("bhdn,hkd->bhkn", q_row, self.rel_row)  # q_row^T r_{a-i}: (B, heads, k, N)
+        col = torch.einsum("bhdn,hkd->bhkn", q_col, self.rel_col)  # q_col^T r_{b-j}: (B, heads, k, N)
+        rel = (row.unsqueeze(3) + col.unsqueeze(2)).flatten(2, 3)  # (B, heads, k, k, N) -> (B, heads, k^2, N)
+        return rel.masked_fill(~self._inside(H, W, q.device), float("-inf"))
 
     def forward(self, x: Tensor, return_attention: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """(B, d_in, H, W) -> (B, d_out, H', W'); with ``return_attention`` also the weights
-        (B, heads, H*W, k^2) over each pixel's window (explicit path, for teaching and visualisation)."""
+        (B, heads, H*W, k^2) each pixel gives the positions of its window (row-major, offsets -k//2..k//2)."""
         B, _, H, W = x.shape
-        q = self.to_q(x).reshape(B, self.heads, self.dim_head, H * W)  # (B, heads, d, N)
-        q = q.transpose(-1, -2)  # (B, heads, N, d)
-        keys = self._gather(self.to_k(x))  # (B, heads, N, k^2, d)
-        values = self._gather(self.to_v(x))  # (B, heads, N, k^2, d)
-        bias = self._logits_bias(q, H, W)  # (B, heads, N, k^2)
-        if return_attention:
-            # explicit Eq. 3: softmax over the window of q^T k + q^T r, then the weighted sum of values
-            logits = torch.einsum("bhnd,bhnkd->bhnk", q, keys) * self.scale + bias
-            attn = logits.softmax(dim=-1)  # (B, heads, N, k^2)
-            out = torch.einsum("bhnk,bhnkd->bhnd", attn, values)  # (B, heads, N, d)
-        else:
-            # fast path: each pixel is one query over its k^2 keys; the relative term and border mask ride
-            # in as an additive attn_mask
-            out = F.scaled_dot_product_attention(
-                q.unsqueeze(-2), keys, values, attn_mask=bias.unsqueeze(-2), scale=self.scale
-            ).squeeze(-2)  # (B, heads, N, 1, d) -> (B, heads, N, d)
-        out = out.transpose(-1, -2).reshape(B, self.out_chs, H, W)  # (B, heads, d, N) -> (B, C, H, W)
+        q = self.to_q(x).reshape(B, self.heads, self.dim_head, 1, H * W)  # (B, heads, d, 1, N)
+        keys = self._gather(self.to_k(x))  # (B, heads, d, k^2, N)
+        values = self._gather(self.to_v(x))  # (B, heads, d, k^2, N)
+        # Eq. 3 in the unfold layout, one query per pixel over its own k^2 keys. (A batched SDPA call would need
+        # (..., k^2, d)-ordered copies of keys and values and was not faster on CPU; tests/models/test_sasa.py
+        # checks this path against one built on F.scaled_dot_product_attention.) einsum keeps the dot products
+        # visible to torch.utils.flop_counter, so `paperzoo models` counts them.
+        logits = torch.einsum("bhdxn,bhdkn->bhkn", q, keys)  # q_ij . k_ab: (B, heads, k^2, N)
+        logits = logits + self._relative_logits(q.squeeze(3), H, W)  # + q_ij . r_{a-i,b-j}
+        attn = (logits * self.scale).softmax(dim=2)  # softmax_ab over the window
+        out = torch.einsum("bhkn,bhdkn->bhdn", attn, values)  # sum_ab attn * v_ab: (B, heads, d, N)
+        out = out.reshape(B, self.out_chs, H, W)  # (B, heads, d, N) -> (B, C, H, W)
         out = self.pool(out)  # 2x2 average pooling with stride 2 when downsampling (Sec. 3.1)
-        return (out, attn) if return_attention else out
+        return (out, attn.transpose(2, 3)) if return_attention else out  # weights: (B, heads, N, k^2)
 
     def extra_repr(self) -> str:
         return (f"{self.in_chs}, {self.out_chs}, kernel_size={self.kernel_size}, heads={self.heads}, "
