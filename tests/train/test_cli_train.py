@@ -57,6 +57,7 @@ def test_train_errors_are_one_clear_line(cfg_path, tmp_path, capsys, args, messa
     assert main(["train", str(cfg_path), "--out-dir", str(tmp_path), "--name", "err", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("paperzoo train: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "err").exists()  # no half-made run directory left behind
 
 
 def test_print_config_and_resume_errors(cfg_path, tmp_path, capsys):

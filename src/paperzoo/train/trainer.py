@@ -187,12 +187,6 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
     if cfg.train.precision == "fp16" and dist.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a GPU (GradScaler); on CPU use bf16 or fp32")
     run_dir = Path(D.broadcast_object(str(prepare_run_dir(cfg, resume)) if dist.is_main else None, dist))
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_temporary(run_dir)
-        ckpt.clean_temporary(run_dir / "checkpoints")
-        save_config(cfg, run_dir / "config.yaml")
-        write_status(run_dir, "running", pid=os.getpid())
     _seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights
 
     # ---- build: task, model, optimizer, schedule, scaler, EMA
@@ -221,6 +215,14 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
         ema = ModelEma(model, decay=cfg.train.ema_decay)
     autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16 if cfg.train.precision == "bf16"
                               else torch.float16, enabled=cfg.train.precision != "fp32")
+
+    # the run directory is created once the data and model are known to build (no empty runs left behind)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_temporary(run_dir)
+        ckpt.clean_temporary(run_dir / "checkpoints")
+        save_config(cfg, run_dir / "config.yaml")
+        write_status(run_dir, "running", pid=os.getpid())
 
     # ---- resume from the newest complete checkpoint (or start fresh if there is none yet)
     epoch, step, in_epoch, train_time = 0, 0, False, 0.0
