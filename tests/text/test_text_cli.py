@@ -1,0 +1,105 @@
+"""End to end through the CLI on tiny models: translate train -> eval -> translate, resume, lm train -> sample.
+
+Every run is a few optimizer steps of a model with d_model=16 on one thread: seconds, not a quality test.
+"""
+
+import json
+
+import pytest
+import torch
+
+from paperzoo.cli import main
+from paperzoo.text.tasks import TranslationTask, load_text_checkpoint
+from paperzoo.text.tokenizers import CharTokenizer, TokenizerMismatchError
+from paperzoo.train import checkpoint as ckpt
+
+TINY = ["model.name=transformer_tiny", "model.args={N_enc: 1, N_dec: 1, d_model: 16, d_ff: 32, h: 2}",
+        "data.n_train=96", "data.n_val=8", "data.n_test=8", "data.batch_size=16", "data.val_decode=8",
+        "decode.max_len=24", "train.epochs=2", "train.threads=1", "train.log_every=2", "optim.lr=0.003",
+        "run.tensorboard=false", "run.plots=false", "run.progress=off"]
+
+
+def _train(tmp_path, name, *extra):
+    return main(["translate", "train", "translate_en_ko", "--out-dir", str(tmp_path), "--name", name,
+                 "--set", *TINY, *extra])
+
+
+def test_translate_train_eval_translate(tmp_path, capsys):
+    assert _train(tmp_path, "a") == 0
+    run = tmp_path / "a"
+    assert (run / "final" / "model.safetensors").is_file() and (run / "metrics.jsonl").is_file()
+    assert json.loads((run / "status.json").read_text())["status"] == "done"
+    meta = json.loads((run / "final" / "meta.json").read_text())
+    assert meta["task"] == "translation" and meta["tokenizers"]["tgt"]["kind"] == "char"
+    capsys.readouterr()
+    assert main(["translate", "eval", str(run), "--limit", "4", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["sentences"] == 4 and 0 <= report["bleu"] <= 100
+    assert len((tmp_path / "ev" / "hypotheses.tsv").read_text().splitlines()) == 4
+    capsys.readouterr()
+    assert main(["translate", "translate", str(run), "Thursday, August 12, 2021", "seven",
+                 "--method", "beam", "--beam-size", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_translate_resume_is_exact(tmp_path, monkeypatch):
+    # As a CLI process starts: one intra-op thread before fit(). With 2 threads set before fit() (as
+    # tests/conftest.py does) the resumed run's dropout masks differed although the RNG states were equal.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check_resume(tmp_path, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_resume(tmp_path, monkeypatch):
+    assert _train(tmp_path, "full") == 0
+    # the same run, interrupted (Ctrl-C) after optimizer step 7, then resumed to the end
+    monkeypatch.setenv("PAPERZOO_FAULT", "step:7:INT")
+    monkeypatch.setattr(ckpt, "_FAULT_COUNTS", {})
+    assert _train(tmp_path, "cut") == 130
+    assert json.loads((tmp_path / "cut" / "status.json").read_text())["status"] == "interrupted"
+    monkeypatch.delenv("PAPERZOO_FAULT")
+    assert main(["translate", "train", "--resume", str(tmp_path / "cut")]) == 0
+    a = ckpt.read_weights(tmp_path / "full" / "final" / "model.safetensors")
+    b = ckpt.read_weights(tmp_path / "cut" / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), {k: float((a[k] - b[k]).abs().max()) for k in a}
+
+
+def test_tokenizer_mismatch_errors(tmp_path):
+    assert _train(tmp_path, "m", "train.epochs=1") == 0
+    ck = load_text_checkpoint(tmp_path / "m")
+    other = CharTokenizer.train(["abc"])
+    with pytest.raises(TokenizerMismatchError, match="does not match"):
+        load_text_checkpoint(tmp_path / "m", tokenizer=other)
+    last = ckpt.latest_checkpoint(tmp_path / "m" / "checkpoints")
+    state = ckpt.load_training_state(last)["task"]
+    from paperzoo.text.config import text_config_from_dict
+
+    cfg = text_config_from_dict({"data": ck.meta["data"]})
+    task = TranslationTask(cfg, tokenizers=(ck.tokenizers["src"], other))
+    with pytest.raises(TokenizerMismatchError, match="cannot resume"):
+        task.load_state_dict(state)
+
+
+def test_bad_config_is_one_clear_line(tmp_path, capsys):
+    assert main(["translate", "train", "translate_en_ko", "--set", "data.lang=es"]) != 0
+    assert "data.lang" in capsys.readouterr().err
+
+
+def test_lm_train_sample_eval(tmp_path, capsys):
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"A fortune number {i} for you.\n%\n" for i in range(80)))
+    assert main(["lm", "train", "lm_fortunes", "--out-dir", str(tmp_path), "--name", "lm", "--set",
+                 f"data.train={text}", "model.args={n_layer: 1, n_head: 2, n_embd: 16}", "data.block_size=32",
+                 "data.batch_size=8", "train.epochs=2", "train.eval_every=1", "run.tensorboard=false",
+                 "run.plots=false", "run.progress=off"]) == 0
+    out = capsys.readouterr().out
+    assert "val_ppl" in out
+    assert main(["lm", "sample", str(tmp_path / "lm"), "--prompt", "A ", "--num", "2", "--max-new", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample") == 2 and "validation perplexity" in out
+    assert main(["lm", "eval", str(tmp_path / "lm")]) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert main(["translate", "eval", str(tmp_path / "lm")]) != 0  # an LM checkpoint is refused clearly
