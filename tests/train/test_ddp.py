@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 import yaml
 
@@ -96,9 +97,28 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 
 
 def test_sync_bn_on_cpu_is_a_clear_error():
-    import pytest
-
     from paperzoo.train.distributed import DistInfo, wrap_model
 
     with pytest.raises(ValueError, match="sync_bn=true needs GPUs"):
         wrap_model(torch.nn.BatchNorm2d(3), DistInfo(rank=0, world_size=2), sync_bn=True)
+
+
+@pytest.mark.slow
+def test_ddp_run_killed_and_resumed_matches(tmp_path):
+    """Both ranks killed after step 4 (checkpoint at 3), resumed with torchrun: same weights as uninterrupted."""
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    cfg = {**CFG, "train": {**CFG["train"], "checkpoint_every": 2}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "launch.py"]
+    common = ["train", "cfg.yaml", "--out-dir", str(tmp_path)]
+    _run([*torchrun, *common, "--name", "ref"], tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PAPERZOO_FAULT": "step:5"}
+    r = subprocess.run([*torchrun, *common, "--name", "run"], capture_output=True, text=True, timeout=300, env=env,
+                       cwd=tmp_path)
+    assert r.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000003",
+                                                                                   "step_00000004"]
+    _run([*torchrun, "train", "--resume", str(tmp_path / "run")], tmp_path)
+    for part in ("model.safetensors", "ema.safetensors"):
+        a, b = read_weights(tmp_path / "ref" / "final" / part), read_weights(tmp_path / "run" / "final" / part)
+        assert all(torch.equal(a[k], b[k]) for k in a), part
