@@ -249,3 +249,19 @@ def _recipe(name):
     from paperzoo.train.config import find_recipe
 
     return find_recipe(name)
+
+
+def test_top_level_python_api(tmp_path):
+    import subprocess
+    import sys
+
+    import paperzoo
+
+    cfg = {k: dict(v) for k, v in TINY.items()}
+    cfg["run"] = {"out_dir": str(tmp_path), "name": "api", "progress": "off", "tensorboard": False, "plots": False}
+    result = paperzoo.train(cfg, overrides=["train.epochs=1"])  # the package itself is callable
+    assert result.status == "done" and result.run_dir == tmp_path / "api"
+    assert paperzoo.evaluate(result.run_dir).metrics["accuracy"] == pytest.approx(result.metrics["val_acc"])
+    # importing paperzoo does not import the trainer (it is loaded on first use)
+    code = "import sys, paperzoo; print(any(m.startswith('paperzoo.train.') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
