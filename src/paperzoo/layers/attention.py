@@ -138,7 +138,15 @@ def attention_explicit(
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         else:
             scores = scores + attn_mask
+    empty = None
+    if attn_mask is not None or is_causal:
+        # a query whose keys are all blocked gets zero weights (not NaN), as PyTorch's fused kernels do;
+        # its scores are zeroed first so no NaN reaches the backward pass either
+        empty = torch.isneginf(scores.amax(dim=-1, keepdim=True))  # (..., L, 1)
+        scores = scores.masked_fill(empty, 0.0)
     weights = scores.softmax(dim=-1)
+    if empty is not None:
+        weights = weights.masked_fill(empty, 0.0)
     if dropout_p > 0.0:
         weights = F.dropout(weights, dropout_p)
     return weights @ v, weights
