@@ -25,6 +25,9 @@ from paperzoo.data.datasets import ImageDataset, load_image_dataset
 from .config import Config
 from .distributed import DistInfo, all_reduce_sum
 
+#: weight of the auxiliary classifier's loss (Inception-v3, Sec. 8); 0.4 as in the torchvision reference recipe
+AUX_LOSS_WEIGHT = 0.4
+
 __all__ = ["ImageClassificationTask", "load_split", "make_synthetic", "build_model_from_meta"]
 
 
@@ -162,8 +165,9 @@ class ImageClassificationTask:
             self.input_shape = (train.in_chans, *train.image_size)
             self.dataset_name = train.name
         self.num_classes = len(self.classes)
-        train_tf = build_train_transform(cfg.aug, self.mean, self.std, self.num_classes,
-                                         label_smoothing=cfg.loss.smoothing)
+        # mixup/cutmix targets stay unsmoothed here: the loss applies ε to soft targets too, so smoothing in both
+        # places would apply it twice
+        train_tf = build_train_transform(cfg.aug, self.mean, self.std, self.num_classes, label_smoothing=0.0)
         self.eval_tf = build_eval_transform(self.mean, self.std)
         per_rank = d.batch_size // world
         cl = cfg.train.channels_last
@@ -211,8 +215,13 @@ class ImageClassificationTask:
 
     def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch
-        logits = model(x)  # (B, K)
-        loss = self.loss_fn(logits.float(), y)
+        out = model(x)
+        if isinstance(out, tuple):  # Inception-v3 with aux_logits=True returns (logits, aux_logits) in training
+            logits, aux = out
+            loss = self.loss_fn(logits.float(), y) + AUX_LOSS_WEIGHT * self.loss_fn(aux.float(), y)
+        else:
+            logits = out  # (B, K)
+            loss = self.loss_fn(logits.float(), y)
         hard = y.argmax(1) if y.dim() == 2 else y  # mixup/cutmix targets: the dominant class
         correct = (logits.argmax(1) == hard).sum()
         return loss, {"correct": correct, "count": torch.tensor(y.shape[0], device=y.device)}
