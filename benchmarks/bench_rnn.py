@@ -3,6 +3,7 @@
     python benchmarks/bench_rnn.py                                  # 2 layers, hidden 512, batch 32 x 128 steps
     python benchmarks/bench_rnn.py --repeats 20 --out benchmarks/results/rnn.md
     python benchmarks/bench_rnn.py --cells lstm --hidden 256 --batch 16 --seq 64 --repeats 3   # quick check
+    python benchmarks/bench_rnn.py --threads 1 --clock cpu     # on a busy shared machine: CPU time, 1 thread
 
 Method: every implementation gets the *same* weights (ours load nn.LSTM's state_dict) and the same input
 (T, B, H) without grad; one iteration is forward, ``output.sum()``, backward, grads cleared. After
@@ -10,6 +11,8 @@ Method: every implementation gets the *same* weights (ours load nn.LSTM's state_
 so a busy machine slows them all alike; we report the median tokens/s (B*T / seconds per iteration), the
 spread (min-max as % of the median), and the ratio to PyTorch's module. The 1-minute load average before
 and after is printed: on a shared machine, compare ratios from one run, not absolute numbers across runs.
+``--clock cpu`` times with the process's CPU time instead of the wall clock: with ``--threads 1`` it is
+nearly insensitive to other processes (with more threads it also counts OpenMP threads spinning).
 """
 
 from __future__ import annotations
@@ -62,12 +65,13 @@ def run(args: argparse.Namespace) -> str:
         for _ in range(args.warmup):
             step()
     load_before = os.getloadavg()[0]
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     times: list[list[float]] = [[] for _ in rows]
     for _ in range(args.repeats):
         for i, (_, _, step) in enumerate(rows):
-            t0 = time.perf_counter()
+            t0 = clock()
             step()
-            times[i].append(time.perf_counter() - t0)
+            times[i].append(clock() - t0)
     load_after = os.getloadavg()[0]
 
     tokens = B * T
@@ -77,7 +81,8 @@ def run(args: argparse.Namespace) -> str:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; 1-min load average {load_before:.1f} before, {load_after:.1f} after.",
         f"Config: {args.layers} layers, input {x.shape[-1]}, hidden {H}, batch {B} x {T} steps, fp32, "
-        f"forward + backward, median of {args.repeats} round-robin repeats after {args.warmup} warm-up.",
+        f"forward + backward, median of {args.repeats} round-robin repeats after {args.warmup} warm-up, "
+        f"{'CPU' if args.clock == 'cpu' else 'wall-clock'} time.",
         "",
         "| cell | implementation | tokens/s | ms / iter | spread | vs PyTorch |",
         "|---|---|---:|---:|---:|---:|",
@@ -104,6 +109,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="wall-clock or process CPU time")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown to this file")
     args = p.parse_args()
     table = run(args)
