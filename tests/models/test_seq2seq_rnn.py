@@ -202,3 +202,26 @@ def test_registry_builders_and_errors():
         RNNLanguageModel(RNNLMConfig(emb_dim=8, hidden_size=16))
     with pytest.raises(ValueError, match="integer token ids"):
         _tiny()(torch.randn(2, 5), torch.randint(3, V, (2, 3)))
+
+
+def test_translation_and_lm_clis_train_and_decode_with_the_rnn_models(tmp_path, capsys):
+    """End to end through `paperzoo translate` / `paperzoo lm` (the shared trainer, checkpoints, decoding)."""
+    from paperzoo.cli import main
+
+    quiet = ["run.tensorboard=false", "run.plots=false", "run.progress=off", "train.threads=1"]
+    assert main(["translate", "train", "translate_en_ko", "--out-dir", str(tmp_path), "--name", "s2s", "--set",
+                 "model.name=rnn_seq2seq_attn", "model.args={m: 8, n: 16, n_attn: 8, l: 8}", "data.n_train=64",
+                 "data.n_val=8", "data.n_test=8", "data.batch_size=16", "data.val_decode=8", "decode.max_len=12",
+                 "train.epochs=1", *quiet]) == 0
+    capsys.readouterr()
+    assert main(["translate", "translate", str(tmp_path / "s2s"), "Thursday, August 12, 2021", "seven",
+                 "--method", "beam", "--beam-size", "2"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    text = tmp_path / "corpus.txt"
+    text.write_text("".join(f"A fortune number {i} for you.\n%\n" for i in range(40)))
+    assert main(["lm", "train", "lm_fortunes", "--out-dir", str(tmp_path), "--name", "lm", "--set",
+                 f"data.train={text}", "model.name=lstm_lm", "model.args={emb_dim: 16, hidden_size: 16}",
+                 "data.block_size=32", "data.batch_size=8", "train.epochs=1", *quiet]) == 0
+    capsys.readouterr()
+    assert main(["lm", "sample", str(tmp_path / "lm"), "--prompt", "A ", "--num", "2", "--max-new", "10"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 2
