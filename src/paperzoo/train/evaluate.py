@@ -185,30 +185,9 @@ def write_report(metrics: dict[str, Any], classes: Sequence[str], out_dir: str |
         w.writerow(["true \\ predicted", *classes])
         for c, row in zip(classes, metrics["confusion"]):
             w.writerow([c, *row])
-    import matplotlib
+    from paperzoo.viz.curves import plot_confusion
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = torch.tensor(metrics["confusion"], dtype=torch.float64).numpy()
-    K = len(classes)
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * K + 2), max(4, 0.6 * K + 1.5)))
-    im = ax.imshow(cm / cm.sum(1, keepdims=True).clip(min=1), cmap="Blues", vmin=0, vmax=1)
-    if K <= 30:
-        ax.set_xticks(range(K), classes, rotation=45, ha="right")
-        ax.set_yticks(range(K), classes)
-        for i in range(K):
-            for j in range(K):
-                if cm[i, j] > 0:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if cm[i, j] > cm[i].sum() / 2 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"accuracy {metrics['accuracy']:.4f} (n={metrics['n']})")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=100)
-    plt.close(fig)
+    plot_confusion(out / "metrics.json", out / "confusion.png", classes=classes)
     return [out / n for n in ("metrics.json", "per_class.csv", "confusion.csv", "confusion.png")]
 
 

@@ -57,7 +57,8 @@ def plot_learning_curves(runs: Sequence[str | os.PathLike], path: str | os.PathL
     return save_figure(fig, path)
 
 
-def plot_confusion(eval_dir_or_file: str | os.PathLike, path: str | os.PathLike) -> Path:
+def plot_confusion(eval_dir_or_file: str | os.PathLike, path: str | os.PathLike,
+                   classes: Sequence[str] | None = None) -> Path:
     """Row-normalised confusion matrix (true x predicted) from ``paperzoo eval``'s ``metrics.json``."""
     src = Path(eval_dir_or_file)
     src = src / "metrics.json" if src.is_dir() else src
@@ -67,7 +68,8 @@ def plot_confusion(eval_dir_or_file: str | os.PathLike, path: str | os.PathLike)
     if "confusion" not in m:
         raise ValueError(f"{src} has no confusion matrix")
     cm = np.asarray(m["confusion"], dtype=float)
-    classes = m.get("classes") or [str(r["class"]) for r in m.get("per_class", [])] or [str(i) for i in range(len(cm))]
+    classes = (list(classes or []) or m.get("classes") or [str(r["class"]) for r in m.get("per_class", [])]
+               or [str(i) for i in range(len(cm))])
     k = len(cm)
     fig, axes = new_figure(1, size=(max(5, 0.6 * k + 2), max(4, 0.6 * k + 1.5)))
     ax = axes[0, 0]
