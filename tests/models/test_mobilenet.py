@@ -197,7 +197,7 @@ def test_one_training_step_reaches_every_parameter(name):
     extra = {} if name.startswith("mobilenetv1") else {"drop_path_rate": 0.1}  # V1 has no residuals to drop
     model = paperzoo.create_model(name, small_input=True, in_chans=1, num_classes=10, **extra)
     model.train()
-    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    x, y = torch.randn(2, 1, 16, 16), torch.randint(0, 10, (2,))
     loss = F.cross_entropy(model(x), y)
     loss.backward()
     assert torch.isfinite(loss)
