@@ -3,8 +3,10 @@
 torchvision and timm do not import here, so the published layouts are described in this file, independently of
 the models: the key names and shapes of each checkpoint, and a functional forward pass that reads those keys
 directly (F.conv2d / F.batch_norm, following the published architectures). A random checkpoint in that layout is
-saved as .pth and .safetensors, loaded with ``paperzoo.load_weights`` and the outputs are compared; then every
-way a file can be wrong must give a ``WeightLoadError`` naming the problem.
+saved as .pth and .safetensors, loaded with ``paperzoo.load_weights`` and the outputs are compared; our own
+random weights, renamed to the published layout by a test-side mapping, must have exactly its keys and shapes and
+come back with identical outputs; then every way a file can be wrong must give a ``WeightLoadError`` naming the
+problem.
 """
 
 from __future__ import annotations
@@ -194,6 +196,44 @@ def test_published_checkpoint_loads_and_gives_the_same_outputs(tmp_path, name):
     # every tensor of the file is in the model, unchanged (no silent resizing or transposition)
     sums = sorted(v.double().sum().item() for v in model.state_dict().values())
     assert sums == pytest.approx(sorted(v.double().sum().item() for v in ckpt.values()))
+
+
+def densenet_ours_to_torchvision(key: str) -> str:
+    """Test-side inverse of the DenseNet mapping, written with plain string splits (not the converter's regexes)."""
+    head, *rest = key.split(".")
+    if head == "stem":  # stem.conv.weight -> features.conv0.weight
+        return ".".join(["features", {"conv": "conv0", "bn": "norm0"}[rest[0]], *rest[1:]])
+    if head.startswith("block"):  # block2.layers.3.bn1.weight -> features.denseblock2.denselayer4.norm1.weight
+        _, idx, module, *tail = rest
+        return ".".join([f"features.denseblock{head[5:]}", f"denselayer{int(idx) + 1}",
+                         module.replace("bn", "norm"), *tail])
+    if head.startswith("transition"):
+        return ".".join(["features", head, {"bn": "norm", "conv": "conv"}[rest[0]], *rest[1:]])
+    return {"bn_final": "features.norm5", "fc": "classifier"}[head] + "." + ".".join(rest)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_our_weights_renamed_to_the_published_layout_round_trip(tmp_path, name):
+    # our random model, renamed to the published layout by this file's own description, must have exactly the
+    # published keys and shapes, and must come back through load_weights with identical outputs
+    original = paperzoo.create_model(name, num_classes=10).eval()
+    with torch.no_grad():  # non-trivial BN statistics
+        for key, t in original.state_dict().items():
+            if key.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+            elif key.endswith("running_mean"):
+                t.normal_(0, 0.1)
+    rename = densenet_ours_to_torchvision if name.startswith("densenet") else (lambda k: k)
+    published = {rename(k): v for k, v in original.state_dict().items()}
+    layout = CASES[name][0](10)
+    assert {k: tuple(v.shape) for k, v in published.items()} == {k: tuple(s) for k, s in layout.items()}
+    path = tmp_path / f"{name}.safetensors"
+    _save(published, path)
+    fresh = paperzoo.create_model(name, num_classes=10).eval()
+    paperzoo.load_weights(fresh, path, source=LOADS[name][0][1])
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), original(x))
 
 
 def test_published_layouts_have_the_reference_parameter_counts():
