@@ -125,3 +125,12 @@ def test_training_step_reduces_loss_and_drop_path_is_stochastic():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert model.pos_embed.grad is not None and model.cls_token.grad is not None
+
+
+def test_vit_huge_without_head_has_exactly_timms_count():
+    # timm's vit_huge_patch14_224 is the ImageNet-21k tag without a classifier: 630,764,800 parameters
+    import paperzoo
+
+    with torch.device("meta"):
+        model = paperzoo.create_model("vit_huge_patch14_224", num_classes=0)
+    assert paperzoo.count_params(model) == 630_764_800
