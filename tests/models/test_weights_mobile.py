@@ -399,7 +399,7 @@ def test_bn_eps_convention_per_source():
     with torch.device("meta"):
         b5 = paperzoo.create_model("efficientnet_b5")
     assert {m.eps for m in b5.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}  # torchvision default
-    assert {m.momentum for m in b5.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}
+    assert {m.momentum for m in b5.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}  # see docs
 
 
 def test_loading_with_another_sources_eps_warns(tmp_path):

@@ -21,8 +21,10 @@ Deviations and choices (all as in torchvision / timm, whose weights load here un
 * Stochastic depth ("drop connect", rate 0.2) grows linearly with the block index: rate·i/N for block i of N.
 * BatchNorm: the TF reference uses eps 1e-3 and momentum 0.01 (PyTorch convention). torchvision's B0-B4
   use the PyTorch defaults (1e-5, 0.1) and its B5-B7 (ported from TF) 1e-3 / 0.01; timm's ``efficientnet_bX``
-  use 1e-5 / 0.1 for all. Our defaults follow torchvision per model; ``source_bn_args`` gives each source's
-  values and the converters warn when a model was built with another eps than the source's.
+  use 1e-5 / 0.1 for all. Our eps defaults follow torchvision per model; ``source_bn_args`` gives each source's
+  values and the converters warn when a model was built with another eps than the source's. Momentum only
+  affects training: we default to 0.1 for every model (0.01 lets the running statistics lag far behind the
+  weights on short schedules; pass ``bn_momentum=0.01`` for the reference's).
 * Symmetric padding (k-1)/2, not TF's asymmetric "SAME" padding (which only timm's ``tf_`` models emulate).
 * ``small_input=True`` makes the stem and the first stride-2 stage (MBConv6, 3x3, 24 channels) stride 1,
   8x instead of 32x downsampling, for 28x28 / 32x32 images.
@@ -242,8 +244,8 @@ def _from_timm(sd: dict, model: EfficientNet) -> dict:
 # ----------------------------------------------------------------------------------------- registered models
 def _efficientnet(variant: str, **kw) -> EfficientNet:
     w, d, r, dropout = COMPOUND_COEFFICIENTS[variant]
-    bn = source_bn_args(f"efficientnet_{variant}", "torchvision")  # defaults follow torchvision, see docstring
-    kw = {"drop_rate": dropout, **bn, **kw}
+    eps = source_bn_args(f"efficientnet_{variant}", "torchvision")["bn_eps"]  # torchvision's, see docstring
+    kw = {"drop_rate": dropout, "bn_eps": eps, **kw}
     return EfficientNet(EfficientNetConfig(width=w, depth=d, resolution=r, **kw))
 
 
