@@ -64,7 +64,9 @@ def _draw(rng: random.Random, n: int, kinds: dict[str, int], p_date: float, excl
     """``n`` distinct values not in ``exclude``: a date (either format) with probability ``p_date``."""
     out: list[Value] = []
     seen = set(exclude)
-    capacity = sum(kinds.values()) - len(exclude)
+    # values that can be drawn at all: dates only if p_date > 0, numbers only if p_date < 1
+    kinds_used = {k: n for k, n in kinds.items() if (p_date > 0 if k.startswith("date") else p_date < 1)}
+    capacity = sum(kinds_used.values()) - sum(1 for k, _ in exclude if k in kinds_used)
     if n > capacity:
         raise ValueError(f"asked for {n} more distinct values but only {capacity} remain; lower the split sizes "
                          "or raise max_number")
