@@ -3,8 +3,12 @@ import os
 import pytest
 import torch
 
-# Keep the suite reproducible and light on this 2-core machine.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Keep the suite reproducible and light on this 2-core machine: under pytest-xdist every worker gets one
+# thread (two workers x two threads would oversubscribe the cores and stall OpenMP), otherwise up to two.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
