@@ -181,3 +181,16 @@ def test_training_step_reduces_loss():
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
     assert model.layers[0].blocks[1].attn.rel_pos.relative_position_bias_table.grad is not None
+
+
+def test_caches_built_under_inference_mode_still_serve_training():
+    import paperzoo
+
+    model = paperzoo.create_model("swin_tiny_patch2_window4_32", num_classes=3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        model.eval()(x)  # first call builds the masks and relative-position indices
+    model.train()
+    loss = model(x).sum()
+    loss.backward()  # would fail if the cached tensors were inference tensors
+    assert model.head.weight.grad is not None

@@ -146,7 +146,8 @@ class RelativePositionBias(nn.Module):
         device = self.relative_position_bias_table.device
         idx = self._index_cache.get((window, device))
         if idx is None:
-            idx = relative_position_index(window, self.window).to(device)
+            with torch.inference_mode(False):  # built under inference_mode, it must still serve training
+                idx = relative_position_index(window, self.window).to(device)
             self._index_cache[(window, device)] = idx
         return idx
 

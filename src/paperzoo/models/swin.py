@@ -184,22 +184,25 @@ class SwinBlock(nn.Module):
         Built once per (h, w, device) and cached."""
         key = (h, w, device)
         if key not in self._mask_cache:
-            (wh, ww), (sh, sw) = self.window_and_shift(h, w)
-            hp, wp = h + (-h % wh), w + (-w % ww)
-            if not (sh or sw or hp > h or wp > w):
-                self._mask_cache[key] = None
-            else:
-                allowed = swin_shift_mask(hp, wp, (wh, ww), (sh, sw))  # (nW, N, N)
-                pad = torch.ones(hp, wp, dtype=torch.bool, device="cpu")
-                pad[:h, :w] = False
-                pad = torch.roll(pad, (-sh, -sw), dims=(0, 1))  # where the padding sits after the shift
-                pad = window_partition(pad[None, :, :, None], (wh, ww)).squeeze(-1)  # (nW, N)
-                # a padding query still sees itself, so no row is empty (an empty row is NaN)
-                eye = torch.eye(wh * ww, dtype=torch.bool, device="cpu")
-                allowed = (allowed & ~pad[:, None, :]) | eye
-                mask = torch.zeros(allowed.shape, device="cpu").masked_fill(~allowed, float("-inf"))
-                self._mask_cache[key] = mask.to(device)
+            with torch.inference_mode(False):  # a mask first built under inference_mode must serve training too
+                self._mask_cache[key] = self._build_mask(h, w, device)
         return self._mask_cache[key]
+
+    def _build_mask(self, h: int, w: int, device: torch.device) -> Tensor | None:
+        (wh, ww), (sh, sw) = self.window_and_shift(h, w)
+        hp, wp = h + (-h % wh), w + (-w % ww)
+        if not (sh or sw or hp > h or wp > w):
+            return None  # nothing to mask: plain window attention
+        allowed = swin_shift_mask(hp, wp, (wh, ww), (sh, sw))  # (nW, N, N)
+        pad = torch.ones(hp, wp, dtype=torch.bool, device="cpu")
+        pad[:h, :w] = False
+        pad = torch.roll(pad, (-sh, -sw), dims=(0, 1))  # where the padding sits after the shift
+        pad = window_partition(pad[None, :, :, None], (wh, ww)).squeeze(-1)  # (nW, N)
+        # a padding query still sees itself, so no row is empty (an empty row is NaN)
+        eye = torch.eye(wh * ww, dtype=torch.bool, device="cpu")
+        allowed = (allowed & ~pad[:, None, :]) | eye
+        mask = torch.zeros(allowed.shape, device="cpu").masked_fill(~allowed, float("-inf"))
+        return mask.to(device)
 
     def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, WindowAttentionMap | None]:
         b, h, w, c = x.shape  # (B, H, W, C)
