@@ -95,3 +95,25 @@ def timm_block_map(ours: str, src: str, block: nn.Module) -> dict[str, str]:
     return {f"{ours}.expand.conv": f"{src}.conv_pw", f"{ours}.expand.bn": f"{src}.bn1",
             f"{ours}.dw.conv": f"{src}.conv_dw", f"{ours}.dw.bn": f"{src}.bn2",
             f"{ours}.project.conv": f"{src}.conv_pwl", f"{ours}.project.bn": f"{src}.bn3", **se}
+
+
+def init_mobile_weights(model: nn.Module, fc_init: str = "normal") -> None:
+    """The reference init of the mobile families (torchvision's MobileNetV2/V3 and EfficientNet, after the TF
+    originals): He-normal fan-out convs with zero bias, BatchNorm to identity, and the classifier either
+    N(0, 0.01) (``fc_init="normal"``, MobileNetV2/V3) or uniform(±1/sqrt(out_features)) (``"uniform"``,
+    EfficientNet)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if fc_init == "normal":
+                nn.init.normal_(m.weight, 0.0, 0.01)
+            else:
+                bound = 1.0 / m.out_features**0.5
+                nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)

@@ -44,7 +44,7 @@ from ..layers import ConvNormAct, InvertedResidual, SqueezeExcite, make_divisibl
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
-from ._mobile_common import rename_modules, set_batchnorm, timm_block_map, warn_if_bn_eps_differs
+from ._mobile_common import init_mobile_weights, rename_modules, set_batchnorm, timm_block_map, warn_if_bn_eps_differs
 
 EFFICIENTNET_PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
                            "1905.11946", 2019)
@@ -160,23 +160,7 @@ class EfficientNet(ImageClassifier):
         self.drop = nn.Dropout(cfg.drop_rate)
         self.classifier = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         set_batchnorm(self, cfg.bn_eps, cfg.bn_momentum)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # torchvision's EfficientNet init (after the TF reference): He-normal (fan-out) convs, BN to identity,
-        # FC uniform(±1/sqrt(out_features)).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
+        init_mobile_weights(self, fc_init="uniform")  # torchvision's EfficientNet init (after the TF reference)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.head(self.stages(self.stem(x)))  # (B, 1280·w, H/32, W/32)

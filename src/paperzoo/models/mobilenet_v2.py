@@ -30,7 +30,7 @@ from ..layers import ConvNormAct, InvertedResidual, make_divisible
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
-from ._mobile_common import rename_modules, set_batchnorm, timm_block_map
+from ._mobile_common import init_mobile_weights, rename_modules, set_batchnorm, timm_block_map
 
 MOBILENET_V2_PAPER = Paper("MobileNetV2: Inverted Residuals and Linear Bottlenecks", "1801.04381", 2018)
 
@@ -106,19 +106,7 @@ class MobileNetV2(ImageClassifier):
         self.drop = nn.Dropout(cfg.drop_rate)
         self.classifier = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         set_batchnorm(self, cfg.bn_eps, cfg.bn_momentum)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # torchvision's MobileNetV2 init: He-normal (fan-out) convs, BN to identity, FC ~ N(0, 0.01).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_mobile_weights(self, fc_init="normal")  # torchvision's MobileNetV2 init
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.head(self.stages(self.stem(x)))  # (B, 1280, H/32, W/32)

@@ -43,6 +43,7 @@ from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
 from ._mobile_common import (
+    init_mobile_weights,
     rename_modules,
     set_batchnorm,
     timm_block_map,
@@ -159,21 +160,7 @@ class MobileNetV3(ImageClassifier):
         self.drop = nn.Dropout(cfg.drop_rate)
         self.classifier = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         set_batchnorm(self, cfg.bn_eps, cfg.bn_momentum)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # torchvision's MobileNetV3 init: He-normal (fan-out) convs with zero bias, BN to identity, FC ~ N(0, 0.01).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_mobile_weights(self, fc_init="normal")  # torchvision's MobileNetV3 init
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.last_conv(self.blocks(self.stem(x)))  # (B, 960, H/32, W/32)
