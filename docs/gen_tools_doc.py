@@ -35,7 +35,7 @@ def run(cmd: str) -> str:
     if rc != 0:
         raise SystemExit(f"`{cmd}` failed with {rc}:\n{out.getvalue()}")
     print(f"ran `{cmd}` in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    return out.getvalue().rstrip()
+    return out.getvalue().rstrip().replace(f"{DOCS.parent}/", "")
 
 
 def block(cmd: str, output: str, max_lines: int = 40) -> str:
@@ -55,8 +55,9 @@ def tiny_runs() -> list[Path]:
         name = f"tiny-lr{lr}"
         if not (WORK / name / "final").exists():
             shutil.rmtree(WORK / name, ignore_errors=True)
-            run(f"paperzoo train --set model.name=resnet20 model.args={{width:8}} data.dataset=synthetic "
-                f"data.synthetic_size=256 train.epochs=4 optim.lr={lr} run.progress=off run.tensorboard=false "
+            run(f"paperzoo train fashion_mnist_default --set model.name=resnet20 model.args.width=8 "
+                f"data.dataset=synthetic data.synthetic_size=256 train.epochs=4 train.precision=fp32 "
+                f"train.channels_last=false optim.lr={lr} run.progress=off run.tensorboard=false "
                 f"--out-dir {WORK} --name {name}")
         runs.append(WORK / name)
     return runs
@@ -68,7 +69,8 @@ def main() -> int:
     args = ap.parse_args()
     IMG.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
-    runs = [Path(args.run)] if args.run else tiny_runs()
+    tiny = tiny_runs()  # the tune example searches over these (seconds per trial)
+    runs = [Path(args.run)] if args.run else tiny
     s: list[str] = []
     add = s.append
 
@@ -122,7 +124,7 @@ def main() -> int:
 
     add("### Learning curves and confusion matrix\n")
     shown = " ".join(str(r) for r in runs)
-    cmd = f"paperzoo viz curves {shown} --x epoch -o {IMG / 'curves.png'}"
+    cmd = f"paperzoo viz curves {shown} --x step -o {IMG / 'curves.png'}"
     add(block(cmd.replace(str(IMG), "docs/img/tools").replace(str(DOCS), "docs"), run(cmd)))
     add(f"![curves]({rel(IMG / 'curves.png')})\n")
     ev = WORK / "eval"
@@ -134,7 +136,7 @@ def main() -> int:
     add("## `paperzoo tune`: hyper-parameter search (Optuna)\n")
     space = WORK / "space.yaml"
     space.write_text(textwrap.dedent(f"""\
-        base: {runs[0] / 'config.yaml'}
+        base: {tiny[0] / 'config.yaml'}
         fixed: [train.epochs=2, run.progress=off, run.tensorboard=false, run.plots=false]
         params:
           optim.lr:           {{type: log_float, low: 0.01, high: 0.5}}

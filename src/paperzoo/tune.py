@@ -253,7 +253,9 @@ def export_results(study, space: SearchSpace, out: str | os.PathLike) -> dict[st
     files["history"] = save_figure(ax.figure, out / "optimization_history.png")
     if len(complete) >= 2 and len(space.params) >= 1:
         try:
-            ax = ovm.plot_param_importances(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "importances will be equal" on tiny studies
+                ax = ovm.plot_param_importances(study)
             ax.set_title(f"Hyper-parameter importance: {study.study_name}")
             files["importance"] = save_figure(ax.figure, out / "param_importances.png")
         except (RuntimeError, ValueError) as e:  # e.g. all trials sampled the same values

@@ -45,10 +45,13 @@ def plot_learning_curves(runs: Sequence[str | os.PathLike], path: str | os.PathL
         for recs, label in zip(data, labels):
             # train_time_s is only on evaluation records: plot train metrics against step/epoch then
             xs, ys = _series(recs, xkey, metric)
-            if not xs and x == "time":
+            if not xs and x == "time":  # train_* are logged per step, without a training time
                 continue
             ax.plot(xs, ys, marker="o" if metric.startswith("val") else None, markersize=3, label=label)
         ax.set(title=metric.replace("_", " "), xlabel=xlabel, ylabel=metric)
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"no {metric} records against {xlabel}", ha="center", va="center",
+                    transform=ax.transAxes)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
