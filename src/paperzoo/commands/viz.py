@@ -18,9 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-o", "--out", default="swin_mask.png")
     q.set_defaults(func=_swin_mask)
 
-    q = vs.add_parser("attention", help="per-head attention maps (+ rollout for ViT) of a ViT/Swin over an image")
+    q = vs.add_parser("attention", help="ViT/Swin attention maps (+ rollout) over an image, or a translation "
+                                        "model's encoder-decoder attention for a sentence (--sentence)")
     q.add_argument("model", help="checkpoint (run dir / .safetensors) or registered ViT/Swin name (random weights)")
     q.add_argument("image", nargs="?", help="image file (default: random noise)")
+    q.add_argument("--sentence", help="translation checkpoints: the source sentence to translate and show")
     q.add_argument("--layer", type=int, default=-1, help="block index (default: the last)")
     q.add_argument("--size", type=int, help="input side for a model name (default: its input size)")
     q.add_argument("--max-heads", type=int, default=12)
@@ -68,6 +70,11 @@ def _swin_mask(args: argparse.Namespace) -> int:
 
 
 def _attention(args: argparse.Namespace) -> int:
+    if args.sentence is not None:
+        from paperzoo.viz.translation import plot_translation_attention
+
+        return _done(plot_translation_attention(args.model, args.sentence, args.out, layer=args.layer,
+                                                max_heads=min(args.max_heads, 8)))
     from paperzoo.viz.attention import plot_attention
     from paperzoo.viz.inputs import load_model_and_image
 

@@ -1,0 +1,25 @@
+"""Encoder-decoder attention picture of a (tiny) trained translation model, tokens on both axes."""
+
+import torch
+
+from paperzoo.cli import main
+from paperzoo.viz.translation import translation_attention
+
+TINY = ["model.name=transformer_tiny", "model.args={N_enc: 1, N_dec: 2, d_model: 16, d_ff: 32, h: 2}",
+        "data.n_train=96", "data.n_val=8", "data.n_test=8", "data.batch_size=16", "data.val_decode=8",
+        "decode.max_len=12", "train.epochs=1", "train.threads=1", "run.tensorboard=false", "run.plots=false",
+        "run.progress=off"]
+
+
+def test_translation_cross_attention_matrix_and_picture(tmp_path, png_ok):
+    assert main(["translate", "train", "translate_en_ko", "--out-dir", str(tmp_path), "--name", "t",
+                 "--set", *TINY]) == 0
+    run = tmp_path / "t"
+    weights, src, out, hyp = translation_attention(run, "Sunday, April 1, 2018")
+    assert weights.shape == (2, 2, len(out), len(src))  # (decoder layers, heads, T, S)
+    assert src[-1] == "</s>" and out[-1] == "</s>"
+    assert len(out) <= 12 + 1
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))  # each query's weights sum to 1
+    assert main(["viz", "attention", str(run), "--sentence", "Sunday, April 1, 2018", "--layer", "0",
+                 "-o", str(tmp_path / "a.png")]) == 0
+    png_ok(tmp_path / "a.png")
