@@ -66,6 +66,8 @@ def tiny_runs() -> list[Path]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--run", help="a real image-classification run directory for curves/confusion")
+    ap.add_argument("--translation", help="a trained translation run (paperzoo translate train translate_en_ko) "
+                                          "for the encoder-decoder attention picture")
     args = ap.parse_args()
     IMG.mkdir(parents=True, exist_ok=True)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -116,6 +118,15 @@ def main() -> int:
     cmd = f"paperzoo viz attention vit_tiny_patch4_32 --size 32 --layer -1 --max-heads 3 -o {IMG / 'attention.png'}"
     add(block(cmd.replace(str(IMG), "docs/img/tools"), run(cmd)))
     add(f"![attention]({rel(IMG / 'attention.png')})\n")
+
+    if args.translation:
+        add("### Encoder-decoder attention of a translation model\n")
+        add("For a translation checkpoint and a sentence: which source tokens each output token read (decoder "
+            "layer, mean over heads and per head), after the model's own translation.\n")
+        cmd = (f"paperzoo viz attention {args.translation} --sentence 'Thursday, August 12, 2021' --layer -1 "
+               f"--max-heads 2 -o {IMG / 'translation_attention.png'}")
+        add(block(cmd.replace(str(IMG), "docs/img/tools"), run(cmd)))
+        add(f"![translation attention]({rel(IMG / 'translation_attention.png')})\n")
 
     add("### Feature maps and SE channel weights\n")
     cmd = f"paperzoo viz features seresnet50 --se --size 64 -o {IMG / 'se.png'}"

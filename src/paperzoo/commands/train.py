@@ -46,25 +46,12 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from paperzoo.train.api import resolve_config, train
-    from paperzoo.train.config import config_to_dict, find_recipe
+    from paperzoo.train.config import config_to_dict
+
+    from ._run_args import resolve_config_and_resume
 
     overrides = _overrides(args)
-    resume = args.resume
-    if resume not in (None, "auto"):
-        if args.config:
-            raise ValueError("--resume RUN_DIR uses the run's saved config; do not also pass CONFIG")
-        config = None
-    else:
-        if not args.config:
-            raise ValueError("give a CONFIG (YAML path or recipe name) or --resume RUN_DIR")
-        config = find_recipe(args.config)
-        if resume == "auto":
-            cfg = resolve_config(config, overrides)
-            if cfg.run.name is None:
-                raise ValueError("--resume without a RUN_DIR needs a fixed run.name (e.g. --name myrun)")
-            run_dir = Path(cfg.run.out_dir) / cfg.run.name
-            resume = str(run_dir) if (run_dir / "config.yaml").is_file() else None
-            config = None if resume else config
+    config, resume = resolve_config_and_resume(args.config, args.resume, overrides, resolve_config)
     if args.print_config:
         cfg = resolve_config(config if config is not None else Path(resume) / "config.yaml", overrides)
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")

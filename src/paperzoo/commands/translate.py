@@ -47,27 +47,14 @@ def run_train(args: argparse.Namespace, kind: str) -> int:
 
     from paperzoo.text.config import load_text_config, text_config_to_dict
     from paperzoo.text.tasks import train_lm, train_translation
-    from paperzoo.train.config import find_recipe
+
+    from ._run_args import resolve_config_and_resume
 
     overrides = list(args.overrides)
     for flag, key in (("epochs", "train.epochs"), ("out_dir", "run.out_dir"), ("name", "run.name")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
-    resume, config = args.resume, None
-    if resume not in (None, "auto"):
-        if args.config:
-            raise ValueError("--resume RUN_DIR uses the run's saved config; do not also pass CONFIG")
-    else:
-        if not args.config:
-            raise ValueError("give a CONFIG (YAML path or recipe name) or --resume RUN_DIR")
-        config = find_recipe(args.config)
-        if resume == "auto":
-            cfg = load_text_config(config, overrides)
-            if cfg.run.name is None:
-                raise ValueError("--resume without a RUN_DIR needs a fixed run.name (e.g. --name myrun)")
-            run_dir = Path(cfg.run.out_dir) / cfg.run.name
-            resume = str(run_dir) if (run_dir / "config.yaml").is_file() else None
-            config = None if resume else config
+    config, resume = resolve_config_and_resume(args.config, args.resume, overrides, load_text_config)
     if args.print_config:
         cfg = load_text_config(config if config is not None else Path(resume) / "config.yaml", overrides)
         print(yaml.safe_dump(text_config_to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
