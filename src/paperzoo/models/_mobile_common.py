@@ -117,3 +117,14 @@ def init_mobile_weights(model: nn.Module, fc_init: str = "normal") -> None:
                 bound = 1.0 / m.out_features**0.5
                 nn.init.uniform_(m.weight, -bound, bound)
             nn.init.zeros_(m.bias)
+
+
+def timm_mbconv_mapping(model: nn.Module) -> dict[str, str]:
+    """Our module names -> timm's for MobileNetV2 / EfficientNet: conv_stem/bn1, blocks.{i}.{j} (one stage per
+    paper table row), conv_head/bn2, classifier."""
+    mapping = {"stem.conv": "conv_stem", "stem.bn": "bn1", "head.conv": "conv_head", "head.bn": "bn2",
+               "classifier": "classifier"}
+    for i, stage in enumerate(model.stages):
+        for j, block in enumerate(stage):
+            mapping.update(timm_block_map(f"stages.{i}.{j}", f"blocks.{i}.{j}", block))
+    return mapping

@@ -44,7 +44,13 @@ from ..layers import ConvNormAct, InvertedResidual, SqueezeExcite, make_divisibl
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
-from ._mobile_common import init_mobile_weights, rename_modules, set_batchnorm, timm_block_map, warn_if_bn_eps_differs
+from ._mobile_common import (
+    init_mobile_weights,
+    rename_modules,
+    set_batchnorm,
+    timm_mbconv_mapping,
+    warn_if_bn_eps_differs,
+)
 
 EFFICIENTNET_PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
                            "1905.11946", 2019)
@@ -217,12 +223,7 @@ def _from_torchvision(sd: dict, model: EfficientNet) -> dict:
 @register_converter("efficientnet", "timm")
 def _from_timm(sd: dict, model: EfficientNet) -> dict:
     _check_eps(model, "timm")
-    mapping = {"stem.conv": "conv_stem", "stem.bn": "bn1", "head.conv": "conv_head", "head.bn": "bn2",
-               "classifier": "classifier"}
-    for i, stage in enumerate(model.stages):
-        for j, block in enumerate(stage):
-            mapping.update(timm_block_map(f"stages.{i}.{j}", f"blocks.{i}.{j}", block))
-    return rename_modules(sd, model, mapping)
+    return rename_modules(sd, model, timm_mbconv_mapping(model))
 
 
 # ----------------------------------------------------------------------------------------- registered models

@@ -30,7 +30,7 @@ from ..layers import ConvNormAct, InvertedResidual, make_divisible
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
-from ._mobile_common import init_mobile_weights, rename_modules, set_batchnorm, timm_block_map
+from ._mobile_common import init_mobile_weights, rename_modules, set_batchnorm, timm_mbconv_mapping
 
 MOBILENET_V2_PAPER = Paper("MobileNetV2: Inverted Residuals and Linear Bottlenecks", "1801.04381", 2018)
 
@@ -145,12 +145,7 @@ def _from_torchvision(sd: dict, model: MobileNetV2) -> dict:
 # (conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3).
 @register_converter("mobilenetv2", "timm")
 def _from_timm(sd: dict, model: MobileNetV2) -> dict:
-    mapping = {"stem.conv": "conv_stem", "stem.bn": "bn1", "head.conv": "conv_head", "head.bn": "bn2",
-               "classifier": "classifier"}
-    for i, stage in enumerate(model.stages):
-        for j, block in enumerate(stage):
-            mapping.update(timm_block_map(f"stages.{i}.{j}", f"blocks.{i}.{j}", block))
-    return rename_modules(sd, model, mapping)
+    return rename_modules(sd, model, timm_mbconv_mapping(model))
 
 
 # ----------------------------------------------------------------------------------------- registered models

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
-
-import yaml
 
 from paperzoo.train.config import (
     ConfigError,
@@ -23,8 +20,8 @@ from paperzoo.train.config import (
     SchedConfig,
     TrainConfig,
     _build,
-    apply_overrides,
     config_to_dict,
+    read_config_data,
 )
 
 __all__ = ["TextDataConfig", "TokenizerConfig", "TextLossConfig", "DecodeConfig", "TextConfig",
@@ -133,12 +130,4 @@ def text_config_to_dict(cfg: TextConfig) -> dict:
 
 def load_text_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TextConfig:
     """Read a YAML recipe (or start from defaults), apply ``section.key=value`` overrides and validate."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
-    return text_config_from_dict(apply_overrides(data, list(overrides or [])))
+    return text_config_from_dict(read_config_data(path, overrides))

@@ -29,7 +29,7 @@ import yaml
 __all__ = [
     "AugConfig", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig",
     "RunConfig", "SchedConfig", "TrainConfig", "apply_overrides", "config_from_dict", "config_to_dict",
-    "find_recipe", "load_config", "save_config",
+    "find_recipe", "load_config", "read_config_data", "save_config",
 ]
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
@@ -299,8 +299,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML recipe (or start from defaults), apply overrides and validate."""
+def read_config_data(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict:
+    """The nested dict of a YAML recipe (or ``{}``) with ``section.key=value`` overrides applied, unvalidated."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -309,7 +309,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         data = yaml.safe_load(p.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of sections at the top level")
-    return config_from_dict(apply_overrides(data, list(overrides or [])))
+    return apply_overrides(data, list(overrides or []))
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (or start from defaults), apply overrides and validate."""
+    return config_from_dict(read_config_data(path, overrides))
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
