@@ -146,6 +146,33 @@ def test_a_non_image_task_trains(tmp_path):
     assert result.best["metric"] == "val_mse"
 
 
+def test_a_task_names_its_throughput_unit_and_resume_command(tmp_path, monkeypatch):
+    """Image tasks log img_per_s and suggest `paperzoo train --resume`; a task may name its own (text: tok)."""
+    import paperzoo.train.checkpoint as ckpt
+    from paperzoo.train.logger import read_metrics, throughput
+    from paperzoo.train.trainer import resume_hint, throughput_key
+
+    assert throughput_key(ToyRegression()) == "img_per_s"  # the default: attributes are optional
+    assert resume_hint(ToyRegression(), "runs/x") == "paperzoo train --resume runs/x"
+
+    class Points(ToyRegression):
+        throughput_unit, resume_command = "pt", "toytool fit"
+
+    monkeypatch.setenv("PAPERZOO_FAULT", "step:2:INT")  # Ctrl-C after step 2
+    monkeypatch.setattr(ckpt, "_FAULT_COUNTS", {})
+    cfg = _cfg(tmp_path, "pts", sched={"name": "constant"}, train={"epochs": 3, "log_every": 1},
+               run={"tensorboard": False, "plots": False})
+    result = fit(cfg, Points())
+    assert result.status == "interrupted" and result.resume_hint == f"toytool fit --resume {result.run_dir}"
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["resume"] == result.resume_hint
+    recs = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert recs and all("pt_per_s" in r and "img_per_s" not in r for r in recs)
+    # readers take either name (runs written before text tasks had their own unit say img_per_s)
+    assert throughput(recs[0]) == ("pt", recs[0]["pt_per_s"])
+    assert throughput({"step": 1, "img_per_s": 12}) == ("img", 12.0) and throughput({"step": 1}) is None
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     from paperzoo.train.checkpoint import read_weights
 
@@ -227,11 +254,13 @@ def test_progress_bar_and_lines():
     for stream in (bar, plain):
         p = Progress(100, "auto", stream)
         p.update(50, 0, {"train_loss": 0.5, "lr": 0.1}, eta_s=75)
+        p.update(60, 0, {"tok_per_s": 1234.4}, eta_s=60)
         p.message("epoch 1: val_acc 0.9")
         p.close()
     assert bar.getvalue().startswith("\r[############............] epoch 1 step 50/100 | train_loss 0.5 | lr 0.1")
     assert "ETA 01:15" in bar.getvalue() and "\nepoch 1: val_acc 0.9\n" in bar.getvalue()
     assert plain.getvalue().splitlines() == ["epoch 1 step 50/100 | train_loss 0.5 | lr 0.1 | ETA 01:15",
+                                             "epoch 1 step 60/100 | 1,234 tok/s | ETA 01:00",
                                              "epoch 1: val_acc 0.9"]
 
 

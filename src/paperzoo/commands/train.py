@@ -63,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
         for k, v in result.metrics.items():
             print(f"{k}: {v:.4f}")
         if result.status == "interrupted":
-            print(f"resume with: paperzoo train --resume {result.run_dir}", file=sys.stderr)
+            print(f"resume with: {result.resume_hint}", file=sys.stderr)
     return EXIT_CODES[result.status]

@@ -65,9 +65,8 @@ def run_train(args: argparse.Namespace, kind: str) -> int:
     print(f"status: {result.status} (step {result.step}, {result.train_time_s:.0f} s of training)")
     for k, v in result.metrics.items():
         print(f"{k}: {v:.4f}")
-    if result.status == "interrupted":
-        sub = "translate" if kind == "translation" else "lm"
-        print(f"resume with: paperzoo {sub} train --resume {result.run_dir}", file=sys.stderr)
+    if result.status == "interrupted":  # the task names its command: paperzoo translate|lm train --resume RUN
+        print(f"resume with: {result.resume_hint}", file=sys.stderr)
     return EXIT_CODES[result.status]
 
 

@@ -19,7 +19,7 @@ from paperzoo.train.config import (
     RunConfig,
     SchedConfig,
     TrainConfig,
-    _build,
+    build_config,
     config_to_dict,
     read_config_data,
 )
@@ -101,7 +101,7 @@ class TextConfig:
 
 def text_config_from_dict(data: dict | None) -> TextConfig:
     """Build and validate a :class:`TextConfig` (missing keys take their defaults)."""
-    cfg = _build(TextConfig, data or {}, "")
+    cfg = build_config(TextConfig, data or {})
     d = cfg.data
     for k in ("batch_size", "eval_batch_size", "max_len", "block_size"):
         if getattr(d, k) < 2 if k in ("max_len", "block_size") else getattr(d, k) < 1:

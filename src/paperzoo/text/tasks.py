@@ -9,7 +9,9 @@ supply data, the loss of a batch and an evaluation (the :class:`~paperzoo.train.
 * :class:`LanguageModelTask`: next-token cross-entropy over windows; validation loss and perplexity (best =
   lowest ``val_loss``).
 
-Logged "train_acc" is the token accuracy and "img_per_s" the (target) tokens per second. The tokenizers are
+Both tasks log "train_acc" as the token accuracy and, through ``throughput_unit = "tok"``, "tok_per_s" as the
+(target) tokens per second; ``resume_command`` makes the trainer's hints and ``status.json`` name
+``paperzoo translate train --resume RUN`` / ``paperzoo lm train --resume RUN``. The tokenizers are
 stored in every checkpoint's metadata; a resumed run or a loaded checkpoint is checked against them
 (:class:`~paperzoo.text.tokenizers.TokenizerMismatchError`).
 """
@@ -142,6 +144,8 @@ class TranslationTask:
 
     primary_metric = "val_exact_match"
     higher_is_better = True
+    throughput_unit = "tok"  # train_step's "count" is target tokens (padding excluded): logged as tok_per_s
+    resume_command = "paperzoo translate train"
 
     def __init__(self, cfg: TextConfig, dist: Any = None, *, tokenizers: tuple[Tokenizer, Tokenizer] | None = None,
                  pairs: dict[str, list[tuple[str, str]]] | None = None) -> None:
@@ -229,6 +233,8 @@ class LanguageModelTask:
 
     primary_metric = "val_loss"
     higher_is_better = False
+    throughput_unit = "tok"  # train_step's "count" is predicted tokens: logged as tok_per_s
+    resume_command = "paperzoo lm train"
 
     def __init__(self, cfg: TextConfig, dist: Any = None, *, tokenizer: Tokenizer | None = None) -> None:
         from .data import read_lines

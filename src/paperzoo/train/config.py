@@ -28,8 +28,8 @@ import yaml
 
 __all__ = [
     "AugConfig", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig",
-    "RunConfig", "SchedConfig", "TrainConfig", "apply_overrides", "config_from_dict", "config_to_dict",
-    "find_recipe", "load_config", "read_config_data", "save_config",
+    "RunConfig", "SchedConfig", "TrainConfig", "apply_overrides", "build_config", "config_from_dict",
+    "config_to_dict", "find_recipe", "load_config", "read_config_data", "save_config",
 ]
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
@@ -145,6 +145,14 @@ class RunConfig:
 
 
 @dataclass
+class EvalConfig:
+    """How the recipe's model is meant to be evaluated (used by ``paperzoo demo``; ``paperzoo eval`` takes flags)."""
+
+    tta: list[Literal["flip", "shift"]] = field(default_factory=list)  # test-time augmentation modes
+    ema: bool = False  # evaluate the EMA weights (needs train.ema)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -154,6 +162,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -217,7 +226,23 @@ def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
     return ConfigError(f"unknown key {where}{key!r}{hint}; valid keys: {', '.join(valid)}")
 
 
-def _build(cls: type, data: dict, where: str) -> Any:
+def build_config(cls: type, data: dict, where: str = "") -> Any:
+    """Build the config dataclass ``cls`` from nested dicts, checking every key and value against its type hints.
+
+    Nested dataclass fields are built recursively; missing keys take their defaults. This is the validation
+    behind :func:`config_from_dict` and ``paperzoo.text.config.text_config_from_dict``; other tasks can use it
+    for their own config dataclasses (cross-field checks are left to the caller).
+
+    Args:
+        cls: a dataclass whose fields are typed with the types :func:`_check_value` knows (bool, int, float,
+            str, Literal, Optional/unions, list/tuple, dict, nested dataclasses).
+        data: the mapping to read, e.g. ``yaml.safe_load`` of a recipe with overrides applied.
+        where: prefix of the dotted key path used in error messages (``"optim."`` for a section).
+
+    Raises:
+        ConfigError: an unknown key (naming the valid ones and the closest match), a value of the wrong type or
+            a choice outside a ``Literal`` (listing the valid choices).
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -228,7 +253,7 @@ def _build(cls: type, data: dict, where: str) -> Any:
             raise _unknown(key, names, where)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, f"{where}{key}.")
+            kwargs[key] = build_config(tp, value or {}, f"{where}{key}.")
         else:
             kwargs[key] = _check_value(value, tp, f"{where}{key}")
     return cls(**kwargs)
@@ -236,7 +261,7 @@ def _build(cls: type, data: dict, where: str) -> Any:
 
 def config_from_dict(data: dict | None) -> Config:
     """Build and validate a :class:`Config` from nested dicts (missing keys take their defaults)."""
-    cfg = _build(Config, data or {}, "")
+    cfg = build_config(Config, data or {})
     _check_semantics(cfg)
     return cfg
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["Progress", "RunLogger", "plot_curves", "read_metrics", "write_status"]
+__all__ = ["Progress", "RunLogger", "plot_curves", "read_metrics", "throughput", "write_status"]
 
 
 def write_status(run_dir: Path, status: str, **info: Any) -> None:
@@ -40,6 +40,18 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+def throughput(record: dict[str, Any]) -> tuple[str, float] | None:
+    """(unit, rate) of a training record: ``img_per_s`` (image tasks), ``tok_per_s`` (text tasks), any ``*_per_s``.
+
+    Readers of ``metrics.jsonl`` should use this rather than one field name: the unit is the task's
+    (``Task.throughput_unit``), and runs written before text tasks had their own unit carry ``img_per_s``.
+    """
+    for k, v in record.items():
+        if k.endswith("_per_s") and isinstance(v, int | float) and not isinstance(v, bool):
+            return k[: -len("_per_s")], float(v)
+    return None
+
+
 def _fmt_time(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -60,7 +72,9 @@ class Progress:
     def update(self, step: int, epoch: int, values: dict[str, float], eta_s: float) -> None:
         if self.mode == "off":
             return
-        parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
+        # rates read as units: "tok_per_s 1234" is shown as "1234 tok/s"
+        parts = [f"{v:,.0f} {k[: -len('_per_s')]}/s" if k.endswith("_per_s") and isinstance(v, int | float)
+                 else f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
         head = f"epoch {epoch + 1} step {step}/{self.total}"
         if self.mode == "bar":
             width = 24

@@ -40,7 +40,8 @@ from . import distributed as D
 from .config import Config, config_to_dict, save_config
 from .logger import Progress, RunLogger, plot_curves, write_status
 
-__all__ = ["NonFiniteLossError", "Task", "TrainResult", "fit", "prepare_run_dir"]
+__all__ = ["NonFiniteLossError", "Task", "TrainResult", "fit", "prepare_run_dir", "resume_hint",
+           "throughput_key"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,6 +57,11 @@ class Task(Protocol):
 
     primary_metric: str  # key of evaluate()'s dict used to pick the best checkpoint, e.g. "val_acc"
     higher_is_better: bool
+    # Optional (read with getattr, defaults in brackets): what ``count`` in train_step's stats counts, logged
+    # as "<unit>_per_s" ["img": img_per_s; text tasks say "tok"], and the command that resumes a run of this
+    # task, printed in hints and status.json as "<command> --resume RUN" ["paperzoo train"].
+    throughput_unit: str
+    resume_command: str
 
     def build_model(self) -> nn.Module: ...
 
@@ -87,6 +93,17 @@ class TrainResult:
     best: dict[str, Any] = field(default_factory=dict)  # {"metric", "value", "step"}
     step: int = 0
     train_time_s: float = 0.0
+    resume_hint: str = ""  # the command that continues the run, e.g. "paperzoo lm train --resume runs/x"
+
+
+def throughput_key(task: Any) -> str:
+    """The metrics.jsonl field of a task's training throughput: ``img_per_s``, ``tok_per_s``, ..."""
+    return f"{getattr(task, 'throughput_unit', 'img')}_per_s"
+
+
+def resume_hint(task: Any, run_dir: str | os.PathLike) -> str:
+    """The command that resumes ``run_dir``, e.g. ``paperzoo translate train --resume runs/x``."""
+    return f"{getattr(task, 'resume_command', 'paperzoo train')} --resume {run_dir}"
 
 
 # ----------------------------------------------------------------------------------------------- setup
@@ -226,6 +243,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
 
     # ---- resume from the newest complete checkpoint (or start fresh if there is none yet)
     epoch, step, in_epoch, train_time = 0, 0, False, 0.0
+    log_sums: dict[str, Tensor] = {}
     best: dict[str, Any] = {"metric": task.primary_metric, "value": None, "step": None}
     last = ckpt.latest_checkpoint(run_dir / "checkpoints") if resume is not None else None
     if last is not None:
@@ -241,6 +259,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
         task.load_state_dict(state["task"])
         epoch, step, in_epoch = state["epoch"], state["step"], state["in_epoch"]
         best, train_time = dict(state["best"]), state["train_time"]
+        log_sums = dict(state.get("log_sums", {}))  # a log interval cut by the interruption goes on
         rng = state["rng"]  # one entry per rank of the saving run (a list under DDP)
         if isinstance(rng, list):
             if len(rng) != dist.world_size:
@@ -281,6 +300,9 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "task": task.state_dict(), "rng": rng,
+                # one process: the pending log sums, so the first record after a resume equals the original's
+                # (under DDP each rank has its own; that record then covers the resumed steps only)
+                "log_sums": {} if dist.enabled else {k: torch.as_tensor(v).cpu() for k, v in sums.items()},
             }
             ckpt.save_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}", model.state_dict(), meta,
                                  ema_state=ema_sd, training_state=training_state)
@@ -303,7 +325,10 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
 
     # ---- train
     status, final_metrics, error = "done", {}, None
-    sums: dict[str, Tensor] = {}
+    # metric sums since the last log record; saved with a checkpoint so that a resumed run logs the same values
+    sums: dict[str, Tensor] = {k: torch.as_tensor(v).to(dist.device) for k, v in log_sums.items()}
+    rate_key = throughput_key(task)
+    items_before = float(sums["count"]) if "count" in sums else 0.0  # counted before the resume: not timed here
     nonfinite = torch.zeros((), dtype=torch.bool, device=dist.device)
     check_every = 1 if dist.device.type == "cpu" else cfg.train.log_every  # a CPU check costs no sync
     t_log = time.perf_counter()
@@ -359,12 +384,12 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
                     end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
                     if step % cfg.train.log_every == 0 or end_of_epoch:
                         record = _train_record(sums, epoch, step, optimizer, dist)
-                        items = record.pop("items", 0)
-                        record["img_per_s"] = items / max(time.perf_counter() - t_log, 1e-9)
+                        items, items_before = record.pop("items", 0) - items_before, 0.0
+                        record[rate_key] = items / max(time.perf_counter() - t_log, 1e-9)
                         eta = (total_steps - step) * train_time / max(step, 1)
                         logger.log(record)
                         progress.update(step, epoch, {k: record[k] for k in ("train_loss", "train_acc", "lr",
-                                                                             "img_per_s") if k in record}, eta)
+                                                                             rate_key) if k in record}, eta)
                         sums, t_log = {}, time.perf_counter()
                     if end_of_epoch:
                         break
@@ -385,7 +410,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
                     progress.message(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                     final_metrics = metrics
                 save("step", final_metrics)
-                t_log = time.perf_counter()  # img/s measures training only, not evaluation or saving
+                t_log = time.perf_counter()  # throughput measures training only, not evaluation or saving
                 if _should_stop(interrupt["stop"], dist):
                     status = "interrupted"
                     break
@@ -394,7 +419,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
     except BaseException as e:  # a crash or a second Ctrl-C: record it, then let it propagate
         if dist.is_main:
             write_status(run_dir, "failed", step=step, error=f"{type(e).__name__}: {e}",
-                         resume=f"paperzoo train --resume {run_dir}")
+                         resume=resume_hint(task, run_dir))
         raise
     finally:
         progress.close()
@@ -412,7 +437,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
         if error:
             info["error"] = error
         if status == "interrupted":
-            info["resume"] = f"paperzoo train --resume {run_dir}"
+            info["resume"] = resume_hint(task, run_dir)
         write_status(run_dir, status, **info)
     D.barrier(dist)
     D.cleanup(dist)
@@ -421,7 +446,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
     if error:
         progress.message(f"run failed: {error}")
     return TrainResult(run_dir=run_dir, status=status, metrics=final_metrics, best=best, step=step,
-                       train_time_s=train_time)
+                       train_time_s=train_time, resume_hint=resume_hint(task, run_dir))
 
 
 def _should_stop(local: bool, dist: D.DistInfo) -> bool:
