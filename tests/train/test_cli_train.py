@@ -107,7 +107,28 @@ def test_eval_ensemble_average_predict(trained, tmp_path, capsys):
     assert "rank" in capsys.readouterr().out
 
 
-def test_demo(cfg_path, tmp_path, capsys):
-    assert main(["demo", "--recipe", str(cfg_path), "--out-dir", str(tmp_path)]) == 0
+def test_demo_in_one_process_prints_accuracy_and_run_dir(cfg_path, tmp_path, capsys):
+    assert main(["demo", "--recipe", str(cfg_path), "--out-dir", str(tmp_path), "--procs", "1"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy:" in out and "run directory:" in out and str(tmp_path) in out
+
+
+def test_demo_with_two_ddp_processes_and_the_recipes_tta_reports_what_eval_reports(cfg_path, tmp_path, capsys):
+    """--procs 2 trains under torch.distributed.run (gloo); the demo then evaluates with the recipe's eval.tta."""
+    assert main(["demo", "--recipe", str(cfg_path), "--out-dir", str(tmp_path), "--procs", "2",
+                 "--set", "run.name=ddp", "eval.tta=[flip,shift]"]) == 0
+    out = capsys.readouterr().out
+    assert "training with 2 DDP processes" in out and "test-time augmentation (flip + shift)" in out
+    shown = float(out.split("augmentation (flip + shift): ")[1].split(" %")[0])
+    assert json.loads((tmp_path / "ddp" / "status.json").read_text())["status"] == "done"
+    assert main(["eval", str(tmp_path / "ddp"), "--tta", "flip,shift", "--format", "json"]) == 0
+    assert shown == pytest.approx(100 * json.loads(capsys.readouterr().out)["accuracy"], abs=0.006)
+
+
+def test_demo_procs_choice():
+    from paperzoo.commands.demo import default_procs
+
+    assert default_procs("3") == 3
+    assert default_procs("auto") in (1, 2)
+    with pytest.raises(SystemExit, match="positive integer"):
+        default_procs("0")

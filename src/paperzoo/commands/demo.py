@@ -1,10 +1,22 @@
 """``paperzoo demo``: the main job. Trains the default recipe on Fashion-MNIST, prints the test accuracy and
-where the run directory is (``make demo`` runs this)."""
+where the run directory is (``make demo`` runs this).
+
+On a CPU-only machine with two or more cores the training runs data-parallel: ``--procs 2`` (the default there)
+starts two DDP processes through ``torch.distributed.run`` (gloo), each with half the cores, on the same global
+batch. Small convolutions split poorly over threads inside one process, so two one-thread processes train
+faster than one two-thread process (measured in BENCHMARKS.md). The final evaluation runs in this process on
+every core, with the recipe's test-time augmentation (``eval.tta``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 RECIPE = "fashion_mnist_default"
 
@@ -17,29 +29,77 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST idx files")
     p.add_argument("--out-dir", default="runs")
+    p.add_argument("--procs", default="auto",
+                   help="training processes (DDP over the CPU cores); auto = 2 on a CPU-only machine with 2+ "
+                        "cores, else 1")
     p.set_defaults(func=run)
 
 
+def default_procs(spec: str) -> int:
+    """The number of training processes for ``--procs`` (``auto`` or an integer >= 1)."""
+    if spec != "auto":
+        if not spec.isdigit() or int(spec) < 1:
+            raise SystemExit(f"--procs: expected 'auto' or a positive integer, got {spec!r}")
+        return int(spec)
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cores >= 2 and not torch.cuda.is_available() else 1
+
+
+def _train_ddp(recipe: Path, overrides: list[str], procs: int) -> tuple[str, Path, float]:
+    """Run ``paperzoo train`` under ``torch.distributed.run`` with ``procs`` processes; (status, run dir, s)."""
+    from paperzoo.train.api import resolve_config
+
+    cfg = resolve_config(recipe, overrides)
+    name = cfg.run.name or f"{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or procs)
+    threads = max(1, cores // procs)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+           "-m", "paperzoo", "train", str(recipe), "--set", *overrides, f"run.name={name}",
+           f"train.threads={threads}"]
+    print(f"training with {procs} DDP processes x {threads} thread(s) (gloo); run.name={name}", flush=True)
+    rc = subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    run_dir = Path(cfg.run.out_dir) / name
+    status_file = run_dir / "status.json"
+    if not status_file.is_file():
+        raise SystemExit(f"distributed training exited with status {rc} before writing {status_file}")
+    status = json.loads(status_file.read_text())["status"]
+    train_time = 0.0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        train_time = json.loads(line).get("train_time_s", train_time)
+    return status, run_dir, train_time
+
+
 def run(args: argparse.Namespace) -> int:
-    from paperzoo.train.api import train
+    from paperzoo.train.api import resolve_config, train
     from paperzoo.train.config import find_recipe
     from paperzoo.train.evaluate import evaluate
 
     overrides = [f"run.out_dir={args.out_dir}", *args.overrides]
     if args.data_dir:
         overrides.append(f"data.root={args.data_dir}")
+    recipe = find_recipe(args.recipe)
+    procs = default_procs(args.procs)
     t0 = time.perf_counter()
-    result = train(find_recipe(args.recipe), overrides=overrides)
+    if procs > 1:
+        status, run_dir, train_time = _train_ddp(recipe, overrides, procs)
+    else:
+        result = train(recipe, overrides=overrides)
+        status, run_dir, train_time = result.status, result.run_dir, result.train_time_s
+    if status != "done":
+        print(f"training {status}; run directory: {run_dir}")
+        return 1 if status == "failed" else 130
+    ev = resolve_config(recipe, overrides).eval
+    tta = ev.tta
+    report = evaluate(run_dir, ema=ev.ema, tta=",".join(tta) or None,
+                      out_dir=run_dir / ("eval-test" + ("-ema" if ev.ema else "") + "".join(f"-{t}" for t in tta)))
     wall = time.perf_counter() - t0
-    if result.status != "done":
-        print(f"training {result.status}; run directory: {result.run_dir}")
-        return 1 if result.status == "failed" else 130
-    report = evaluate(result.run_dir, out_dir=result.run_dir / "eval-test")
     m = report.metrics
-    print(f"\nFashion-MNIST test accuracy: {100 * m['accuracy']:.2f} % (top-5 {100 * m['top5']:.2f} %, "
+    how = (" (EMA weights)" if ev.ema else "") + (f" with test-time augmentation ({' + '.join(tta)})" if tta else "")
+    print(f"\nFashion-MNIST test accuracy{how}: {100 * m['accuracy']:.2f} % (top-5 {100 * m['top5']:.2f} %, "
           f"macro-F1 {m['macro_f1']:.4f}) on {m['n']:,} images")
-    print(f"training + evaluation wall-clock: {wall:.0f} s ({result.train_time_s:.0f} s in the training loop)")
-    print(f"run directory: {result.run_dir}")
-    print(f"  weights: {result.run_dir / 'final'}   curves: {result.run_dir / 'curves.png'}   "
-          f"report: {report.out_dir}")
+    print(f"training + evaluation wall-clock: {wall:.0f} s ({train_time:.0f} s in the training loop)")
+    print(f"run directory: {run_dir}")
+    print(f"  weights: {run_dir / 'final'}   curves: {run_dir / 'curves.png'}   report: {report.out_dir}")
     return 0
