@@ -105,8 +105,46 @@ def test_transformer_cached_steps_equal_teacher_forcing():
         for t in range(6):
             logits, state = model.step(tgt[:, t], state)
             torch.testing.assert_close(logits, full[:, t], rtol=1e-10, atol=1e-10)
-    assert state.self_kv[0][0].shape == (4, 4, 6, 8)  # (B, heads, t, d): appended once per step
+    assert state.self_kv[0].keys.shape == (4, 4, 6, 8)  # (B, heads, t, d): appended once per step
     assert state.memory_kv[0][0].shape == (4, 4, 7, 8)  # (B, heads, S, d): computed once
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_cached_logits_equal_uncached_logits_at_every_step_in_float32(kind):
+    """The float32 models the benchmark runs: every step's logits agree to 1e-5, also after a beam-search
+    style reorder (rows duplicated and dropped) half-way, which copies the caches."""
+    torch.manual_seed(0)
+    model, src = MODELS[kind]()
+    model = model.float()
+    cached, uncached = model.init_state(src), model.init_state(src, use_cache=False)
+    tokens = torch.randint(3, 20, (src.shape[0], 40))  # past the caches' first capacity (they grow)
+    index = torch.tensor([3, 3, 0, 1])
+    with torch.no_grad():
+        for t in range(tokens.shape[1]):
+            if t == 20:
+                cached, uncached = cached.reorder(index), uncached.reorder(index)
+            a, cached = model.step(tokens[:, t], cached)
+            b, uncached = model.step(tokens[:, t], uncached)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m, t=t: f"step {t}: {m}")
+    if kind == "gpt":  # a 3-token prompt and 40 steps pass block_size 32: the cache stops there (sliding window)
+        assert cached.kv[0].length == cached.kv[0].capacity == model.cfg.block_size == 32
+    else:
+        assert cached.self_kv[0].length == 40 and cached.self_kv[0].capacity == 64
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_consumed_state_cannot_be_stepped_again(kind):
+    model, src = MODELS[kind]()
+    state = model.init_state(src)
+    tok = torch.full((src.shape[0],), 3)
+    with torch.no_grad():
+        _, new = model.step(tok, state)
+        with pytest.raises(ValueError, match="already advanced by step"):
+            model.step(tok, state)  # its caches already hold the step above
+        branch = new.reorder(torch.arange(src.shape[0]))  # an independent copy may be stepped separately
+        a, _ = model.step(tok, branch)
+        b, _ = model.step(tok, new)
+    torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("kind", MODELS)

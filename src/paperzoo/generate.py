@@ -107,9 +107,10 @@ def sample(model: StepModel, state: Any, start_tokens: Tensor, *, max_len: int, 
             if top_p is not None:
                 logits = top_p_filter(logits, top_p)
             tokens = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
-        tokens, finished = _finish(tokens, finished, eos_id, pad_id)
+        if eos_id is not None:  # without an EOS token nothing finishes: no bookkeeping, no sync per step
+            tokens, finished = _finish(tokens, finished, eos_id, pad_id)
         out.append(tokens)
-        if bool(finished.all()):
+        if eos_id is not None and bool(finished.all()):
             break
     return torch.stack(out, dim=1) if out else start_tokens.new_zeros(start_tokens.shape[0], 0)
 

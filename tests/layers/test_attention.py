@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from paperzoo.layers import MultiHeadAttention, attention_explicit, merge_masks, scaled_dot_product_attention
+from paperzoo.layers.attention import KVCache
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -133,16 +134,60 @@ def test_no_bias_matches_nn():
 
 def test_kv_cache_reproduces_full_causal_attention():
     mha = MultiHeadAttention(16, 4).eval()
-    x = torch.randn(2, 6, 16)
+    x = torch.randn(2, 9, 16)
     with torch.no_grad():
         full, _ = mha(x, is_causal=True)
-        out, _, cache = mha(x[:, :3], is_causal=True, use_cache=True)  # prompt of 3
+        cache = KVCache(capacity=4)  # small, so that it grows twice on the way
+        out, _ = mha(x[:, :3], is_causal=True, cache=cache)  # prompt of 3
         steps = [out]
-        for t in range(3, 6):  # then one token at a time
-            o, _, cache = mha(x[:, t : t + 1], is_causal=True, past_kv=cache, use_cache=True)
-            steps.append(o)
+        out, _ = mha(x[:, 3:5], is_causal=True, cache=cache)  # two at once: causal mask aligned to the last 2
+        steps.append(out)
+        for t in range(5, 9):  # then one token at a time (no mask at all)
+            steps.append(mha(x[:, t : t + 1], cache=cache)[0])
     torch.testing.assert_close(torch.cat(steps, 1), full, **TOL)
-    assert cache[0].shape == (2, 4, 6, 4)  # (B, heads, S, d)
+    assert cache.keys.shape == (2, 4, 9, 4) and cache.capacity == 16  # (B, heads, S, d); 4 -> 8 -> 16
+
+
+def test_kv_cache_writes_in_place_and_keeps_its_length():
+    cache = KVCache(capacity=8)
+    k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    keys, values = cache.append(k[:, :, :3], v[:, :, :3])
+    buffer = cache.k
+    assert cache.length == 3 and buffer.shape == (2, 3, 8, 4)
+    assert keys.data_ptr() == buffer.data_ptr()  # a view of the buffer, not a copy
+    keys, values = cache.append(k[:, :, 3:4], v[:, :, 3:4])
+    assert cache.k is buffer and cache.length == 4  # written into the same storage: nothing reallocated
+    assert torch.equal(keys, k[:, :, :4]) and torch.equal(values, v[:, :, :4])
+    assert torch.equal(cache.keys, k[:, :, :4]) and torch.equal(cache.values, v[:, :, :4])
+
+
+def test_kv_cache_grows_past_its_capacity_and_refuses_past_max_length():
+    cache = KVCache(capacity=2, max_length=5)
+    k = torch.randn(1, 2, 6, 3)
+    for t in range(5):
+        cache.append(k[:, :, t : t + 1], -k[:, :, t : t + 1])
+    assert cache.capacity == 5 and torch.equal(cache.keys, k[:, :, :5]) and torch.equal(cache.values, -k[:, :, :5])
+    with pytest.raises(ValueError, match="KV cache overflow: 6 positions requested, max_length=5"):
+        cache.append(k[:, :, 5:], k[:, :, 5:])
+    two = KVCache()
+    two.append(torch.randn(2, 2, 1, 3), torch.randn(2, 2, 1, 3))
+    with pytest.raises(ValueError, match="cannot append keys"):  # a batch of 1 would broadcast into 2 rows
+        two.append(torch.randn(1, 2, 1, 3), torch.randn(1, 2, 1, 3))
+    with pytest.raises(ValueError, match="empty"):
+        _ = KVCache().keys
+
+
+def test_kv_cache_reorder_selects_rows_and_is_independent():
+    cache = KVCache(capacity=4)
+    k, v = torch.randn(3, 2, 2, 4), torch.randn(3, 2, 2, 4)
+    cache.append(k, v)
+    index = torch.tensor([2, 2, 0])  # beam search: duplicate one beam, drop another
+    new = cache.reorder(index)
+    assert new.length == 2 and torch.equal(new.keys, k[index]) and torch.equal(new.values, v[index])
+    step = torch.randn(3, 2, 1, 4)
+    new.append(step, step)  # extending the copy leaves the original alone
+    assert cache.length == 2 and torch.equal(cache.keys, k)
+    assert torch.equal(new.keys, torch.cat([k[index], step], dim=2))
 
 
 def test_dropout_only_in_training():

@@ -74,7 +74,7 @@ def test_cached_steps_equal_full_forward(pos):
         for t in range(4, 12):
             logits, state = model.step(x[:, t], state)
             torch.testing.assert_close(logits, full[:, t], rtol=1e-10, atol=1e-10)
-        assert state.kv[0][0].shape == (3, 4, 12, 8)  # (B, heads, t, d)
+        assert state.kv[0].keys.shape == (3, 4, 12, 8)  # (B, heads, t, d)
 
 
 def test_too_long_and_bad_inputs_raise():

@@ -15,6 +15,9 @@ Two paths compute Eq. 1:
 Mask conventions (the same as ``F.scaled_dot_product_attention``): a *boolean* ``attn_mask`` is True where a
 query **may** attend to a key; a float mask is *added* to the scores (use -inf to block). ``key_padding_mask``
 follows ``nn.MultiheadAttention``: True marks padding keys to ignore.
+
+For step-by-step decoding, :class:`KVCache` keeps one layer's keys and values in preallocated buffers that are
+written in place (no ``torch.cat`` per step); ``MultiHeadAttention(..., cache=...)`` appends to it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["attention_explicit", "scaled_dot_product_attention", "merge_masks", "MultiHeadAttention"]
+__all__ = ["attention_explicit", "scaled_dot_product_attention", "merge_masks", "KVCache", "check_cache_length",
+           "MultiHeadAttention"]
 
 
 def _causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
@@ -175,6 +179,94 @@ def scaled_dot_product_attention(
     return out, None
 
 
+class KVCache:
+    """Keys and values of one attention layer for step-by-step decoding, in preallocated buffers.
+
+    ``k`` and ``v`` are (B, heads, T_max, d) buffers whose first ``length`` positions are filled. :meth:`append`
+    writes new positions by slice assignment and returns views of the filled part, so a decoding step copies
+    only its own (B, heads, 1, d) and allocates nothing: concatenating instead would copy the whole cache and
+    allocate a new one at every step, O(T²) bytes per sequence. The buffers are allocated on the first append
+    (with that tensor's batch, heads, d, dtype and device) for ``capacity`` positions; when they are full they
+    double, like a Python list (amortised O(1) per position), up to ``max_length`` if given, past which
+    :meth:`append` raises a ValueError.
+
+    The cache is updated in place: a decoding state that holds it is consumed by the step that extends it.
+    :meth:`reorder` returns an independent copy (beam search selects and duplicates beams with it).
+    """
+
+    def __init__(self, capacity: int = 64, max_length: int | None = None) -> None:
+        if capacity < 1 or (max_length is not None and max_length < 1):
+            raise ValueError(f"capacity and max_length must be >= 1, got {capacity}, {max_length}")
+        self.capacity = capacity if max_length is None else min(capacity, max_length)
+        self.max_length = max_length
+        self.length = 0  # positions filled
+        self.k: Tensor | None = None  # (B, heads, T_max, d); None until the first append
+        self.v: Tensor | None = None
+
+    @property
+    def keys(self) -> Tensor:
+        """The cached keys (B, heads, length, d), a view of the buffer."""
+        if self.k is None:
+            raise ValueError("the KV cache is empty")
+        return self.k[:, :, : self.length]
+
+    @property
+    def values(self) -> Tensor:
+        """The cached values (B, heads, length, d), a view of the buffer."""
+        if self.v is None:
+            raise ValueError("the KV cache is empty")
+        return self.v[:, :, : self.length]
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, heads, L, d) at positions ``length`` .. ``length + L - 1``; return every key and value
+        cached so far, (B, heads, length + L, d) views."""
+        start, end = self.length, self.length + k.shape[2]
+        if self.k is None:
+            self.k = k.new_empty(k.shape[0], k.shape[1], max(self.capacity, end), k.shape[3])
+            self.v = v.new_empty(self.k.shape)
+        elif k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3] or v.shape != k.shape:
+            # slice assignment would broadcast a batch of 1 into every row: refuse it by name instead
+            raise ValueError(f"KV cache holds (B, heads, T, d) = {tuple(self.k.shape)}; cannot append keys "
+                             f"{tuple(k.shape)} and values {tuple(v.shape)}")
+        if end > self.k.shape[2]:
+            self._grow(end)
+        self.k[:, :, start:end] = k  # in place: positions < start are untouched
+        self.v[:, :, start:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def _grow(self, needed: int) -> None:
+        if self.max_length is not None and needed > self.max_length:
+            raise ValueError(f"KV cache overflow: {needed} positions requested, max_length={self.max_length}")
+        size = max(needed, 2 * self.k.shape[2])
+        size = size if self.max_length is None else min(size, self.max_length)
+        k = self.k.new_empty(self.k.shape[0], self.k.shape[1], size, self.k.shape[3])
+        v = self.v.new_empty(k.shape)
+        k[:, :, : self.length] = self.keys
+        v[:, :, : self.length] = self.values
+        self.k, self.v, self.capacity = k, v, size
+
+    def reorder(self, index: Tensor) -> KVCache:
+        """A new cache holding batch rows ``index`` (1-D, may repeat rows): ``index_select`` on dim 0."""
+        new = KVCache(self.capacity, self.max_length)
+        new.length = self.length
+        if self.k is not None:
+            new.k, new.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        return new
+
+    def __repr__(self) -> str:
+        shape = None if self.k is None else tuple(self.k.shape)
+        return f"KVCache(length={self.length}, buffer={shape}, max_length={self.max_length})"
+
+
+def check_cache_length(caches: list[KVCache], length: int) -> None:
+    """Refuse a decoding state whose caches hold other than ``length`` positions: a previous step already
+    extended them in place (stepping one state twice would silently overwrite what the first step wrote)."""
+    if caches and caches[0].length != length:
+        raise ValueError(f"this decoding state has {length} tokens but its KV cache {caches[0].length}: it was "
+                         "already advanced by step(), which extends the cache in place; copy it with "
+                         "state.reorder(torch.arange(B)) to step it more than once")
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, self or cross (Sec. 3.2.2).
 
@@ -208,18 +300,19 @@ class MultiHeadAttention(nn.Module):
     def project_qkv(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None
                     ) -> tuple[Tensor, Tensor, Tensor]:
         """Project and split into heads; returns q, k, v each (B, heads, N, d)."""
+        if key is None:  # self-attention: one fused projection
+            b, n, _ = query.shape
+            qkv = self.in_proj(query).view(b, n, 3, self.num_heads, self.head_dim)  # (B, N, 3C) -> (B, N, 3, heads, d)
+            return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, heads, N, d) -> q, k, v each (B, heads, N, d)
         e = self.embed_dim
         w, b = self.in_proj.weight, self.in_proj.bias
-        if key is None:  # self-attention: one fused projection (B, N, 3C)
-            q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        value = key if value is None else value
+        q = F.linear(query, w[:e], None if b is None else b[:e])
+        if value is key:
+            k, v = F.linear(key, w[e:], None if b is None else b[e:]).chunk(2, dim=-1)
         else:
-            value = key if value is None else value
-            q = F.linear(query, w[:e], None if b is None else b[:e])
-            if value is key:
-                k, v = F.linear(key, w[e:], None if b is None else b[e:]).chunk(2, dim=-1)
-            else:
-                k = F.linear(key, w[e : 2 * e], None if b is None else b[e : 2 * e])
-                v = F.linear(value, w[2 * e :], None if b is None else b[2 * e :])
+            k = F.linear(key, w[e : 2 * e], None if b is None else b[e : 2 * e])
+            v = F.linear(value, w[2 * e :], None if b is None else b[2 * e :])
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
     def forward(
@@ -232,13 +325,13 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
-        past_kv: tuple[Tensor, Tensor] | None = None,
-        use_cache: bool = False,
-    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """Attend ``query`` (B, L, C) to ``key``/``value`` (B, S, C); self-attention when ``key`` is None.
 
-        Returns ``(out (B, L, C), weights (B, heads, L, S) or None)``, plus the ``(k, v)`` cache of shape
-        (B, heads, S, d) when ``use_cache``. ``past_kv`` prepends cached keys/values (decoder self-attention).
+        Returns ``(out (B, L, C), weights (B, heads, L, S) or None)``. With a ``cache`` (self-attention when
+        decoding) the new keys/values are written into it and the L queries, the newest positions, attend to
+        every cached one; masks then cover all S = cached + L keys, and ``is_causal`` aligns to the last L.
         """
         if query.dim() != 3 or query.shape[-1] != self.embed_dim:
             raise ValueError(f"query must be (B, L, {self.embed_dim}), got {tuple(query.shape)}")
@@ -249,9 +342,8 @@ class MultiHeadAttention(nn.Module):
         if key is not None and value is not None and key.shape[1] != value.shape[1]:
             raise ValueError(f"key and value lengths differ: {key.shape[1]} vs {value.shape[1]}")
         q, k, v = self.project_qkv(query, key, value)
-        if past_kv is not None:
-            k = torch.cat([past_kv[0], k], dim=2)  # (B, heads, S_past + L, d)
-            v = torch.cat([past_kv[1], v], dim=2)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, heads, S_past + L, d), views of the cache
         b, _, q_len, _ = q.shape
         k_len = k.shape[2]
         if attn_mask is not None or key_padding_mask is not None:
@@ -266,10 +358,7 @@ class MultiHeadAttention(nn.Module):
             is_causal=is_causal, need_weights=need_weights,
         )
         out = out.transpose(1, 2).reshape(b, q_len, self.embed_dim)  # (B, heads, L, d) -> (B, L, C): Concat
-        out = self.out_proj(out)  # · Wᴼ
-        if use_cache:
-            return out, weights, (k, v)
-        return out, weights
+        return self.out_proj(out), weights  # · Wᴼ
 
     def load_from_torch(self, mha: nn.MultiheadAttention) -> None:
         """Copy the weights of a ``nn.MultiheadAttention`` with the same sizes (packed in-projection)."""

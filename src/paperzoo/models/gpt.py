@@ -13,7 +13,8 @@ Notable features (GPT-2, Sec. 2.3 of its paper, and the choices popularised by n
 * The output projection is tied to the token embedding (Press & Wolf, arXiv:1608.05859).
 * GPT-2 initialisation: N(0, 0.02) weights, zero biases, and the residual projections (attention output and
   MLP output) scaled by 1/√(2·n_layer) "to account for the accumulation on the residual path".
-* A KV cache for :mod:`paperzoo.generate` (``init_state`` / ``step``).
+* A KV cache for :mod:`paperzoo.generate` (``init_state`` / ``step``): preallocated per-block buffers
+  (:class:`KVCache`, at most ``block_size`` positions) written in place, one position per step.
 
 Deviations:
 * GELU is PyTorch's exact erf form, not GPT-2's tanh approximation (``gelu_approx=True`` restores it).
@@ -32,10 +33,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..layers.attention import MultiHeadAttention
+from ..layers.attention import KVCache, MultiHeadAttention, check_cache_length
 from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
-from .transformer import KV
 
 __all__ = ["GPTConfig", "GPT", "Block", "GPTState"]
 
@@ -84,12 +84,12 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, past_kv: KV | None = None) -> tuple[Tensor, KV]:
-        """x: (B, T, C) -> ((B, T, C), this block's (k, v) including ``past_kv``)."""
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        """x: (B, T, C) -> (B, T, C); with a ``cache`` the T positions follow the cached ones and are appended."""
         # Causal: position i attends to positions <= i. A single new token with a cache sees all the cache.
-        out, _, kv = self.attn(self.ln_1(x), is_causal=x.shape[1] > 1, past_kv=past_kv, use_cache=True)
+        out, _ = self.attn(self.ln_1(x), is_causal=x.shape[1] > 1, cache=cache)
         x = x + self.drop(out)
-        return x + self.mlp(self.ln_2(x)), kv
+        return x + self.mlp(self.ln_2(x))
 
 
 @dataclass
@@ -98,16 +98,18 @@ class GPTState:
 
     Attributes:
         tokens: (B, t) every token fed so far (the prompt, then the generated ones).
-        kv: per block, the self-attention (k, v), each (B, heads, t, d); None when not caching.
+        kv: per block, a :class:`KVCache` of the self-attention keys/values (B, heads, min(t, block_size), d),
+            written in place (so ``step`` consumes the state); None when not caching.
         use_cache: append keys/values per step (True) or re-run the context each step (False).
     """
 
     tokens: Tensor
-    kv: list[KV] | None = None
+    kv: list[KVCache] | None = None
     use_cache: bool = True
 
     def reorder(self, index: Tensor) -> GPTState:
-        kv = None if self.kv is None else [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv]
+        """Select batch rows (beam search expands and reorders beams with this); the caches are copied."""
+        kv = None if self.kv is None else [c.reorder(index) for c in self.kv]
         return GPTState(self.tokens.index_select(0, index), kv, self.use_cache)
 
 
@@ -153,18 +155,21 @@ class GPT(nn.Module):
     def _embed(self, idx: Tensor, offset: int) -> Tensor:
         x = self.wte(idx)  # (B, T, C)
         if self.cfg.pos == "learned":
-            x = x + self.wpe(torch.arange(offset, offset + idx.shape[1], device=idx.device))  # (T, C) broadcast
+            x = x + self.wpe.weight[offset : offset + idx.shape[1]]  # rows of positions offset.., (T, C) broadcast
         else:
             x = self.sinusoid(x, offset)
         return self.drop(x)
 
-    def _run(self, idx: Tensor, offset: int = 0, past: list[KV] | None = None) -> tuple[Tensor, list[KV]]:
+    def _run(self, idx: Tensor, offset: int = 0, cache: list[KVCache] | None = None) -> Tensor:
+        """(B, T) ids at positions offset .. offset + T - 1 -> final hidden states (B, T, C)."""
         x = self._embed(idx, offset)
-        new_kv = []
         for i, block in enumerate(self.h):
-            x, kv = block(x, None if past is None else past[i])
-            new_kv.append(kv)
-        return self.ln_f(x), new_kv
+            x = block(x, None if cache is None else cache[i])
+        return self.ln_f(x)
+
+    def new_cache(self) -> list[KVCache]:
+        """One empty :class:`KVCache` per block, holding at most ``block_size`` positions."""
+        return [KVCache(min(64, self.cfg.block_size), max_length=self.cfg.block_size) for _ in self.h]
 
     def _check(self, idx: Tensor) -> None:
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
@@ -175,29 +180,31 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor) -> Tensor:
         self._check(idx)
-        return self.lm_head(self._run(idx)[0])
+        return self.lm_head(self._run(idx))
 
     # --------------------------------------------------------------------------- step interface (generate.py)
     def init_state(self, prefix: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True) -> GPTState:
         """Read a prompt prefix (B, t) (may be empty); the next ``step`` gets the token that follows it."""
         if src_lengths is not None and bool((src_lengths != prefix.shape[1]).any()):
             raise ValueError("GPT prompts in one batch must have the same length (no left padding)")
-        if prefix.shape[1] == 0 or not use_cache:
-            return GPTState(prefix, [] if use_cache else None, use_cache)
-        self._check(prefix)
-        _, kv = self._run(prefix)
-        return GPTState(prefix, kv, use_cache)
+        if not use_cache:
+            return GPTState(prefix, None, use_cache)
+        cache = self.new_cache()
+        if prefix.shape[1] > 0:
+            self._check(prefix)
+            self._run(prefix, cache=cache)  # fills the caches in one pass (causal)
+        return GPTState(prefix, cache, use_cache)
 
     def step(self, tokens: Tensor, state: GPTState) -> tuple[Tensor, GPTState]:
         """Feed the last tokens (B,) and return the next-token logits (B, V) and the new state."""
         t = state.tokens.shape[1]
         seq = torch.cat([state.tokens, tokens[:, None]], dim=1)  # (B, t + 1)
         if state.use_cache and t < self.cfg.block_size:
-            h, kv = self._run(tokens[:, None], offset=t, past=state.kv or None)
+            check_cache_length(state.kv, t)
+            h = self._run(tokens[:, None], offset=t, cache=state.kv)  # (B, 1, C): only the new position runs
         else:  # no cache, or past block_size: the last block_size tokens as context (cache no longer grows)
-            h, _ = self._run(seq[:, -self.cfg.block_size :])
-            kv = state.kv
-        return self.lm_head(h[:, -1]), replace(state, tokens=seq, kv=kv)
+            h = self._run(seq[:, -self.cfg.block_size :])
+        return self.lm_head(h[:, -1]), replace(state, tokens=seq)
 
     @torch.inference_mode()
     def generate(self, prompt: Tensor, max_new_tokens: int, **kwargs: Any) -> Tensor:

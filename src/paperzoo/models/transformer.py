@@ -13,7 +13,8 @@ Notable features:
 * Weights copy from ``nn.Transformer(batch_first=True)`` (:func:`load_torch_transformer`); a test proves the
   outputs are the same.
 * A step interface (``init_state`` / ``step``) with a KV cache for :mod:`paperzoo.generate`: decoder
-  self-attention keys/values are appended per step, encoder-decoder K/V are computed once per source.
+  self-attention keys/values are written in place into preallocated buffers (:class:`KVCache`), one position
+  per step; encoder-decoder K/V are computed once per source.
 
 Deviations from the paper:
 * Sinusoidal positions (Sec. 3.5) come from :mod:`paperzoo.layers.pos_embed`; their table grows on demand, so
@@ -40,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers.attention import MultiHeadAttention, scaled_dot_product_attention
+from ..layers.attention import KVCache, MultiHeadAttention, check_cache_length, scaled_dot_product_attention
 from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
 
@@ -168,26 +169,25 @@ class DecoderLayer(nn.Module):
         out, self.cross_weights = _cross_attend(self.cross_attn, x, memory_kv, memory_mask, self.keep_attn)
         return self.drop2(out)
 
-    def _sa(self, x: Tensor, tgt_kpm: Tensor | None, past_kv: KV | None) -> tuple[Tensor, KV]:
+    def _sa(self, x: Tensor, tgt_kpm: Tensor | None, cache: KVCache | None) -> Tensor:
         # Masked self-attention (Sec. 3.2.3): position i sees positions <= i. One new token with a cache
         # sees every cached key, so no mask at all; otherwise SDPA's is_causal (or a folded mask).
         causal = x.shape[1] > 1
-        out, self.attn_weights, kv = self.self_attn(x, key_padding_mask=tgt_kpm, is_causal=causal,
-                                                    past_kv=past_kv, use_cache=True, need_weights=self.keep_attn)
-        return self.drop1(out), kv
+        out, self.attn_weights = self.self_attn(x, key_padding_mask=tgt_kpm, is_causal=causal, cache=cache,
+                                                need_weights=self.keep_attn)
+        return self.drop1(out)
 
     def forward(self, x: Tensor, memory_kv: KV, memory_mask: Tensor | None, tgt_key_padding_mask: Tensor | None
-                = None, past_kv: KV | None = None) -> tuple[Tensor, KV]:
-        """x: (B, L, C) -> ((B, L, C), this layer's self-attention (k, v) including ``past_kv``)."""
+                = None, cache: KVCache | None = None) -> Tensor:
+        """x: (B, L, C) -> (B, L, C). With a ``cache`` the L positions follow the cached ones and their
+        self-attention keys/values are appended to it."""
         if self.norm_first:
-            sa, kv = self._sa(self.norm1(x), tgt_key_padding_mask, past_kv)
-            x = x + sa
+            x = x + self._sa(self.norm1(x), tgt_key_padding_mask, cache)
             x = x + self._ca(self.norm2(x), memory_kv, memory_mask)
-            return x + self.drop3(self.ffn(self.norm3(x))), kv
-        sa, kv = self._sa(x, tgt_key_padding_mask, past_kv)
-        x = self.norm1(x + sa)
+            return x + self.drop3(self.ffn(self.norm3(x)))
+        x = self.norm1(x + self._sa(x, tgt_key_padding_mask, cache))
         x = self.norm2(x + self._ca(x, memory_kv, memory_mask))
-        return self.norm3(x + self.drop3(self.ffn(x))), kv
+        return self.norm3(x + self.drop3(self.ffn(x)))
 
 
 def _allowed(key_padding_mask: Tensor | None) -> Tensor | None:
@@ -225,23 +225,20 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, x: Tensor, memory: Tensor | None = None, *, memory_key_padding_mask: Tensor | None = None,
                 tgt_key_padding_mask: Tensor | None = None, memory_kv: list[KV] | None = None,
-                past_kv: list[KV] | None = None, use_cache: bool = False) -> Tensor | tuple[Tensor, list[KV]]:
+                cache: list[KVCache] | None = None) -> Tensor:
         """x: (B, L, C) target embeddings; memory: (B, S, C), or its ``memory_kv`` precomputed.
 
-        With ``past_kv`` (one (k, v) per layer) the L positions follow the cached ones; ``use_cache`` also
-        returns the updated per-layer (k, v) of shape (B, heads, S_past + L, d).
+        With ``cache`` (one :class:`KVCache` per layer) the L positions follow the cached ones, and their
+        self-attention keys/values are written into the caches.
         """
         if memory_kv is None:
             if memory is None:
                 raise ValueError("TransformerDecoder needs `memory` or `memory_kv`")
             memory_kv = self.memory_kv(memory)
         mask = _allowed(memory_key_padding_mask)
-        new_kv = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, memory_kv[i], mask, tgt_key_padding_mask, None if past_kv is None else past_kv[i])
-            new_kv.append(kv)
-        x = x if self.norm is None else self.norm(x)
-        return (x, new_kv) if use_cache else x
+            x = layer(x, memory_kv[i], mask, tgt_key_padding_mask, None if cache is None else cache[i])
+        return x if self.norm is None else self.norm(x)
 
 
 @dataclass
@@ -254,7 +251,8 @@ class TransformerState:
         use_cache: keep the KV cache below (True), or recompute everything from ``memory`` and ``tokens``.
         memory_kv: with the cache, per decoder layer, the encoder-decoder (k, v) of the top encoder output,
             each (B, heads, S, d): computed once per source.
-        self_kv: with the cache, per layer, the self-attention (k, v), each (B, heads, t, d): one row per step.
+        self_kv: with the cache, per layer, a :class:`KVCache` of the self-attention keys/values
+            (B, heads, t, d), written in place one position per step (so ``step`` consumes the state).
         memory: without the cache, the encoder output (B, S, C), re-projected to K/V every step.
     """
 
@@ -262,18 +260,18 @@ class TransformerState:
     tokens: Tensor
     use_cache: bool = True
     memory_kv: list[KV] | None = None
-    self_kv: list[KV] | None = None
+    self_kv: list[KVCache] | None = None
     memory: Tensor | None = None
 
     def reorder(self, index: Tensor) -> TransformerState:
-        """Select batch rows (beam search expands and reorders beams with this)."""
-        def sel(t: Any) -> Any:
-            if t is None or isinstance(t, Tensor):
-                return None if t is None else t.index_select(0, index)
-            return [(sel(k), sel(v)) for k, v in t]
+        """Select batch rows (beam search expands and reorders beams with this); the caches are copied."""
+        def sel(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, index)
 
-        return TransformerState(sel(self.memory_key_padding_mask), sel(self.tokens), self.use_cache,
-                                sel(self.memory_kv), sel(self.self_kv), sel(self.memory))
+        return TransformerState(
+            sel(self.memory_key_padding_mask), sel(self.tokens), self.use_cache,
+            None if self.memory_kv is None else [(sel(k), sel(v)) for k, v in self.memory_kv],
+            None if self.self_kv is None else [c.reorder(index) for c in self.self_kv], sel(self.memory))
 
 
 class Transformer(nn.Module):
@@ -304,7 +302,7 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
             elif p.dim() == 1 and name.endswith("bias"):
                 nn.init.zeros_(p)
-        for emb in {self.src_embed, self.tgt_embed}:
+        for emb in dict.fromkeys((self.src_embed, self.tgt_embed)):  # ordered: a set would order by id()
             nn.init.normal_(emb.weight, std=self.cfg.d_model**-0.5)
 
     # -------------------------------------------------------------------------------------- building blocks
@@ -373,18 +371,20 @@ class Transformer(nn.Module):
         memory = self.encode(src, kpm)
         state = TransformerState(kpm, src.new_zeros(src.shape[0], 0), use_cache)
         if use_cache:
-            return replace(state, memory_kv=self.decoder.memory_kv(memory))
+            return replace(state, memory_kv=self.decoder.memory_kv(memory),
+                           self_kv=[KVCache() for _ in self.decoder.layers])
         return replace(state, memory=memory)
 
     def step(self, tokens: Tensor, state: TransformerState) -> tuple[Tensor, TransformerState]:
         """Feed the last tokens (B,) and return next-token logits (B, V) and the new state."""
+        t = state.tokens.shape[1]
         seq = torch.cat([state.tokens, tokens[:, None]], dim=1)  # (B, t + 1)
         kpm = state.memory_key_padding_mask
         if state.use_cache:  # only the new position runs; every key/value it attends to is cached
-            x = self.embed(tokens[:, None], self.tgt_embed, offset=state.tokens.shape[1])  # (B, 1, C)
-            y, kv = self.decoder(x, memory_key_padding_mask=kpm, memory_kv=state.memory_kv,
-                                 past_kv=state.self_kv or None, use_cache=True)
-            state = replace(state, tokens=seq, self_kv=kv)
+            check_cache_length(state.self_kv, t)
+            x = self.embed(tokens[:, None], self.tgt_embed, offset=t)  # (B, 1, C)
+            y = self.decoder(x, memory_key_padding_mask=kpm, memory_kv=state.memory_kv, cache=state.self_kv)
+            state = replace(state, tokens=seq)
         else:  # re-run the whole prefix against the memory: the reference the cache is tested against
             y = self.decoder(self.embed(seq, self.tgt_embed), state.memory, memory_key_padding_mask=kpm)
             state = replace(state, tokens=seq)
