@@ -141,13 +141,11 @@ def test_text_model_init_is_seed_deterministic_with_shared_embeddings():
         assert all(_same(first, _build(name, **args)) for _ in range(6)), name
 
 
-@pytest.mark.xfail(strict=True, reason="models/transformer.py Transformer._init_weights iterates "
-                                       "`{self.src_embed, self.tgt_embed}`, a set ordered by id(): the embeddings "
-                                       "take their random draws in a varying order. Remove this mark with the fix.")
 def test_transformer_init_is_seed_deterministic():
     args = {"src_vocab_size": 11, "tgt_vocab_size": 13, "N_enc": 1, "N_dec": 1, "d_model": 8, "d_ff": 16, "h": 2}
     first = _build("transformer_tiny", **args)
-    # with the bug each build matches the first with probability 1/2: 12 builds all agree with p = 2^-12
+    # the embeddings were once initialised in set order (by id()): each build then matched the first with
+    # probability 1/2, so 12 agreeing builds would pass by chance with p = 2^-12
     assert all(_same(first, _build("transformer_tiny", **args)) for _ in range(12))
 
 
