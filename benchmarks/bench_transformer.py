@@ -16,7 +16,12 @@
 (b) Generation. Greedy decoding of ``--gen-len`` tokens (EOS disabled, so every step runs) with the KV cache
     (one new position per step; encoder-decoder K/V computed once) and without it (the decoder re-runs the
     whole prefix each step), for the Transformer above (source of S tokens) and a GPT (``gpt_mini``, 1-token
-    prompt). The tokens of the two runs are checked to be identical.
+    prompt), at batch 1 and 8 (``--gen-batch``). The tokens of the two runs are checked to be identical.
+(c) Where a cached step's time goes (``--breakdown``): per position, the cached step against the matrix products
+    it must do (the same weights, the same input widths: every Linear the step applies, including the output
+    layer over the whole vocabulary), each the minimum over ``--gen-repeats`` runs so that preemption on a shared
+    machine drops out. At batch 1 those products read every weight once per token (memory-bound matrix-vector
+    products); the remainder is Python, dispatch and the small ops (attention, LayerNorm, cache writes).
 
 The 1-minute load average before and after is printed: on a shared machine compare ratios within one run,
 not absolute numbers across runs.
@@ -139,13 +144,18 @@ def bench_training(args: argparse.Namespace) -> list[list[str]]:
     return rows
 
 
-def bench_generation(args: argparse.Namespace) -> list[list[str]]:
+def generation_models(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
-    n = args.gen_len
     tr = paperzoo.create_model("transformer_small", src_vocab_size=args.vocab, tgt_vocab_size=args.vocab,
                                N_enc=args.layers, N_dec=args.layers, d_model=args.d_model, d_ff=args.d_ff,
                                h=args.heads).eval()
-    gpt = paperzoo.create_model("gpt_mini", vocab_size=args.vocab, block_size=n + 1).eval()
+    gpt = paperzoo.create_model("gpt_mini", vocab_size=args.vocab, block_size=args.gen_len + 1).eval()
+    return tr, gpt
+
+
+def bench_generation(args: argparse.Namespace) -> list[list[str]]:
+    tr, gpt = generation_models(args)
+    n = args.gen_len
     rows = []
     for gb in args.gen_batch:
         cases = {
@@ -163,6 +173,53 @@ def bench_generation(args: argparse.Namespace) -> list[list[str]]:
             same = "yes" if torch.equal(out[True], out[False]) and out[True].shape[1] == n else "NO"
             tc, tu = statistics.median(times["cached"]), statistics.median(times["uncached"])
             rows.append([name, f"{gb}x{n}", f"{gb * n / tc:,.0f}", f"{gb * n / tu:,.0f}", f"{tu / tc:.1f}x", same])
+    return rows
+
+
+def _step_linears(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight, bias) of every matrix product one cached decoding step does, in order."""
+    if getattr(model, "is_decoder_only", False):
+        out = []
+        for b in model.h:
+            out += [(m.weight, m.bias) for m in (b.attn.in_proj, b.attn.out_proj, b.mlp.c_fc, b.mlp.c_proj)]
+        return out + [(model.lm_head.weight, None)]
+    out = []
+    for layer in model.decoder.layers:
+        e, ca = layer.cross_attn.embed_dim, layer.cross_attn
+        wq = (ca.in_proj.weight[:e], None if ca.in_proj.bias is None else ca.in_proj.bias[:e])  # only Wq: K/V cached
+        out += [(layer.self_attn.in_proj.weight, layer.self_attn.in_proj.bias),
+                (layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias), wq,
+                (ca.out_proj.weight, ca.out_proj.bias),
+                (layer.ffn.linear1.weight, layer.ffn.linear1.bias), (layer.ffn.linear2.weight, layer.ffn.linear2.bias)]
+    return out + [(model.generator.weight, None)]
+
+
+@torch.inference_mode()
+def bench_breakdown(args: argparse.Namespace, models: dict[str, tuple[nn.Module, torch.Tensor]]) -> list[list[str]]:
+    n, rows = args.gen_len, []
+    for name, (model, src) in models.items():
+        linears = _step_linears(model)
+        b = src.shape[0]
+        inputs = [torch.zeros(b, 1, w.shape[1]) for w, _ in linears]  # (B, 1, C_in) as in the step
+        step_t, lin_t = [math.inf] * n, [math.inf] * n
+        for _ in range(max(args.gen_repeats, 1)):
+            if model.is_decoder_only:
+                state, tok = model.init_state(src[:, :-1]), src[:, -1]
+            else:
+                state, tok = model.init_state(src), src.new_full((b,), 1)
+            for i in range(n):
+                t0 = time.perf_counter()
+                logits, state = model.step(tok, state)
+                tok = logits.argmax(dim=-1)
+                t1 = time.perf_counter()
+                for x, (w, bias) in zip(inputs, linears):
+                    F.linear(x, w, bias)
+                t2 = time.perf_counter()
+                step_t[i], lin_t[i] = min(step_t[i], t1 - t0), min(lin_t[i], t2 - t1)
+        step, lin = 1000 * sum(step_t) / n, 1000 * sum(lin_t) / n
+        mb = sum(w.numel() + (0 if bias is None else bias.numel()) for w, bias in linears) * 4 / 2**20
+        rows.append([name, f"{b}", f"{step:.2f}", f"{lin:.2f} ({mb:.0f} MB of weights)", f"{step - lin:.2f}",
+                     f"{100 * lin / step:.0f}%"])
     return rows
 
 
@@ -189,6 +246,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: checks the script runs")
     p.add_argument("--skip", choices=["train", "generate"], default=None)
+    p.add_argument("--breakdown", action="store_true", help="(c): a cached step vs its matrix products alone")
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown report here")
     args = p.parse_args(argv)
     if args.quick:
@@ -211,6 +269,15 @@ def main(argv: list[str] | None = None) -> str:
         parts.append(f"### (b) Greedy generation of {args.gen_len} tokens, KV cache vs none\n\n"
                      + md_table(["model", "batch x tokens", "cached tok/s", "uncached tok/s", "speed-up",
                                  "same tokens"], rows))
+    if args.breakdown:
+        tr, gpt = generation_models(args)
+        models = {"Transformer": (tr, torch.randint(3, args.vocab, (1, args.seq))),
+                  "GPT (gpt_mini)": (gpt, torch.randint(3, args.vocab, (1, 1)))}
+        rows = bench_breakdown(args, models)
+        parts.append(f"### (c) One cached greedy step at batch 1, mean over {args.gen_len} positions of the "
+                     f"per-position minimum over {args.gen_repeats} runs\n\n"
+                     + md_table(["model", "batch", "cached step ms", "its matrix products alone, ms",
+                                 "rest (Python, small ops) ms", "share in products"], rows))
     parts.append(f"Load average after: {os.getloadavg()[0]:.1f}")
     report = "\n\n".join(parts)
     print(report)
