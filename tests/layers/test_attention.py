@@ -169,10 +169,14 @@ def test_kv_cache_grows_past_its_capacity_and_refuses_past_max_length():
     assert cache.capacity == 5 and torch.equal(cache.keys, k[:, :, :5]) and torch.equal(cache.values, -k[:, :, :5])
     with pytest.raises(ValueError, match="KV cache overflow: 6 positions requested, max_length=5"):
         cache.append(k[:, :, 5:], k[:, :, 5:])
+    with pytest.raises(ValueError, match="KV cache overflow: 4 positions requested, max_length=3"):
+        KVCache(capacity=2, max_length=3).append(k[:, :, :4], k[:, :, :4])  # already on the first write
     two = KVCache()
     two.append(torch.randn(2, 2, 1, 3), torch.randn(2, 2, 1, 3))
     with pytest.raises(ValueError, match="cannot append keys"):  # a batch of 1 would broadcast into 2 rows
         two.append(torch.randn(1, 2, 1, 3), torch.randn(1, 2, 1, 3))
+    with pytest.raises(ValueError, match="cannot append keys"):  # float64 would be cast silently
+        two.append(torch.randn(2, 2, 1, 3, dtype=torch.float64), torch.randn(2, 2, 1, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="empty"):
         _ = KVCache().keys
 

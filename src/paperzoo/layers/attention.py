@@ -221,13 +221,16 @@ class KVCache:
         """Write k, v (B, heads, L, d) at positions ``length`` .. ``length + L - 1``; return every key and value
         cached so far, (B, heads, length + L, d) views."""
         start, end = self.length, self.length + k.shape[2]
+        if self.max_length is not None and end > self.max_length:
+            raise ValueError(f"KV cache overflow: {end} positions requested, max_length={self.max_length}")
         if self.k is None:
             self.k = k.new_empty(k.shape[0], k.shape[1], max(self.capacity, end), k.shape[3])
             self.v = v.new_empty(self.k.shape)
-        elif k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3] or v.shape != k.shape:
-            # slice assignment would broadcast a batch of 1 into every row: refuse it by name instead
-            raise ValueError(f"KV cache holds (B, heads, T, d) = {tuple(self.k.shape)}; cannot append keys "
-                             f"{tuple(k.shape)} and values {tuple(v.shape)}")
+        elif (k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3] or v.shape != k.shape
+              or k.dtype != self.k.dtype):
+            # slice assignment would broadcast a batch of 1 into every row, or cast: refuse it by name instead
+            raise ValueError(f"KV cache holds (B, heads, T, d) = {tuple(self.k.shape)} {self.k.dtype}; cannot "
+                             f"append keys {tuple(k.shape)} {k.dtype} and values {tuple(v.shape)}")
         if end > self.k.shape[2]:
             self._grow(end)
         self.k[:, :, start:end] = k  # in place: positions < start are untouched
@@ -236,8 +239,6 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def _grow(self, needed: int) -> None:
-        if self.max_length is not None and needed > self.max_length:
-            raise ValueError(f"KV cache overflow: {needed} positions requested, max_length={self.max_length}")
         size = max(needed, 2 * self.k.shape[2])
         size = size if self.max_length is None else min(size, self.max_length)
         k = self.k.new_empty(self.k.shape[0], self.k.shape[1], size, self.k.shape[3])
