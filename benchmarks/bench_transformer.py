@@ -4,6 +4,7 @@
                                                                   # batch 32 x 64, 256 generated tokens
     python benchmarks/bench_transformer.py --repeats 20 --out benchmarks/results/transformer.md
     python benchmarks/bench_transformer.py --quick                # a few seconds: checks that it runs
+    python benchmarks/bench_transformer.py --skip train --breakdown --threads 1   # KV cache only, + (c)
 
 (a) Training. Both models get the same configuration *and the same weights*: ours is built with nn.Transformer's
     extras (final LayerNorms, dropout 0.1 also on attention weights and after the FFN ReLU), the same embeddings
