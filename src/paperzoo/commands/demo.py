@@ -1,11 +1,11 @@
 """``paperzoo demo``: the main job. Trains the default recipe on Fashion-MNIST, prints the test accuracy and
 where the run directory is (``make demo`` runs this).
 
-On a CPU-only machine with two or more cores the training runs data-parallel: ``--procs 2`` (the default there)
-starts two DDP processes through ``torch.distributed.run`` (gloo), each with half the cores, on the same global
-batch. Small convolutions split poorly over threads inside one process, so two one-thread processes train
-faster than one two-thread process (measured in BENCHMARKS.md). The final evaluation runs in this process on
-every core, with the recipe's test-time augmentation (``eval.tta``).
+``--procs N`` trains data-parallel instead: N DDP processes started through ``torch.distributed.run`` (gloo on
+CPU), each with cores/N threads, on the same global batch. On the 2-core machine two one-thread processes were
+not faster than one two-thread process (~950 img/s each way; BENCHMARKS.md), so the default is one process. The
+final evaluation runs in this process on every core, with the recipe's ``eval`` settings (test-time
+augmentation, EMA weights).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST idx files")
     p.add_argument("--out-dir", default="runs")
-    p.add_argument("--procs", default="auto",
-                   help="training processes (DDP over the CPU cores); auto = 2 on a CPU-only machine with 2+ "
-                        "cores, else 1")
+    p.add_argument("--procs", default="1",
+                   help="training processes: N > 1 runs DDP (torch.distributed.run, gloo on CPU) with cores/N "
+                        "threads each; auto = one per GPU, or 1 without a GPU")
     p.set_defaults(func=run)
 
 
@@ -43,8 +43,7 @@ def default_procs(spec: str) -> int:
         return int(spec)
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 2 if cores >= 2 and not torch.cuda.is_available() else 1
+    return max(1, torch.cuda.device_count())
 
 
 def _train_ddp(recipe: Path, overrides: list[str], procs: int) -> tuple[str, Path, float]:
