@@ -132,3 +132,32 @@ def test_predict_files(run, tmp_path):
         assert p["top"][0]["class"] == m.classes[int(probs[i].argmax())]
         assert p["top"][0]["prob"] == pytest.approx(probs[i].max().item(), abs=1e-6)
         assert [t["prob"] for t in p["top"]] == sorted((t["prob"] for t in p["top"]), reverse=True)
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = train({
+        "model": {"name": "resnet18", "args": {"small_input": True, "width": 4}},
+        "data": {"dataset": "synthetic", "image_size": 8, "synthetic_size": 64, "batch_size": 16,
+                 "eval_batch_size": 64},
+        "optim": {"lr": 0.05}, "train": {"epochs": 1, "threads": 1, "precision": "bf16", "channels_last": True},
+        "run": {"out_dir": str(out), "name": "bf16", "progress": "off", "tensorboard": False, "plots": False}})
+    assert result.status == "done"
+    return result
+
+
+def test_evaluate_runs_a_bf16_checkpoint_as_trained_and_fp32_on_request(bf16_run):
+    """precision=auto: bf16 autocast + channels_last like the trainer's own evaluation (same probabilities);
+    fp32 differs from it only by bf16 rounding."""
+    auto = evaluate(bf16_run.run_dir, precision="auto", limit=64)
+    fp32 = evaluate(bf16_run.run_dir, precision="fp32", limit=64)
+    assert auto.metrics["accuracy"] == pytest.approx(bf16_run.metrics["val_acc"])
+    assert auto.metrics["precision"] == "auto" and fp32.metrics["precision"] == "fp32"
+    m = load_checkpoint(bf16_run.run_dir)
+    x = torch.rand(8, 1, 8, 8)
+    p_auto, p_bf16, p_32 = (predict_probs(m.model, x, m.meta, precision=p) for p in ("auto", "bf16", "fp32"))
+    assert torch.equal(p_auto, p_bf16) and not torch.equal(p_auto, p_32)
+    assert torch.allclose(p_auto, p_32, atol=0.05)
+    with pytest.raises(ValueError, match="valid: auto, fp32, bf16"):
+        predict_probs(m.model, x, m.meta, precision="fp16")

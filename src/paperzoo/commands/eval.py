@@ -21,6 +21,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--limit", type=int, help="only the first N images (quick checks)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto = as the checkpoint was trained (bf16 autocast + channels_last for such runs)")
     p.add_argument("--out", help="report directory (default: <run or checkpoint>/eval-<options>)")
     p.add_argument("--format", choices=("table", "json"), default="table")
 
@@ -59,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out(args.path, args)
     result = evaluate(args.path, which=args.which, ema=args.ema, split=args.split, tta=args.tta,
                       dataset=args.dataset, root=args.data_dir, batch_size=args.batch_size, device=args.device,
-                      limit=args.limit, out_dir=out)
+                      limit=args.limit, out_dir=out, precision=args.precision)
     print_result(result, args.format)
     return 0

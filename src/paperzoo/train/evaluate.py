@@ -134,16 +134,42 @@ def tta_views(x: Tensor, modes: Sequence[str] = ()) -> list[Tensor]:
     return views
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _inference_settings(meta: dict[str, Any], precision: str) -> tuple[bool, bool]:
+    """(bf16 autocast?, channels_last?) for a checkpoint: ``auto`` = as it was trained (its saved config)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    train = (meta.get("config") or {}).get("train") or {}
+    bf16 = train.get("precision") == "bf16" if precision == "auto" else precision == "bf16"
+    return bf16, bool(train.get("channels_last"))
+
+
 @torch.no_grad()
 def predict_probs(model: nn.Module, x: Tensor, meta: dict[str, Any], tta: Sequence[str] = (),
-                  device: str | torch.device = "cpu") -> Tensor:
-    """Softmax probabilities (B, K) of a [0, 1] batch, normalised as the model was trained, averaged over TTA."""
+                  device: str | torch.device = "cpu", precision: str = "auto") -> Tensor:
+    """Softmax probabilities (B, K) of a [0, 1] batch, normalised as the model was trained, averaged over TTA.
+
+    ``precision="auto"`` runs the model as it was trained: bf16 autocast for a bf16 run (as its end-of-epoch
+    evaluations did; ~2.5x faster than fp32 on a CPU with bf16 instructions) and channels_last when it was
+    trained so. ``fp32`` forces full precision.
+    """
     norm = meta["normalization"]
     mean = torch.tensor(norm["mean"], device=device).view(1, -1, 1, 1)  # (1, C, 1, 1)
     std = torch.tensor(norm["std"], device=device).view(1, -1, 1, 1)
-    x = x.to(device)
+    bf16, channels_last = _inference_settings(meta, precision)
+    dev = torch.device(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # in place; a no-op once converted
+    x = x.to(dev)
+    probs = x.new_zeros(())
     views = tta_views(x, tta)
-    probs = sum(model((v - mean) / std).float().softmax(-1) for v in views)
+    for v in views:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(((v - mean) / std).contiguous(memory_format=fmt))
+        probs = probs + logits.float().softmax(-1)
     return probs / len(views)
 
 
@@ -194,7 +220,7 @@ def write_report(metrics: dict[str, Any], classes: Sequence[str], out_dir: str |
 # --------------------------------------------------------------------------------------- entry points
 def _run(members: list[tuple[LoadedCheckpoint, float]], *, split: str, root: str | None, dataset: str | None,
          tta: Sequence[str], batch_size: int, device: str | torch.device, limit: int | None,
-         out_dir: str | os.PathLike | None) -> EvalResult:
+         out_dir: str | os.PathLike | None, precision: str = "auto") -> EvalResult:
     first = members[0][0]
     classes, batches = _eval_batches(first.meta, split, root=root, dataset=dataset, batch_size=batch_size,
                                      limit=limit)
@@ -204,11 +230,12 @@ def _run(members: list[tuple[LoadedCheckpoint, float]], *, split: str, root: str
     total_w = sum(w for _, w in members)
     all_probs, all_labels = [], []
     for x, y in batches:
-        p = sum(w * predict_probs(m.model, x, m.meta, tta, device) for m, w in members) / total_w
+        p = sum(w * predict_probs(m.model, x, m.meta, tta, device, precision) for m, w in members) / total_w
         all_probs.append(p.cpu())
         all_labels.append(y.cpu())
     metrics = classification_metrics(torch.cat(all_probs), torch.cat(all_labels), classes)
-    metrics.update(split=split, tta=list(tta), checkpoints=[str(m.path) for m, _ in members],
+    metrics.update(split=split, tta=list(tta), precision=precision,
+                   checkpoints=[str(m.path) for m, _ in members],
                    weights=[w for _, w in members])
     result = EvalResult(metrics)
     if out_dir is not None:
@@ -228,7 +255,7 @@ def _parse_tta(tta: str | Sequence[str] | None) -> list[str]:
 def evaluate(path: str | os.PathLike, *, which: str = "final", ema: bool = False, split: str = "test",
              tta: str | Sequence[str] | None = None, dataset: str | None = None, root: str | None = None,
              batch_size: int = 256, device: str = "cpu", limit: int | None = None,
-             out_dir: str | os.PathLike | None = None) -> EvalResult:
+             out_dir: str | os.PathLike | None = None, precision: str = "auto") -> EvalResult:
     """Evaluate one checkpoint (run dir, checkpoint dir or .safetensors) on a split of its dataset.
 
     Args:
@@ -239,16 +266,18 @@ def evaluate(path: str | os.PathLike, *, which: str = "final", ema: bool = False
         dataset / root: evaluate on another dataset / directory than the one recorded in the checkpoint.
         limit: only the first ``limit`` images (quick checks).
         out_dir: write ``metrics.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` there.
+        precision: ``auto`` (as trained: bf16 autocast and channels_last for such runs), ``fp32`` or ``bf16``.
     """
     member = load_checkpoint(path, which=which, ema=ema, device=device)
     return _run([(member, 1.0)], split=split, root=root, dataset=dataset, tta=_parse_tta(tta),
-                batch_size=batch_size, device=device, limit=limit, out_dir=out_dir)
+                batch_size=batch_size, device=device, limit=limit, out_dir=out_dir, precision=precision)
 
 
 def ensemble(paths: Sequence[str | os.PathLike], *, weights: Sequence[float] | None = None, which: str = "final",
              ema: bool = False, split: str = "test", tta: str | Sequence[str] | None = None,
              dataset: str | None = None, root: str | None = None, batch_size: int = 256, device: str = "cpu",
-             limit: int | None = None, out_dir: str | os.PathLike | None = None) -> EvalResult:
+             limit: int | None = None, out_dir: str | os.PathLike | None = None,
+             precision: str = "auto") -> EvalResult:
     """Evaluate the (weighted) average of the class probabilities of several checkpoints."""
     if not paths:
         raise ValueError("ensemble needs at least one checkpoint")
@@ -257,7 +286,7 @@ def ensemble(paths: Sequence[str | os.PathLike], *, weights: Sequence[float] | N
         raise ValueError(f"need one non-negative weight per checkpoint ({len(paths)}), got {weights}")
     members = [(load_checkpoint(p, which=which, ema=ema, device=device), w) for p, w in zip(paths, weights)]
     return _run(members, split=split, root=root, dataset=dataset, tta=_parse_tta(tta), batch_size=batch_size,
-                device=device, limit=limit, out_dir=out_dir)
+                device=device, limit=limit, out_dir=out_dir, precision=precision)
 
 
 def average_checkpoints(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, which: str = "final",
