@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 RECIPE = "fashion_mnist_default"
 
@@ -46,11 +47,9 @@ def default_procs(spec: str) -> int:
     return max(1, torch.cuda.device_count())
 
 
-def _train_ddp(recipe: Path, overrides: list[str], procs: int) -> tuple[str, Path, float]:
-    """Run ``paperzoo train`` under ``torch.distributed.run`` with ``procs`` processes; (status, run dir, s)."""
-    from paperzoo.train.api import resolve_config
-
-    cfg = resolve_config(recipe, overrides)
+def _train_ddp(recipe: Path, overrides: list[str], cfg: Any, procs: int) -> tuple[str, Path, float]:
+    """Run ``paperzoo train`` under ``torch.distributed.run`` with ``procs`` processes; (status, run dir, s).
+    ``cfg`` is the resolved config of ``recipe`` + ``overrides`` (for the run directory's name)."""
     name = cfg.run.name or f"{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or procs)
     threads = max(1, cores // procs)
@@ -79,17 +78,18 @@ def run(args: argparse.Namespace) -> int:
     if args.data_dir:
         overrides.append(f"data.root={args.data_dir}")
     recipe = find_recipe(args.recipe)
+    cfg = resolve_config(recipe, overrides)
     procs = default_procs(args.procs)
     t0 = time.perf_counter()
     if procs > 1:
-        status, run_dir, train_time = _train_ddp(recipe, overrides, procs)
+        status, run_dir, train_time = _train_ddp(recipe, overrides, cfg, procs)
     else:
-        result = train(recipe, overrides=overrides)
+        result = train(cfg)
         status, run_dir, train_time = result.status, result.run_dir, result.train_time_s
     if status != "done":
         print(f"training {status}; run directory: {run_dir}")
         return 1 if status == "failed" else 130
-    ev = resolve_config(recipe, overrides).eval
+    ev = cfg.eval
     tta = ev.tta
     report = evaluate(run_dir, ema=ev.ema, tta=",".join(tta) or None,
                       out_dir=run_dir / ("eval-test" + ("-ema" if ev.ema else "") + "".join(f"-{t}" for t in tta)))
