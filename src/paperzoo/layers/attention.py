@@ -233,10 +233,10 @@ class KVCache:
                              f"append keys {tuple(k.shape)} {k.dtype} and values {tuple(v.shape)}")
         if end > self.k.shape[2]:
             self._grow(end)
-        self.k[:, :, start:end] = k  # in place: positions < start are untouched
-        self.v[:, :, start:end] = v
+        self.k.narrow(2, start, end - start).copy_(k)  # in place: positions < start are untouched
+        self.v.narrow(2, start, end - start).copy_(v)
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
     def _grow(self, needed: int) -> None:
         size = max(needed, 2 * self.k.shape[2])
