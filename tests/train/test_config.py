@@ -107,3 +107,36 @@ def test_api_accepts_a_recipe_name():
 def test_find_recipe_lists_known_recipes():
     with pytest.raises(FileNotFoundError, match="fashion_mnist_default"):
         find_recipe("no_such_recipe")
+
+
+def test_recipes_are_found_from_any_directory_in_the_package(tmp_path, monkeypatch):
+    from paperzoo.train.config import RECIPE_DIR
+
+    monkeypatch.chdir(tmp_path)  # no ./configs here
+    found = find_recipe("fashion_mnist_default")
+    assert found.parent == RECIPE_DIR and found.is_file()
+    assert RECIPE_DIR.parts[-2:] == ("paperzoo", "configs")  # inside the package, not the checkout
+    (tmp_path / "configs").mkdir()  # a user's own ./configs wins over the packaged recipe
+    (tmp_path / "configs" / "fashion_mnist_default.yaml").write_text("train: {epochs: 1}\n")
+    assert find_recipe("fashion_mnist_default").resolve() == (tmp_path / "configs" / "fashion_mnist_default.yaml")
+
+
+@pytest.mark.slow
+def test_a_built_wheel_ships_every_recipe(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root, src = Path(__file__).resolve().parents[2], tmp_path / "src"
+    # build from a copy: an in-tree build would leave build/ and egg-info behind in the checkout
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    shutil.copytree(root / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(src)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("paperzoo-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    recipes = {f"paperzoo/configs/{p.name}" for p in CONFIGS.glob("*.yaml")}
+    assert recipes and recipes <= names

@@ -350,16 +350,21 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     atomic_write_bytes(Path(path), text.encode())
 
 
-def find_recipe(name: str | os.PathLike) -> Path:
-    """A config path, or the name of a recipe in ``configs/`` (``fashion_mnist_default`` or with ``.yaml``).
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs"  # the recipes shipped with the package
 
-    Recipes are looked up in ``./configs`` and in the ``configs/`` directory of the paperzoo checkout.
+
+def find_recipe(name: str | os.PathLike) -> Path:
+    """A config path, or the name of a recipe (``fashion_mnist_default`` or with ``.yaml``).
+
+    Recipes are looked up in ``./configs`` (a user's own) and then in the recipes shipped inside the package
+    (``paperzoo/configs/``, which the checkout's top-level ``configs/`` links to), so they are found from any
+    working directory and after a regular, non-editable install.
     """
     p = Path(name)
     if p.is_file():
         return p
     stem = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
-    dirs = list(dict.fromkeys([Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"]))
+    dirs = list(dict.fromkeys([Path.cwd() / "configs", RECIPE_DIR]))
     for d in dirs:
         if (d / stem).is_file():
             return d / stem
