@@ -122,7 +122,9 @@ def main() -> int:
     if args.translation:
         add("### Encoder-decoder attention of a translation model\n")
         add("For a translation checkpoint and a sentence: which source tokens each output token read (decoder "
-            "layer, mean over heads and per head), after the model's own translation.\n")
+            "layer, mean over heads and per head), after the model's own translation. Korean labels need a font "
+            "with Hangul (matplotlib's DejaVu Sans has none): the picture uses the first installed font that "
+            "covers every label (here Debian's fonts-nanum) and warns with what to install when none does.\n")
         cmd = (f"paperzoo viz attention {args.translation} --sentence 'Thursday, August 12, 2021' --layer -1 "
                f"--max-heads 2 -o {IMG / 'translation_attention.png'}")
         add(block(cmd.replace(str(IMG), "docs/img/tools"), run(cmd)))

@@ -1,5 +1,6 @@
 """Encoder-decoder attention picture of a (tiny) trained translation model, tokens on both axes."""
 
+import pytest
 import torch
 
 from paperzoo.cli import main
@@ -23,3 +24,20 @@ def test_translation_cross_attention_matrix_and_picture(tmp_path, png_ok):
     assert main(["viz", "attention", str(run), "--sentence", "Sunday, April 1, 2018", "--layer", "0",
                  "-o", str(tmp_path / "a.png")]) == 0
     png_ok(tmp_path / "a.png")
+
+
+def test_font_for_picks_a_font_that_covers_korean_or_warns_what_to_install(monkeypatch):
+    from matplotlib import font_manager
+
+    from paperzoo.viz import common
+
+    monkeypatch.setattr(common, "_FONT_CACHE", {})
+    assert common.font_for(["Sunday, April 1"]) == "DejaVu Sans"  # the default covers Latin text
+    hangul = "2018년 4월 1일 일요일"
+    monkeypatch.setattr(common, "_charmap", lambda path: set(range(128)))  # no installed font has Hangul
+    with pytest.warns(UserWarning, match="fonts-noto-cjk"):
+        assert common.font_for([hangul]) is None
+    cjk = font_manager.fontManager.ttflist[-1]  # pretend one installed font covers Hangul
+    monkeypatch.setattr(common, "_FONT_CACHE", {})
+    monkeypatch.setattr(common, "_charmap", lambda path: set(range(0x11000)) if path == cjk.fname else set(range(128)))
+    assert common.font_for([hangul]) in {f.name for f in font_manager.fontManager.ttflist if f.fname == cjk.fname}

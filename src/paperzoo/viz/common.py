@@ -24,3 +24,45 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     fig.savefig(path, dpi=dpi, format="png")
     plt.close(fig)
     return path
+
+
+def _charmap(font_path: str) -> set[int]:
+    """Code points a font file has glyphs for (empty when the file cannot be read)."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return set(FT2Font(font_path).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return set()
+
+
+_FONT_CACHE: dict[frozenset[int], str | None] = {}
+
+
+def font_for(texts: list[str]) -> str | None:
+    """The family name of an installed font that has a glyph for every character of ``texts``, or None.
+
+    Matplotlib's default font (DejaVu Sans) has no Hangul or CJK glyphs, so a Korean translation would be drawn
+    as empty boxes: this finds a font that covers the labels (e.g. Noto Sans CJK, Debian's fonts-noto-cjk),
+    preferring the default when it suffices. Returns None, with a warning that says what to install, when none
+    does.
+    """
+    from matplotlib import font_manager
+
+    needed = frozenset(ord(c) for text in texts for c in text if not c.isspace())
+    if needed in _FONT_CACHE:
+        return _FONT_CACHE[needed]
+    default = font_manager.findfont(font_manager.FontProperties())
+    # matplotlib's "Last Resort" font maps every code point to a placeholder box: it covers nothing really
+    entries = sorted((f for f in font_manager.fontManager.ttflist if not f.name.startswith("Last Resort")),
+                     key=lambda f: (f.fname != default, f.name))
+    found = next((f.name for f in entries if needed <= _charmap(f.fname)), None)
+    if found is None:
+        missing = "".join(sorted({chr(c) for c in needed - _charmap(default)}))[:20]
+        import warnings
+
+        warnings.warn(f"no installed font has glyphs for {missing!r}; they will show as boxes. Install a font "
+                      "that covers them (Debian: apt install fonts-noto-cjk) and delete matplotlib's font cache "
+                      "(~/.cache/matplotlib) to see them.", stacklevel=2)
+    _FONT_CACHE[needed] = found
+    return found

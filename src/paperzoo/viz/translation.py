@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .common import new_figure, save_figure
+from .common import font_for, new_figure, save_figure
 
 
 def _labels(tok, ids: list[int]) -> list[str]:
@@ -58,12 +58,15 @@ def plot_translation_attention(checkpoint: str | os.PathLike, sentence: str, pat
     for ax in axes.flat:
         ax.axis("off")
     im = None
+    font = font_for([*src_labels, *out_labels, sentence, hyp])  # Korean needs a CJK font: DejaVu has no Hangul
+    family = {} if font is None else {"fontfamily": font}
     for ax, (title, m) in zip(axes.flat, panels):
         ax.axis("on")
         im = ax.imshow(m.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-        ax.set_xticks(range(s), src_labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(t), out_labels, fontsize=7)
+        ax.set_xticks(range(s), src_labels, rotation=90, fontsize=7, **family)
+        ax.set_yticks(range(t), out_labels, fontsize=7, **family)
         ax.set(title=title, xlabel="source token (keys, values)", ylabel="output token (queries)")
     fig.colorbar(im, ax=list(axes.flat), shrink=0.7, label="attention weight")
-    fig.suptitle(f"Encoder-decoder attention, decoder layer {layer}: {sentence!r} -> {hyp!r}", fontsize=10)
+    fig.suptitle(f"Encoder-decoder attention, decoder layer {layer}: {sentence!r} -> {hyp!r}", fontsize=10,
+                 **family)
     return save_figure(fig, path)
