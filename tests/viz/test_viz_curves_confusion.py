@@ -30,6 +30,16 @@ def test_learning_curves_of_two_runs_on_shared_axes(two_runs, tmp_path, png_ok, 
     assert (w, h) == (1200, 450)
 
 
+def test_training_records_carry_training_time_so_time_curves_include_train_metrics(two_runs):
+    from paperzoo.train.logger import read_metrics
+    from paperzoo.viz.curves import _series
+
+    recs = read_metrics(two_runs[0] / "metrics.jsonl")
+    xs, ys = _series(recs, "train_time_s", "train_loss")
+    assert len(xs) == sum("train_loss" in r for r in recs) >= 4  # every training record, not only evaluations
+    assert xs == sorted(xs) and xs[0] > 0
+
+
 def test_learning_curves_reject_a_directory_without_metrics(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot_learning_curves([tmp_path], tmp_path / "x.png")

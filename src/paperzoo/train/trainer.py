@@ -386,6 +386,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
                         record = _train_record(sums, epoch, step, optimizer, dist)
                         items, items_before = record.pop("items", 0) - items_before, 0.0
                         record[rate_key] = items / max(time.perf_counter() - t_log, 1e-9)
+                        record["train_time_s"] = train_time  # so curves can put training metrics against time
                         eta = (total_steps - step) * train_time / max(step, 1)
                         logger.log(record)
                         progress.update(step, epoch, {k: record[k] for k in ("train_loss", "train_acc", "lr",

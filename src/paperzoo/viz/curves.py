@@ -43,9 +43,8 @@ def plot_learning_curves(runs: Sequence[str | os.PathLike], path: str | os.PathL
     fig, axes = new_figure(len(metrics), size=(6 * len(metrics), 4.5))
     for ax, metric in zip(axes[0], metrics):
         for recs, label in zip(data, labels):
-            # train_time_s is only on evaluation records: plot train metrics against step/epoch then
             xs, ys = _series(recs, xkey, metric)
-            if not xs and x == "time":  # train_* are logged per step, without a training time
+            if not xs and x == "time":  # runs written before training records carried train_time_s
                 continue
             ax.plot(xs, ys, marker="o" if metric.startswith("val") else None, markersize=3, label=label)
         ax.set(title=metric.replace("_", " "), xlabel=xlabel, ylabel=metric)
