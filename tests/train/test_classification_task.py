@@ -40,3 +40,28 @@ def test_inception_aux_logits_add_a_weighted_aux_loss():
     torch.testing.assert_close(loss, expected)
     loss.backward()
     assert all(p.grad is not None for p in model.AuxLogits.parameters())
+
+
+def test_progressive_resizing_trains_low_res_epochs_downsampled_then_full_size():
+    import pytest
+    import torch.nn.functional as F
+
+    task = _task(model={"name": "resnet20", "args": {"width": 4}}, aug={"low_res_size": 8, "low_res_epochs": 1},
+                 train={"channels_last": True})
+    model = task.build_model().train()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    for epoch, size in ((0, 8), (1, 16)):
+        task.train_loader.set_epoch(epoch)
+        x, y = next(iter(task.train_loader))
+        assert x.shape[-2:] == (16, 16)  # the loader always yields full-size images
+        task.train_step(model, (x, y))
+        assert seen[-1].shape[-2:] == (size, size) and seen[-1].is_contiguous(memory_format=torch.channels_last)
+        # low-res epochs see the antialiased bilinear downsampling of the augmented batch, later ones the batch
+        expected = F.interpolate(x, size=(8, 8), mode="bilinear", antialias=True, align_corners=False) \
+            if size == 8 else x
+        torch.testing.assert_close(seen[-1], expected)
+    task.evaluate(model)
+    assert seen[-1].shape[-2:] == (16, 16)  # evaluation stays at the full size
+    with pytest.raises(ValueError, match="low_res_size"):
+        _task(aug={"low_res_size": 16, "low_res_epochs": 1})

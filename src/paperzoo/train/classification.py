@@ -188,6 +188,7 @@ class ImageClassificationTask:
                                             shuffle=False, drop_last=False, transform=self.eval_tf,
                                             device=self.dist.device, channels_last=cl)
         self.val_size = len(val)
+        self._check_low_res()
         weights = torch.tensor(cfg.loss.class_weights) if cfg.loss.class_weights else None
         if weights is not None and len(weights) != self.num_classes:
             raise ValueError(f"loss.class_weights has {len(weights)} values but the dataset has "
@@ -213,8 +214,22 @@ class ImageClassificationTask:
             load_weights(model, self.cfg.model.pretrained, self.cfg.model.pretrained_source)
         return model
 
+    def _check_low_res(self) -> None:
+        a = self.cfg.aug
+        if not (a.low_res_size and a.low_res_epochs):
+            return
+        size = min(self.input_shape[1:])
+        if not 1 <= a.low_res_size < size:
+            raise ValueError(f"aug.low_res_size must be between 1 and the image size {size} (exclusive), got "
+                             f"{a.low_res_size}")
+
     def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch
+        a = self.cfg.aug
+        if a.low_res_size and self._train_loader.epoch < a.low_res_epochs:  # progressive resizing (AugConfig)
+            fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
+            x = F.interpolate(x, size=(a.low_res_size,) * 2, mode="bilinear", antialias=True,
+                              align_corners=False).contiguous(memory_format=fmt)  # (B, C, s, s)
         out = model(x)
         if isinstance(out, tuple):  # Inception-v3 with aux_logits=True returns (logits, aux_logits) in training
             logits, aux = out

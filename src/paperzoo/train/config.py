@@ -81,6 +81,12 @@ class AugConfig:
     cutmix_alpha: float = 0.0
     mix_prob: float = 1.0  # probability of applying mixup/cutmix to a batch
     switch_prob: float = 0.5  # probability of cutmix instead of mixup when both are on
+    # progressive resizing (Howard's fast.ai DAWNBench recipe; Touvron et al., FixRes, arXiv:1906.06423, on the
+    # train/test resolution gap): the first `low_res_epochs` epochs see the augmented images downsampled
+    # (antialiased bilinear) to low_res_size x low_res_size, which costs ~(low_res_size / size)² of a step;
+    # later epochs and every evaluation use the full size. 0 = off.
+    low_res_size: int = 0
+    low_res_epochs: int = 0
 
 
 @dataclass
