@@ -13,7 +13,7 @@ Deviations from the paper (all as in torchvision / timm, whose weights load here
 * ``small_input=True`` replaces the 7x7/2 stem and max-pool by a 3x3/1 conv, as CIFAR-style ResNets do, so
   28x28 and 32x32 images keep their resolution into stage 1. ``stem_stride=2`` makes that conv 3x3/2: stage 1
   then runs at half resolution (14x14 for Fashion-MNIST), a quarter of the activations, and the same FLOPs at
-  twice the width. On a CPU that trades badly-shaped 16-channel convolutions for better-shaped ones.
+  twice the width (measured on the 2-core CPU: no faster at width 32, see BENCHMARKS.md).
 * Optional stochastic depth (``drop_path_rate``) and zero-initialised last BN of each block
   (``zero_init_residual``, Goyal et al. arXiv:1706.02677) for training from scratch.
 * SE reduction ratio r = 16 (SENet Sec. 6.1), FC layers as 1x1 convs with bias.
