@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -59,8 +60,6 @@ def font_for(texts: list[str]) -> str | None:
     found = next((f.name for f in entries if needed <= _charmap(f.fname)), None)
     if found is None:
         missing = "".join(sorted({chr(c) for c in needed - _charmap(default)}))[:20]
-        import warnings
-
         warnings.warn(f"no installed font has glyphs for {missing!r}; they will show as boxes. Install a font "
                       "that covers them (Debian: apt install fonts-noto-cjk) and delete matplotlib's font cache "
                       "(~/.cache/matplotlib) to see them.", stacklevel=2)
