@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checkpoint as ckpt
+from .allocator import retain_freed_memory
 
 __all__ = [
     "EvalResult", "LoadedCheckpoint", "TTA_MODES", "average_checkpoints", "classification_metrics", "ensemble",
@@ -221,6 +222,8 @@ def write_report(metrics: dict[str, Any], classes: Sequence[str], out_dir: str |
 def _run(members: list[tuple[LoadedCheckpoint, float]], *, split: str, root: str | None, dataset: str | None,
          tta: Sequence[str], batch_size: int, device: str | torch.device, limit: int | None,
          out_dir: str | os.PathLike | None, precision: str = "auto") -> EvalResult:
+    if torch.device(device).type == "cpu":
+        retain_freed_memory()  # TTA views of large batches: reuse freed blocks (allocator.py)
     first = members[0][0]
     classes, batches = _eval_batches(first.meta, split, root=root, dataset=dataset, batch_size=batch_size,
                                      limit=limit)
