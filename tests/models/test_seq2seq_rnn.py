@@ -126,7 +126,9 @@ def test_learns_to_reverse_with_anti_diagonal_attention():
     torch.manual_seed(0)
     m = Seq2SeqRNN(Seq2SeqConfig(src_vocab_size=V, tgt_vocab_size=V, m=16, n=32, n_attn=32, l=32))
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    for _ in range(250):
+    # 500 steps: 250 were enough on one CPU but left 65-89 % exact on another whose kernels round differently
+    # (seeds 0-2); 400 gave 96-100 % there
+    for _ in range(500):
         src, lengths, tgt = _reverse_batch(32)
         loss = F.cross_entropy(m(src, tgt[:, :-1], lengths).flatten(0, 1), tgt[:, 1:].flatten(), ignore_index=0)
         opt.zero_grad()
