@@ -5,9 +5,10 @@ at start, raised dynamically up to 32 MiB) with a fresh ``mmap`` and returns it 
 gives the top of the heap back (``M_TRIM_THRESHOLD``) once enough of it is free. A training step allocates and
 frees the same few-MiB activations every iteration (a (128, 16, 28, 28) bf16 map is 3.2 MiB), so each one is
 mapped again and every 4 KiB page of it faults on first touch; in a virtual machine a fault costs microseconds.
-On the 2-core machine a ResNet-18/4 step on Fashion-MNIST spent ~20 % of its time there (~520,000 minor faults
-in 35 steps); with fixed thresholds the freed blocks stay in the heap and are reused (~90,000 faults, the step
-~1.25x faster; BENCHMARKS.md). This is what PyTorch's CUDA caching allocator does for GPU memory, and what the
+On the 2-core machine a bare loop of ResNet-18/4 steps on Fashion-MNIST-sized batches took 335,000-520,000 minor
+faults in 35 steps; with fixed thresholds the freed blocks stay in the heap and are reused (~90,000 faults, the
+loop ~1.25x faster). Inside the trainer, whose other allocations keep more of the heap in use, a run of the
+default recipe went from 4.8 million faults to 0.17 million and ~3 % faster on that machine (BENCHMARKS.md). This is what PyTorch's CUDA caching allocator does for GPU memory, and what the
 jemalloc/tcmalloc preloads of Intel's CPU tuning guide do, without an ``LD_PRELOAD``.
 
 The cost is memory: the process keeps its peak heap instead of returning it between steps. The setting is
