@@ -8,8 +8,9 @@ mapped again and every 4 KiB page of it faults on first touch; in a virtual mach
 On the 2-core machine a bare loop of ResNet-18/4 steps on Fashion-MNIST-sized batches took 335,000-520,000 minor
 faults in 35 steps; with fixed thresholds the freed blocks stay in the heap and are reused (~90,000 faults, the
 loop ~1.25x faster). Inside the trainer, whose other allocations keep more of the heap in use, a run of the
-default recipe went from 4.8 million faults to 0.17 million and ~3 % faster on that machine (BENCHMARKS.md). This is what PyTorch's CUDA caching allocator does for GPU memory, and what the
-jemalloc/tcmalloc preloads of Intel's CPU tuning guide do, without an ``LD_PRELOAD``.
+default recipe went from 4.8 million faults to 0.17 million and ~3 % faster on that machine (BENCHMARKS.md).
+This is what PyTorch's CUDA caching allocator does for GPU memory, and what the jemalloc/tcmalloc preloads of
+Intel's CPU tuning guide do, without an ``LD_PRELOAD``.
 
 The cost is memory: the process keeps its peak heap instead of returning it between steps. The setting is
 process-wide and stays (glibc has no way to read the old values back); elsewhere than glibc it does nothing.

@@ -203,7 +203,7 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
         torch.set_num_threads(cfg.train.threads)
     _configure_determinism(cfg.train.deterministic, dist.device)
     if cfg.train.retain_memory and dist.device.type == "cpu":
-        retain_freed_memory()  # activations reused from the heap, not page-faulted in every step (~1.25x here)
+        retain_freed_memory()  # activations reused from the heap, not page-faulted in every step
     if cfg.train.precision == "fp16" and dist.device.type != "cuda":
         raise ValueError("train.precision=fp16 needs a GPU (GradScaler); on CPU use bf16 or fp32")
     run_dir = Path(D.broadcast_object(str(prepare_run_dir(cfg, resume)) if dist.is_main else None, dist))
