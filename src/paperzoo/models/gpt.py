@@ -13,11 +13,14 @@ Notable features (GPT-2, Sec. 2.3 of its paper, and the choices popularised by n
 * The output projection is tied to the token embedding (Press & Wolf, arXiv:1608.05859).
 * GPT-2 initialisation: N(0, 0.02) weights, zero biases, and the residual projections (attention output and
   MLP output) scaled by 1/√(2·n_layer) "to account for the accumulation on the residual path".
+* GELU in GPT-2's tanh approximation, as OpenAI's code has it (``gelu_approx=False``: the exact erf form,
+  which nanoGPT uses).
 * A KV cache for :mod:`paperzoo.generate` (``init_state`` / ``step``): preallocated per-block buffers
-  (:class:`KVCache`, at most ``block_size`` positions) written in place, one position per step.
+  (:class:`KVCache`, at most ``block_size`` positions) written in place, one position per step. In eval mode a
+  step runs :meth:`Block.step`, the block's arithmetic as functional calls on its parameters, because at batch 1
+  a small model's step is mostly per-call overhead (BENCHMARKS.md, KV cache).
 
 Deviations:
-* GELU is PyTorch's exact erf form, not GPT-2's tanh approximation (``gelu_approx=True`` restores it).
 * Beyond ``block_size`` tokens, generation keeps the last ``block_size`` tokens as context and re-runs them
   (as nanoGPT does); the KV cache only covers the first ``block_size`` positions.
 * Prompts in one batch must have the same length (no left padding).
@@ -27,17 +30,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers.attention import KVCache, MultiHeadAttention, check_cache_length
+from ..layers.attention import KVCache, MultiHeadAttention, check_cache_length, scaled_dot_product_attention
 from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
 
-__all__ = ["GPTConfig", "GPT", "Block", "GPTState"]
+__all__ = ["GPTConfig", "GPT", "Block", "BlockWeights", "GPTState"]
 
 PAPER = Paper("Language Models are Unsupervised Multitask Learners (GPT-2)", "n/a", 2019)
 
@@ -55,7 +59,7 @@ class GPTConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
     pos: str = "learned"  # "learned" (GPT-2) or "sinusoidal" (Vaswani et al. Sec. 3.5)
     tie_weights: bool = True
-    gelu_approx: bool = False
+    gelu_approx: bool = True  # GPT-2's tanh GELU; False: exact erf (also ~4x slower on a 512-wide CPU vector)
     layer_norm_eps: float = 1e-5
 
 
@@ -91,6 +95,60 @@ class Block(nn.Module):
         x = x + self.drop(out)
         return x + self.mlp(self.ln_2(x))
 
+    def decode_weights(self) -> BlockWeights:
+        """This block's tensors for :meth:`step`, looked up once: a decoding state holds them for its steps."""
+        attn, mlp = self.attn, self.mlp
+        return BlockWeights(self.ln_1.weight, self.ln_1.bias, attn.in_proj.weight, attn.in_proj.bias,
+                            attn.out_proj.weight, attn.out_proj.bias, self.ln_2.weight, self.ln_2.bias,
+                            mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias,
+                            attn.num_heads, self.ln_1.eps, mlp.act.approximate)
+
+    def step(self, x: Tensor, cache: KVCache, w: BlockWeights | None = None) -> Tensor:
+        """``forward(x, cache)`` in eval mode for new positions x (B, L, C) that follow the cached ones.
+
+        The same arithmetic as ``forward`` (tests hold them equal) as functional calls on the tensors of
+        ``w = decode_weights()``: no module calls or attribute lookups through ``nn.Module``, no dropout, no mask
+        logic. Decoding one token at batch 1, a d = 128 model spends most of its step on exactly that per-call
+        overhead (~25 module attribute lookups per block at ~0.5 µs each, BENCHMARKS.md). In training mode it is
+        ``forward``; forward hooks on the submodules do not run here.
+        """
+        if self.training:
+            return self(x, cache)
+        w = self.decode_weights() if w is None else w
+        b, n, c = x.shape
+        h = F.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, w.eps)
+        qkv = F.linear(h, w.in_proj_weight, w.in_proj_bias)  # (B, L, 3C): [Wᑫ; Wᴷ; Wⱽ] fused, as forward
+        qkv = qkv.view(b, n, 3, w.n_head, c // w.n_head)  # (B, L, 3C) -> (B, L, 3, heads, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, heads, L, d) -> q, k, v each (B, heads, L, d)
+        k, v = cache.append(k, v)  # (B, heads, cached + L, d)
+        out, _ = scaled_dot_product_attention(q, k, v, is_causal=n > 1)  # (B, heads, L, d)
+        out = out.transpose(1, 2).reshape(b, n, c)  # (B, heads, L, d) -> (B, L, C)
+        x = x + F.linear(out, w.out_proj_weight, w.out_proj_bias)
+        h = F.layer_norm(x, (c,), w.ln_2_weight, w.ln_2_bias, w.eps)
+        h = F.gelu(F.linear(h, w.c_fc_weight, w.c_fc_bias), approximate=w.gelu)
+        return x + F.linear(h, w.c_proj_weight, w.c_proj_bias)
+
+
+class BlockWeights(NamedTuple):
+    """The tensors and sizes of one :class:`Block`, as :meth:`Block.step` reads them (references, not copies:
+    in-place updates such as an optimizer step show through; a parameter *replaced* by a new one does not)."""
+
+    ln_1_weight: Tensor
+    ln_1_bias: Tensor | None
+    in_proj_weight: Tensor
+    in_proj_bias: Tensor | None
+    out_proj_weight: Tensor
+    out_proj_bias: Tensor | None
+    ln_2_weight: Tensor
+    ln_2_bias: Tensor | None
+    c_fc_weight: Tensor
+    c_fc_bias: Tensor | None
+    c_proj_weight: Tensor
+    c_proj_bias: Tensor | None
+    n_head: int
+    eps: float
+    gelu: str
+
 
 @dataclass
 class GPTState:
@@ -101,16 +159,18 @@ class GPTState:
         kv: per block, a :class:`KVCache` of the self-attention keys/values (B, heads, min(t, block_size), d),
             written in place (so ``step`` consumes the state); None when not caching.
         use_cache: append keys/values per step (True) or re-run the context each step (False).
+        weights: per block, the tensors a cached step reads (:meth:`Block.decode_weights`), looked up once.
     """
 
     tokens: Tensor
     kv: list[KVCache] | None = None
     use_cache: bool = True
+    weights: list[BlockWeights] | None = None
 
     def reorder(self, index: Tensor) -> GPTState:
         """Select batch rows (beam search expands and reorders beams with this); the caches are copied."""
         kv = None if self.kv is None else [c.reorder(index) for c in self.kv]
-        return GPTState(self.tokens.index_select(0, index), kv, self.use_cache)
+        return GPTState(self.tokens.index_select(0, index), kv, self.use_cache, self.weights)
 
 
 class GPT(nn.Module):
@@ -160,11 +220,17 @@ class GPT(nn.Module):
             x = self.sinusoid(x, offset)
         return self.drop(x)
 
-    def _run(self, idx: Tensor, offset: int = 0, cache: list[KVCache] | None = None) -> Tensor:
-        """(B, T) ids at positions offset .. offset + T - 1 -> final hidden states (B, T, C)."""
+    def _run(self, idx: Tensor, offset: int = 0, cache: list[KVCache] | None = None,
+             weights: list[BlockWeights] | None = None) -> Tensor:
+        """(B, T) ids at positions offset .. offset + T - 1 -> final hidden states (B, T, C); with a ``cache``
+        the blocks run :meth:`Block.step` (on ``weights`` if given)."""
         x = self._embed(idx, offset)
-        for i, block in enumerate(self.h):
-            x = block(x, None if cache is None else cache[i])
+        if cache is None:
+            for block in self.h:
+                x = block(x)
+        else:
+            for i, block in enumerate(self.h):
+                x = block.step(x, cache[i], None if weights is None else weights[i])  # forward() when training
         return self.ln_f(x)
 
     def new_cache(self) -> list[KVCache]:
@@ -189,11 +255,11 @@ class GPT(nn.Module):
             raise ValueError("GPT prompts in one batch must have the same length (no left padding)")
         if not use_cache:
             return GPTState(prefix, None, use_cache)
-        cache = self.new_cache()
+        cache, weights = self.new_cache(), [block.decode_weights() for block in self.h]
         if prefix.shape[1] > 0:
             self._check(prefix)
-            self._run(prefix, cache=cache)  # fills the caches in one pass (causal)
-        return GPTState(prefix, cache, use_cache)
+            self._run(prefix, cache=cache, weights=weights)  # fills the caches in one pass (causal)
+        return GPTState(prefix, cache, use_cache, weights)
 
     def step(self, tokens: Tensor, state: GPTState) -> tuple[Tensor, GPTState]:
         """Feed the last tokens (B,) and return the next-token logits (B, V) and the new state."""
@@ -201,7 +267,7 @@ class GPT(nn.Module):
         seq = torch.cat([state.tokens, tokens[:, None]], dim=1)  # (B, t + 1)
         if state.use_cache and t < self.cfg.block_size:
             check_cache_length(state.kv, t)
-            h = self._run(tokens[:, None], offset=t, cache=state.kv)  # (B, 1, C): only the new position runs
+            h = self._run(tokens[:, None], t, state.kv, state.weights)  # (B, 1, C): only the new position runs
         else:  # no cache, or past block_size: the last block_size tokens as context (cache no longer grows)
             h = self._run(seq[:, -self.cfg.block_size :])
         return self.lm_head(h[:, -1]), replace(state, tokens=seq)
