@@ -29,7 +29,7 @@ Deviations:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -213,12 +213,13 @@ class GPT(nn.Module):
         return n - self.wpe.weight.numel() if non_embedding and self.cfg.pos == "learned" else n
 
     def _embed(self, idx: Tensor, offset: int) -> Tensor:
-        x = self.wte(idx)  # (B, T, C)
+        # functional lookups and no eval-mode dropout call: decoding runs this once per token (see Block.step)
+        x = F.embedding(idx, self.wte.weight)  # (B, T) -> (B, T, C)
         if self.cfg.pos == "learned":
             x = x + self.wpe.weight[offset : offset + idx.shape[1]]  # rows of positions offset.., (T, C) broadcast
         else:
             x = self.sinusoid(x, offset)
-        return self.drop(x)
+        return self.drop(x) if self.training else x
 
     def _run(self, idx: Tensor, offset: int = 0, cache: list[KVCache] | None = None,
              weights: list[BlockWeights] | None = None) -> Tensor:
@@ -270,7 +271,7 @@ class GPT(nn.Module):
             h = self._run(tokens[:, None], t, state.kv, state.weights)  # (B, 1, C): only the new position runs
         else:  # no cache, or past block_size: the last block_size tokens as context (cache no longer grows)
             h = self._run(seq[:, -self.cfg.block_size :])
-        return self.lm_head(h[:, -1]), replace(state, tokens=seq)
+        return self.lm_head(h[:, -1]), GPTState(seq, state.kv, state.use_cache, state.weights)
 
     @torch.inference_mode()
     def generate(self, prompt: Tensor, max_new_tokens: int, **kwargs: Any) -> Tensor:
