@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from paperzoo.layers import MultiHeadAttention, attention_explicit, merge_masks, scaled_dot_product_attention
-from paperzoo.layers.attention import KVCache
+from paperzoo.layers.attention import KVCache, cached_cross_attention, cached_self_attention
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -146,6 +146,35 @@ def test_kv_cache_reproduces_full_causal_attention():
             steps.append(mha(x[:, t : t + 1], cache=cache)[0])
     torch.testing.assert_close(torch.cat(steps, 1), full, **TOL)
     assert cache.keys.shape == (2, 4, 9, 4) and cache.capacity == 16  # (B, heads, S, d); 4 -> 8 -> 16
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_cached_self_attention_equals_the_module_with_a_cache(bias):
+    # The functional decoding path: a prompt of 3 (causal among them), then single positions, in float64.
+    mha = MultiHeadAttention(16, 4, bias=bias).double().eval()
+    with torch.no_grad():
+        for p in mha.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # biases start at 0
+    x = torch.randn(2, 7, 16, dtype=torch.float64)
+    w, ref_cache, cache = mha.decode_weights(), KVCache(2), KVCache(2)
+    with torch.no_grad():
+        for lo, hi in ((0, 3), (3, 4), (4, 5), (5, 7)):
+            ref, _ = mha(x[:, lo:hi], is_causal=hi - lo > 1, cache=ref_cache)
+            torch.testing.assert_close(cached_self_attention(x[:, lo:hi], cache, w), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(cache.keys, ref_cache.keys, rtol=0, atol=0)
+    torch.testing.assert_close(cache.values, ref_cache.values, rtol=0, atol=0)
+
+
+def test_cached_cross_attention_equals_the_module_on_precomputed_keys_and_values():
+    mha = MultiHeadAttention(16, 4).double().eval()
+    x, memory = torch.randn(3, 2, 16, dtype=torch.float64), torch.randn(3, 6, 16, dtype=torch.float64)
+    pad = torch.zeros(3, 6, dtype=torch.bool)
+    pad[1, 4:] = True  # row 1 has two padding positions
+    with torch.no_grad():
+        ref, _ = mha(x, memory, key_padding_mask=pad)
+        _, k, v = mha.project_qkv(memory, memory)  # keys/values (B, heads, S, d), as a decoder caches them
+        out = cached_cross_attention(x, (k, v), mha.decode_weights(), ~pad[:, None, None, :])
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_kv_cache_writes_in_place_and_keeps_its_length():

@@ -84,6 +84,10 @@ def test_block_step_equals_forward_with_a_cache(bias, gelu_approx):
     # themselves) and then single positions must give forward's outputs and the same cached keys/values.
     model = _tiny(bias=bias, gelu_approx=gelu_approx).double().eval()
     block = model.h[0]
+    with torch.no_grad():  # LayerNorms start equal (1, 0) and biases at 0: make each one distinct
+        for p in block.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.3)
     x = torch.randn(2, 9, 32, dtype=torch.float64)
     ref_cache, cache = KVCache(4), KVCache(4)
     w = block.decode_weights()

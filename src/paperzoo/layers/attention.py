@@ -17,12 +17,16 @@ query **may** attend to a key; a float mask is *added* to the scores (use -inf t
 follows ``nn.MultiheadAttention``: True marks padding keys to ignore.
 
 For step-by-step decoding, :class:`KVCache` keeps one layer's keys and values in preallocated buffers that are
-written in place (no ``torch.cat`` per step); ``MultiHeadAttention(..., cache=...)`` appends to it.
+written in place (no ``torch.cat`` per step); ``MultiHeadAttention(..., cache=...)`` appends to it. The models'
+cached decoding steps (eval mode) call :func:`cached_self_attention` / :func:`cached_cross_attention` instead:
+the same arithmetic as functional calls on tensors looked up once (:class:`AttentionWeights`), because at
+batch 1 a small model's step is mostly per-call overhead (module calls, ``nn.Module`` attribute lookups, checks).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -30,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["attention_explicit", "scaled_dot_product_attention", "merge_masks", "KVCache", "check_cache_length",
-           "MultiHeadAttention"]
+           "MultiHeadAttention", "AttentionWeights", "cached_self_attention", "cached_cross_attention"]
 
 
 def _causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
@@ -361,6 +365,11 @@ class MultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, q_len, self.embed_dim)  # (B, heads, L, d) -> (B, L, C): Concat
         return self.out_proj(out), weights  # · Wᴼ
 
+    def decode_weights(self) -> AttentionWeights:
+        """This layer's projections for :func:`cached_self_attention` / :func:`cached_cross_attention`."""
+        return AttentionWeights(self.in_proj.weight, self.in_proj.bias, self.out_proj.weight, self.out_proj.bias,
+                                self.num_heads)
+
     def load_from_torch(self, mha: nn.MultiheadAttention) -> None:
         """Copy the weights of a ``nn.MultiheadAttention`` with the same sizes (packed in-projection)."""
         if mha.in_proj_weight is None:
@@ -377,3 +386,43 @@ class MultiHeadAttention(nn.Module):
             self.out_proj.weight.copy_(mha.out_proj.weight)
             if self.out_proj.bias is not None:
                 self.out_proj.bias.copy_(mha.out_proj.bias)
+
+
+class AttentionWeights(NamedTuple):
+    """The projections of a :class:`MultiHeadAttention`, as references (in-place updates show through; a
+    parameter replaced by a new object does not): the decoding states of the models hold these."""
+
+    in_proj_weight: Tensor  # [Wᑫ; Wᴷ; Wⱽ] (3C, C)
+    in_proj_bias: Tensor | None
+    out_proj_weight: Tensor  # Wᴼ (C, C)
+    out_proj_bias: Tensor | None
+    num_heads: int
+
+
+def cached_self_attention(x: Tensor, cache: KVCache, w: AttentionWeights) -> Tensor:
+    """``MultiHeadAttention(x, cache=cache, is_causal=L > 1)`` in eval mode, without a mask, as functional calls.
+
+    x (B, L, C): positions that follow the cached ones; their keys/values are appended to ``cache``, and they
+    attend to every cached position and causally among themselves. Returns (B, L, C). Tests hold it equal to
+    the module's forward.
+    """
+    b, n, c = x.shape
+    qkv = F.linear(x, w.in_proj_weight, w.in_proj_bias)  # (B, L, 3C), one fused matmul
+    qkv = qkv.view(b, n, 3, w.num_heads, c // w.num_heads)  # (B, L, 3C) -> (B, L, 3, heads, d)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, heads, L, d) -> q, k, v each (B, heads, L, d)
+    k, v = cache.append(k, v)  # (B, heads, cached + L, d)
+    out, _ = scaled_dot_product_attention(q, k, v, is_causal=n > 1)  # (B, heads, L, d)
+    out = out.transpose(1, 2).reshape(b, n, c)  # (B, heads, L, d) -> (B, L, C): Concat
+    return F.linear(out, w.out_proj_weight, w.out_proj_bias)  # · Wᴼ
+
+
+def cached_cross_attention(x: Tensor, kv: tuple[Tensor, Tensor], w: AttentionWeights,
+                           attn_mask: Tensor | None = None) -> Tensor:
+    """Attention of x (B, L, C) to precomputed keys/values kv, each (B, heads, S, d), in eval mode: only the
+    Wᑫ rows of the in-projection are applied (the Wᴷ, Wⱽ rows made ``kv``). Returns (B, L, C)."""
+    b, n, c = x.shape
+    bias = None if w.in_proj_bias is None else w.in_proj_bias[:c]
+    q = F.linear(x, w.in_proj_weight[:c], bias).view(b, n, w.num_heads, c // w.num_heads)  # (B, L, heads, d)
+    out, _ = scaled_dot_product_attention(q.transpose(1, 2), kv[0], kv[1], attn_mask=attn_mask)  # (B, heads, L, d)
+    out = out.transpose(1, 2).reshape(b, n, c)  # (B, heads, L, d) -> (B, L, C)
+    return F.linear(out, w.out_proj_weight, w.out_proj_bias)

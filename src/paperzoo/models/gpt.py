@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers.attention import KVCache, MultiHeadAttention, check_cache_length, scaled_dot_product_attention
+from ..layers.attention import AttentionWeights, KVCache, MultiHeadAttention, cached_self_attention, check_cache_length
 from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
 
@@ -97,11 +97,9 @@ class Block(nn.Module):
 
     def decode_weights(self) -> BlockWeights:
         """This block's tensors for :meth:`step`, looked up once: a decoding state holds them for its steps."""
-        attn, mlp = self.attn, self.mlp
-        return BlockWeights(self.ln_1.weight, self.ln_1.bias, attn.in_proj.weight, attn.in_proj.bias,
-                            attn.out_proj.weight, attn.out_proj.bias, self.ln_2.weight, self.ln_2.bias,
-                            mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias,
-                            attn.num_heads, self.ln_1.eps, mlp.act.approximate)
+        return BlockWeights(self.ln_1.weight, self.ln_1.bias, self.attn.decode_weights(), self.ln_2.weight,
+                            self.ln_2.bias, self.mlp.c_fc.weight, self.mlp.c_fc.bias, self.mlp.c_proj.weight,
+                            self.mlp.c_proj.bias, self.ln_1.eps, self.mlp.act.approximate)
 
     def step(self, x: Tensor, cache: KVCache, w: BlockWeights | None = None) -> Tensor:
         """``forward(x, cache)`` in eval mode for new positions x (B, L, C) that follow the cached ones.
@@ -115,37 +113,26 @@ class Block(nn.Module):
         if self.training:
             return self(x, cache)
         w = self.decode_weights() if w is None else w
-        b, n, c = x.shape
-        h = F.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, w.eps)
-        qkv = F.linear(h, w.in_proj_weight, w.in_proj_bias)  # (B, L, 3C): [Wᑫ; Wᴷ; Wⱽ] fused, as forward
-        qkv = qkv.view(b, n, 3, w.n_head, c // w.n_head)  # (B, L, 3C) -> (B, L, 3, heads, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, heads, L, d) -> q, k, v each (B, heads, L, d)
-        k, v = cache.append(k, v)  # (B, heads, cached + L, d)
-        out, _ = scaled_dot_product_attention(q, k, v, is_causal=n > 1)  # (B, heads, L, d)
-        out = out.transpose(1, 2).reshape(b, n, c)  # (B, heads, L, d) -> (B, L, C)
-        x = x + F.linear(out, w.out_proj_weight, w.out_proj_bias)
+        c = x.shape[-1]
+        x = x + cached_self_attention(F.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, w.eps), cache, w.attn)
         h = F.layer_norm(x, (c,), w.ln_2_weight, w.ln_2_bias, w.eps)
         h = F.gelu(F.linear(h, w.c_fc_weight, w.c_fc_bias), approximate=w.gelu)
         return x + F.linear(h, w.c_proj_weight, w.c_proj_bias)
 
 
 class BlockWeights(NamedTuple):
-    """The tensors and sizes of one :class:`Block`, as :meth:`Block.step` reads them (references, not copies:
+    """The tensors of one :class:`Block`, as :meth:`Block.step` reads them (references, not copies:
     in-place updates such as an optimizer step show through; a parameter *replaced* by a new one does not)."""
 
     ln_1_weight: Tensor
     ln_1_bias: Tensor | None
-    in_proj_weight: Tensor
-    in_proj_bias: Tensor | None
-    out_proj_weight: Tensor
-    out_proj_bias: Tensor | None
+    attn: AttentionWeights
     ln_2_weight: Tensor
     ln_2_bias: Tensor | None
     c_fc_weight: Tensor
     c_fc_bias: Tensor | None
     c_proj_weight: Tensor
     c_proj_bias: Tensor | None
-    n_head: int
     eps: float
     gelu: str
 

@@ -14,7 +14,8 @@ Notable features:
   outputs are the same.
 * A step interface (``init_state`` / ``step``) with a KV cache for :mod:`paperzoo.generate`: decoder
   self-attention keys/values are written in place into preallocated buffers (:class:`KVCache`), one position
-  per step; encoder-decoder K/V are computed once per source.
+  per step; encoder-decoder K/V are computed once per source. In eval mode the cached step runs
+  :meth:`DecoderLayer.step`, the layer's arithmetic as functional calls on tensors the state looks up once.
 
 Deviations from the paper:
 * Sinusoidal positions (Sec. 3.5) come from :mod:`paperzoo.layers.pos_embed`; their table grows on demand, so
@@ -33,15 +34,24 @@ Deviations from the paper:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers.attention import KVCache, MultiHeadAttention, check_cache_length, scaled_dot_product_attention
+from ..layers.attention import (
+    AttentionWeights,
+    KVCache,
+    MultiHeadAttention,
+    cached_cross_attention,
+    cached_self_attention,
+    check_cache_length,
+    scaled_dot_product_attention,
+)
 from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
 
@@ -189,6 +199,53 @@ class DecoderLayer(nn.Module):
         x = self.norm2(x + self._ca(x, memory_kv, memory_mask))
         return self.norm3(x + self.drop3(self.ffn(x)))
 
+    def decode_weights(self) -> DecoderWeights:
+        """This layer's tensors for :meth:`step`, looked up once: a decoding state holds them for its steps."""
+        norms = tuple((n.weight, n.bias) for n in (self.norm1, self.norm2, self.norm3))
+        f = self.ffn
+        return DecoderWeights(self.self_attn.decode_weights(), self.cross_attn.decode_weights(), norms,
+                              f.linear1.weight, f.linear1.bias, f.linear2.weight, f.linear2.bias, self.norm1.eps,
+                              self.norm_first, F.relu if isinstance(f.act, nn.ReLU) else F.gelu)
+
+    def step(self, x: Tensor, memory_kv: KV, memory_mask: Tensor | None, cache: KVCache,
+             w: DecoderWeights | None = None) -> Tensor:
+        """``forward(x, memory_kv, memory_mask, cache=cache)`` in eval mode, as functional calls on the tensors
+        of ``w = decode_weights()`` (tests hold them equal): at batch 1 a decoding step is otherwise largely
+        module-call and attribute-lookup overhead. In training mode, or when keeping attention maps, ``forward``."""
+        if self.training or self.keep_attn:
+            return self(x, memory_kv, memory_mask, None, cache)
+        w = self.decode_weights() if w is None else w
+        c = x.shape[-1]
+
+        def norm(t: Tensor, i: int) -> Tensor:
+            return F.layer_norm(t, (c,), w.norms[i][0], w.norms[i][1], w.eps)
+
+        def ffn(t: Tensor) -> Tensor:
+            return F.linear(w.act(F.linear(t, w.ff1_weight, w.ff1_bias)), w.ff2_weight, w.ff2_bias)
+
+        if w.norm_first:
+            x = x + cached_self_attention(norm(x, 0), cache, w.self_attn)
+            x = x + cached_cross_attention(norm(x, 1), memory_kv, w.cross_attn, memory_mask)
+            return x + ffn(norm(x, 2))
+        x = norm(x + cached_self_attention(x, cache, w.self_attn), 0)
+        x = norm(x + cached_cross_attention(x, memory_kv, w.cross_attn, memory_mask), 1)
+        return norm(x + ffn(x), 2)
+
+
+class DecoderWeights(NamedTuple):
+    """The tensors of one :class:`DecoderLayer` as :meth:`DecoderLayer.step` reads them (references)."""
+
+    self_attn: AttentionWeights
+    cross_attn: AttentionWeights
+    norms: tuple[tuple[Tensor, Tensor], ...]  # (weight, bias) of norm1, norm2, norm3
+    ff1_weight: Tensor
+    ff1_bias: Tensor
+    ff2_weight: Tensor
+    ff2_bias: Tensor
+    eps: float
+    norm_first: bool
+    act: Callable[[Tensor], Tensor]
+
 
 def _allowed(key_padding_mask: Tensor | None) -> Tensor | None:
     """(B, S) True = padding  ->  (B, 1, 1, S) True = may attend, the form SDPA takes."""
@@ -240,6 +297,14 @@ class TransformerDecoder(nn.Module):
             x = layer(x, memory_kv[i], mask, tgt_key_padding_mask, None if cache is None else cache[i])
         return x if self.norm is None else self.norm(x)
 
+    def step(self, x: Tensor, memory_kv: list[KV], memory_key_padding_mask: Tensor | None, cache: list[KVCache],
+             weights: list[DecoderWeights] | None = None) -> Tensor:
+        """``forward(x, memory_kv=..., cache=...)`` for decoding: the layers run :meth:`DecoderLayer.step`."""
+        mask = _allowed(memory_key_padding_mask)
+        for i, layer in enumerate(self.layers):
+            x = layer.step(x, memory_kv[i], mask, cache[i], None if weights is None else weights[i])
+        return x if self.norm is None else self.norm(x)
+
 
 @dataclass
 class TransformerState:
@@ -254,6 +319,7 @@ class TransformerState:
         self_kv: with the cache, per layer, a :class:`KVCache` of the self-attention keys/values
             (B, heads, t, d), written in place one position per step (so ``step`` consumes the state).
         memory: without the cache, the encoder output (B, S, C), re-projected to K/V every step.
+        weights: with the cache, per layer, the tensors a cached step reads (:meth:`DecoderLayer.decode_weights`).
     """
 
     memory_key_padding_mask: Tensor | None
@@ -262,6 +328,7 @@ class TransformerState:
     memory_kv: list[KV] | None = None
     self_kv: list[KVCache] | None = None
     memory: Tensor | None = None
+    weights: list[DecoderWeights] | None = None
 
     def reorder(self, index: Tensor) -> TransformerState:
         """Select batch rows (beam search expands and reorders beams with this); the caches are copied."""
@@ -271,7 +338,8 @@ class TransformerState:
         return TransformerState(
             sel(self.memory_key_padding_mask), sel(self.tokens), self.use_cache,
             None if self.memory_kv is None else [(sel(k), sel(v)) for k, v in self.memory_kv],
-            None if self.self_kv is None else [c.reorder(index) for c in self.self_kv], sel(self.memory))
+            None if self.self_kv is None else [c.reorder(index) for c in self.self_kv], sel(self.memory),
+            self.weights)
 
 
 class Transformer(nn.Module):
@@ -372,7 +440,8 @@ class Transformer(nn.Module):
         state = TransformerState(kpm, src.new_zeros(src.shape[0], 0), use_cache)
         if use_cache:
             return replace(state, memory_kv=self.decoder.memory_kv(memory),
-                           self_kv=[KVCache() for _ in self.decoder.layers])
+                           self_kv=[KVCache() for _ in self.decoder.layers],
+                           weights=[layer.decode_weights() for layer in self.decoder.layers])
         return replace(state, memory=memory)
 
     def step(self, tokens: Tensor, state: TransformerState) -> tuple[Tensor, TransformerState]:
@@ -383,7 +452,7 @@ class Transformer(nn.Module):
         if state.use_cache:  # only the new position runs; every key/value it attends to is cached
             check_cache_length(state.self_kv, t)
             x = self.embed(tokens[:, None], self.tgt_embed, offset=t)  # (B, 1, C)
-            y = self.decoder(x, memory_key_padding_mask=kpm, memory_kv=state.memory_kv, cache=state.self_kv)
+            y = self.decoder.step(x, state.memory_kv, kpm, state.self_kv, state.weights)
             state = replace(state, tokens=seq)
         else:  # re-run the whole prefix against the memory: the reference the cache is tested against
             y = self.decoder(self.embed(seq, self.tgt_embed), state.memory, memory_key_padding_mask=kpm)
