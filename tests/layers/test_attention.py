@@ -173,8 +173,12 @@ def test_cached_cross_attention_equals_the_module_on_precomputed_keys_and_values
     with torch.no_grad():
         ref, _ = mha(x, memory, key_padding_mask=pad)
         _, k, v = mha.project_qkv(memory, memory)  # keys/values (B, heads, S, d), as a decoder caches them
-        out = cached_cross_attention(x, (k, v), mha.decode_weights(), ~pad[:, None, None, :])
+        ref_w = mha(x, memory, key_padding_mask=pad, need_weights=True)[1]
+        out, _ = cached_cross_attention(x, (k, v), mha.decode_weights(), ~pad[:, None, None, :])
+        _, weights = cached_cross_attention(x, (k, v), mha.decode_weights(), ~pad[:, None, None, :],
+                                            need_weights=True)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weights, ref_w, rtol=1e-12, atol=1e-12)
 
 
 def test_kv_cache_writes_in_place_and_keeps_its_length():

@@ -417,12 +417,15 @@ def cached_self_attention(x: Tensor, cache: KVCache, w: AttentionWeights) -> Ten
 
 
 def cached_cross_attention(x: Tensor, kv: tuple[Tensor, Tensor], w: AttentionWeights,
-                           attn_mask: Tensor | None = None) -> Tensor:
-    """Attention of x (B, L, C) to precomputed keys/values kv, each (B, heads, S, d), in eval mode: only the
-    Wᑫ rows of the in-projection are applied (the Wᴷ, Wⱽ rows made ``kv``). Returns (B, L, C)."""
+                           attn_mask: Tensor | None = None, *, need_weights: bool = False, dropout_p: float = 0.0
+                           ) -> tuple[Tensor, Tensor | None]:
+    """Attention of x (B, L, C) to precomputed keys/values kv, each (B, heads, S, d): only the Wᑫ rows of the
+    in-projection are applied (the Wᴷ, Wⱽ rows made ``kv``, once per source). Returns the output (B, L, C) and,
+    with ``need_weights``, the weights (B, heads, L, S)."""
     b, n, c = x.shape
     bias = None if w.in_proj_bias is None else w.in_proj_bias[:c]
     q = F.linear(x, w.in_proj_weight[:c], bias).view(b, n, w.num_heads, c // w.num_heads)  # (B, L, heads, d)
-    out, _ = scaled_dot_product_attention(q.transpose(1, 2), kv[0], kv[1], attn_mask=attn_mask)  # (B, heads, L, d)
-    out = out.transpose(1, 2).reshape(b, n, c)  # (B, heads, L, d) -> (B, L, C)
-    return F.linear(out, w.out_proj_weight, w.out_proj_bias)
+    out, weights = scaled_dot_product_attention(q.transpose(1, 2), kv[0], kv[1], attn_mask=attn_mask,
+                                                dropout_p=dropout_p, need_weights=need_weights)  # (B, heads, L, d)
+    out = out.transpose(1, 2).reshape(b, n, c)  # (B, heads, L, d) -> (B, L, C): Concat(head_1..h)
+    return F.linear(out, w.out_proj_weight, w.out_proj_bias), weights  # · Wᴼ

@@ -50,7 +50,6 @@ from ..layers.attention import (
     cached_cross_attention,
     cached_self_attention,
     check_cache_length,
-    scaled_dot_product_attention,
 )
 from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
@@ -146,14 +145,8 @@ def _cross_attend(attn: MultiHeadAttention, x: Tensor, kv: KV, mask: Tensor | No
                   ) -> tuple[Tensor, Tensor | None]:
     """Encoder-decoder attention with precomputed memory keys/values; ``mask`` (B, 1, 1, S) True = real.
     Returns the output (B, L, C) and, with ``need_weights``, the weights (B, heads, L, S)."""
-    e, b_in = attn.embed_dim, attn.in_proj.bias
-    q = F.linear(x, attn.in_proj.weight[:e], None if b_in is None else b_in[:e])  # (B, L, C) · Wᑫ
-    b, n, _ = q.shape
-    q = q.view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)  # (B, L, C) -> (B, heads, L, d)
-    out, weights = scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, need_weights=need_weights,
-                                                dropout_p=attn.dropout if attn.training else 0.0)
-    out = out.transpose(1, 2).reshape(b, n, e)  # (B, heads, L, d) -> (B, L, C): Concat(head_1..h)
-    return attn.out_proj(out), weights
+    return cached_cross_attention(x, kv, attn.decode_weights(), mask, need_weights=need_weights,
+                                  dropout_p=attn.dropout if attn.training else 0.0)
 
 
 class DecoderLayer(nn.Module):
@@ -225,10 +218,10 @@ class DecoderLayer(nn.Module):
 
         if w.norm_first:
             x = x + cached_self_attention(norm(x, 0), cache, w.self_attn)
-            x = x + cached_cross_attention(norm(x, 1), memory_kv, w.cross_attn, memory_mask)
+            x = x + cached_cross_attention(norm(x, 1), memory_kv, w.cross_attn, memory_mask)[0]
             return x + ffn(norm(x, 2))
         x = norm(x + cached_self_attention(x, cache, w.self_attn), 0)
-        x = norm(x + cached_cross_attention(x, memory_kv, w.cross_attn, memory_mask), 1)
+        x = norm(x + cached_cross_attention(x, memory_kv, w.cross_attn, memory_mask)[0], 1)
         return norm(x + ffn(x), 2)
 
 
