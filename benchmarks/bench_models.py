@@ -19,7 +19,7 @@ from pathlib import Path
 
 from paperzoo.cli import main as cli_main
 from paperzoo.commands.bench import COLUMNS
-from paperzoo.tables import render
+from paperzoo.tools.tables import render
 
 SUITES = {
     # one small-input config per family, the neighbours the transformers are compared with (issue 3)

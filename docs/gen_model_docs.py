@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 
 from paperzoo.registry import get_entry, list_models
-from paperzoo.summary import summarize
-from paperzoo.tables import render
+from paperzoo.tools.summary import summarize
+from paperzoo.tools.tables import render
 
 DOCS = Path(__file__).parent
 FAMILY_ORDER = ["resnet", "densenet", "mobilenet", "shufflenet", "efficientnet", "xception", "inception"]

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from paperzoo.bench import BenchConfig, bench_model, matmul_gflops
 from paperzoo.cli import main
+from paperzoo.tools.bench import BenchConfig, bench_model, matmul_gflops
 
 
 def test_models_lists_resnet_with_params_and_gflops(capsys):

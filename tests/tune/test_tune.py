@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from paperzoo.cli import main
-from paperzoo.tune import load_search_space
+from paperzoo.tools.tune import load_search_space
 
 BASE = """
 model: {name: resnet20, args: {width: 4}}
@@ -80,7 +80,7 @@ def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path):
 
 
 def test_reporting_task_reports_each_epoch_and_prunes_when_told():
-    from paperzoo.tune import _ReportingTask
+    from paperzoo.tools.tune import _ReportingTask
 
     class Trial:
         def __init__(self, prune_at):

@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from paperzoo.bench import BenchConfig, bench_model, matmul_gflops, plot_results, resolve_models
-from paperzoo.tables import FORMATS, render
+from paperzoo.tools.bench import BenchConfig, bench_model, matmul_gflops, plot_results, resolve_models
+from paperzoo.tools.tables import FORMATS, render
 
 COLUMNS = ["name", "params", "input", "batch", "dtype", "gflops_per_img", "infer_img_s", "infer_gflop_s",
            "util_infer_pct", "train_img_s", "train_gflop_s", "util_train_pct", "train_spread_pct", "train_mem_mb"]

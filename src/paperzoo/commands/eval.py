@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from paperzoo.tables import render
+from paperzoo.tools.tables import render
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

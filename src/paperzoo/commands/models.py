@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from paperzoo.registry import list_models
-from paperzoo.summary import summarize
-from paperzoo.tables import FORMATS, render
+from paperzoo.tools.summary import summarize
+from paperzoo.tools.tables import FORMATS, render
 
 
 def register(sub: argparse._SubParsersAction) -> None:

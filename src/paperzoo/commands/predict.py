@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from paperzoo.tables import render
+from paperzoo.tools.tables import render
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import optuna
 
-    from paperzoo.tables import render
-    from paperzoo.tune import export_results, load_search_space, run_study
+    from paperzoo.tools.tables import render
+    from paperzoo.tools.tune import export_results, load_search_space, run_study
 
     if args.n_trials is None and args.timeout is None:
         raise ValueError("give --n-trials and/or --timeout")

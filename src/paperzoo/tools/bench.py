@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .flops import count_flops, count_params
-from .registry import create_model, get_entry, list_models
+from paperzoo.flops import count_flops, count_params
+from paperzoo.registry import create_model, get_entry, list_models
 
 __all__ = ["BenchConfig", "BenchResult", "matmul_gflops", "bench_model", "resolve_models"]
 

@@ -115,7 +115,7 @@ def _any_value(spec: ParamSpec) -> Any:
 
 
 def _base_dict(space: SearchSpace) -> dict:
-    from .train.config import find_recipe
+    from paperzoo.train.config import find_recipe
 
     return yaml.safe_load(find_recipe(space.base).read_text()) or {}
 
@@ -130,7 +130,7 @@ def _set(data: dict, key: str, value: Any) -> None:
 
 def _trial_config(space: SearchSpace, values: dict[str, Any], run_name: str | None, out_dir: str | None = None):
     """The base config with the fixed overrides and the trial's values applied (validated)."""
-    from .train.config import apply_overrides, config_from_dict
+    from paperzoo.train.config import apply_overrides, config_from_dict
 
     data = _base_dict(space)
     if not (data.get("data") or {}).get("val_fraction"):
@@ -181,9 +181,9 @@ def run_study(space: SearchSpace, *, study_name: str, storage: str, n_trials: in
     """Create or resume the study and run trials in this process until ``n_trials`` or ``timeout``."""
     import optuna
 
-    from .train.classification import ImageClassificationTask
-    from .train.distributed import DistInfo
-    from .train.trainer import fit
+    from paperzoo.train.classification import ImageClassificationTask
+    from paperzoo.train.distributed import DistInfo
+    from paperzoo.train.trainer import fit
 
     direction = space.direction or ("minimize" if space.metric and "loss" in space.metric else "maximize")
     study = optuna.create_study(
@@ -216,8 +216,8 @@ def export_results(study, space: SearchSpace, out: str | os.PathLike) -> dict[st
     import optuna
     from optuna.trial import TrialState
 
-    from .train.config import config_to_dict
-    from .viz.common import save_figure
+    from paperzoo.train.config import config_to_dict
+    from paperzoo.viz.common import save_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .flops import count_flops, count_params
-from .registry import create_model, get_entry
+from paperzoo.flops import count_flops, count_params
+from paperzoo.registry import create_model, get_entry
 
 __all__ = ["ModelSummary", "summarize"]
 
