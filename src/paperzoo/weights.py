@@ -59,7 +59,14 @@ def fill_bn_counters(sd: StateDict, model: nn.Module) -> StateDict:
 
 
 def read_state_dict(path: str | os.PathLike) -> StateDict:
-    """Read tensors from ``.safetensors`` or a torch state dict file (``weights_only=True``)."""
+    """Read tensors from ``.safetensors`` or a torch state dict file (``weights_only=True``).
+
+    A paperzoo checkpoint is verified: tensors that do not match the digest in the safetensors header, or a
+    file of ours that cannot be parsed, raise :class:`~paperzoo.train.checkpoint.CorruptCheckpointError`
+    instead of loading damaged weights. Third-party files load unchecked.
+    """
+    from paperzoo.train.checkpoint import CorruptCheckpointError, check_tensors_digest, is_checkpoint_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
@@ -71,7 +78,11 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, or holding pickled objects we refuse to load
+        if is_checkpoint_file(path):
+            raise CorruptCheckpointError(path, f"cannot be read: {type(e).__name__}") from e
         raise WeightLoadError(f"could not read weights from {path}: {type(e).__name__}: {e}") from e
+    if path.suffix == ".safetensors":
+        check_tensors_digest(path, sd)
     # common wrappers: {"state_dict": ...}, {"model": ...}, {"model_ema": ...}
     for wrapper in ("state_dict", "model", "model_ema"):
         if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict):
