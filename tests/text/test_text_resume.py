@@ -118,7 +118,7 @@ def test_lm_checkpoint_after_evaluation_carries_the_rollover(references):
     ``in_epoch`` false, the evaluation's best value, no pending log sums."""
     state = ckpt.load_training_state(references / "lm" / "checkpoints" / "step_00000007")
     assert state["epoch"] == 1 and state["step"] == 7 and not state["in_epoch"]
-    assert state["task"]["train_loader"] == {"epoch": 0, "batch": 7}
+    assert state["task"]["train_loader"] == {"epoch": 0, "batch": 7, "seed": 0}
     assert state["best"]["step"] == 7 and state["log_sums"] == {}
 
 

@@ -10,8 +10,9 @@ Determinism contract (what the checkpoint/resume and DDP code relies on):
 * The sample order of an epoch is ``randperm`` from a generator seeded by ``(seed, epoch)`` only.
 * The augmentation of batch ``i`` uses a generator seeded by ``(seed, epoch, i, rank)`` only, so replaying
   from the middle of an epoch reproduces the same batches bit for bit.
-* ``state_dict()`` = ``{"epoch", "batch", "seed"}`` where ``batch`` counts the batches already handed out;
-  ``load_state_dict`` makes the next ``__iter__`` continue from there.
+* The position (``state_dict``, ``load_state_dict``, ``set_epoch``) is an :class:`~paperzoo.data.cursor.EpochCursor`
+  shared with the other loaders: ``{"epoch", "batch", "seed"}``, ``batch`` counting the batches already handed
+  out; after ``load_state_dict`` the next ``__iter__`` continues from there.
 * With ``world_size > 1`` rank ``r`` takes ``perm[r::world_size]`` (after padding the permutation to a multiple
   of ``world_size`` by wrapping around, like ``DistributedSampler``; ``drop_last`` drops the tail instead).
   Batch ``i`` over all ranks is then exactly the samples of batch ``i`` of a one-process loader with
@@ -25,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from .cursor import ResumableLoader
 
 __all__ = ["TensorLoader", "derive_seed"]
 
@@ -44,7 +47,7 @@ def derive_seed(*keys: int) -> int:
 _ORDER, _AUGMENT = 1, 2  # stream ids for derive_seed
 
 
-class TensorLoader:
+class TensorLoader(ResumableLoader):
     """Iterate over ``(x, y)`` batches of in-memory images.
 
     Args:
@@ -77,16 +80,14 @@ class TensorLoader:
                              f"{tuple(labels.shape)}")
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        super().__init__(seed)
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), bool(drop_last)
-        self.seed, self.transform, self.channels_last = int(seed), transform, bool(channels_last)
+        self.transform, self.channels_last = transform, bool(channels_last)
         self.rank, self.world_size = int(rank), int(world_size)
         self.prep_threads = prep_threads
-        self._epoch = 0
-        self._batch = 0  # batches of the current epoch already handed out
-        self._resume_from = 0  # where the next __iter__ starts (set by load_state_dict)
 
     # ------------------------------------------------------------------------------------------ sizes
     @property
@@ -104,32 +105,10 @@ class TensorLoader:
         n, b = self.num_samples, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    # ------------------------------------------------------------------------------------------ state
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order to produce. Setting the current epoch again keeps a resume position
-        restored by ``load_state_dict`` (so ``load_state_dict(); set_epoch(saved_epoch)`` resumes)."""
-        if epoch != self._epoch:
-            self._epoch, self._batch, self._resume_from = int(epoch), 0, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "batch": self._batch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"loader state was saved with seed {state['seed']}, this loader has seed {self.seed}")
-        if not 0 <= int(state["batch"]) <= len(self):
-            raise ValueError(f"loader state batch {state['batch']} outside [0, {len(self)}]")
-        self._epoch, self._batch = int(state["epoch"]), int(state["batch"])
-        self._resume_from = self._batch
-
     # ------------------------------------------------------------------------------------------ order
     def indices(self, epoch: int | None = None) -> Tensor:
         """This rank's sample indices for ``epoch`` (default: the current one), in order, on the CPU."""
-        epoch = self._epoch if epoch is None else epoch
+        epoch = self.epoch if epoch is None else epoch
         n = self.dataset_size
         if self.shuffle:
             g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, _ORDER))
@@ -145,14 +124,8 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.indices().to(self.device)
-        start = self._resume_from
-        self._resume_from = 0  # a later __iter__ of this epoch starts from the beginning again
-        self._batch = start
-        n_batches = len(self)
-        for i in range(start, n_batches):
-            x, y = self._prepare(order[i * self.batch_size: (i + 1) * self.batch_size], i)
-            self._batch = i + 1  # counted before yielding: the consumer owns this batch now
-            yield x, y
+        for i in self.cursor.positions(len(self)):
+            yield self._prepare(order[i * self.batch_size: (i + 1) * self.batch_size], i)
 
     def _prepare(self, idx: Tensor, i: int) -> tuple[Tensor, Tensor]:
         """Slice, convert and augment batch ``i`` (its rows ``idx``) with ``prep_threads`` intra-op threads."""
@@ -165,7 +138,7 @@ class TensorLoader:
             y = self.labels.index_select(0, idx)
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
             if self.transform is not None:
-                g = torch.Generator().manual_seed(derive_seed(self.seed, self._epoch, i, self.rank, _AUGMENT))
+                g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, i, self.rank, _AUGMENT))
                 x, y = self.transform(x, y, g)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -19,8 +19,10 @@ or for language modelling).
 Batching (:class:`LengthBatchLoader`): an epoch is a seeded permutation cut into pools of ``pool`` batches; each
 pool is sorted by length and cut into batches, and the batch order is shuffled, so a batch holds sentences of
 similar lengths (little padding) while epochs still differ. The order is a function of (seed, epoch) only, so a
-resumed run continues at the exact batch (``state_dict`` records the position). Every epoch has the same number
-of full batches; the last ``len % batch_size`` sentences of each epoch's permutation wait for a later epoch.
+resumed run continues at the exact batch: both loaders keep their position in the
+:class:`~paperzoo.data.cursor.EpochCursor` shared by every paperzoo loader (``state_dict`` records it). Every
+epoch has the same number of full batches; the last ``len % batch_size`` sentences of each epoch's permutation
+wait for a later epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from paperzoo.data.cursor import ResumableLoader
 
 from .tokenizers import Tokenizer
 
@@ -168,32 +172,22 @@ class TranslationBatch:
         return torch.arange(self.src.shape[1])[None, :].to(self.src.device) >= self.src_lengths[:, None]
 
 
-class LengthBatchLoader:
+class LengthBatchLoader(ResumableLoader):
     """Length-bucketed, padded batches of a :class:`ParallelDataset`; seeded and resumable (module docstring)."""
 
     def __init__(self, data: ParallelDataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                  pool: int = 50, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.data, self.batch_size, self.shuffle, self.seed, self.pool = data, batch_size, shuffle, seed, pool
+        super().__init__(seed)
+        self.data, self.batch_size, self.shuffle, self.pool = data, batch_size, shuffle, pool
         self.device, self.rank, self.world = torch.device(device), rank, world_size
-        self.epoch, self.batch_idx = 0, 0
         self._lengths = data.lengths()
 
     def __len__(self) -> int:
         if self.shuffle:  # full batches only, the same number every epoch; DDP ranks take every world-th batch
             return (len(self.data) // self.batch_size) // self.world
         return -(-len(self.data) // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.batch_idx = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch_idx}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.batch_idx = int(state["epoch"]), int(state["batch"])
 
     def batches(self) -> list[Tensor]:
         """This epoch's batches (dataset indices), in order."""
@@ -219,13 +213,8 @@ class LengthBatchLoader:
 
     def __iter__(self) -> Iterator[TranslationBatch]:
         batches = self.batches()
-        start = self.batch_idx if self.shuffle else 0
-        for i in range(start, len(batches)):
-            if self.shuffle:
-                self.batch_idx = i + 1
+        for i in self.cursor.positions(len(batches)):
             yield self.collate(batches[i])
-        if self.shuffle:
-            self.batch_idx = 0
 
 
 class LMCorpus:
@@ -253,7 +242,7 @@ class LMCorpus:
         return cls("\n".join(_read_text(path)) + "\n", tokenizer, **kw)
 
 
-class LMLoader:
+class LMLoader(ResumableLoader):
     """Batches of (x, y) windows of ``block_size`` tokens, y = x shifted by one.
 
     Training: each epoch visits non-overlapping windows at a random offset (seeded by (seed, epoch)) in a
@@ -265,9 +254,9 @@ class LMLoader:
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
         if len(ids) < block_size + 2:
             raise ValueError(f"a corpus of {len(ids)} tokens is too short for block_size={block_size}")
-        self.ids, self.block, self.batch_size, self.shuffle, self.seed = ids, block_size, batch_size, shuffle, seed
+        super().__init__(seed)
+        self.ids, self.block, self.batch_size, self.shuffle = ids, block_size, batch_size, shuffle
         self.device, self.rank, self.world = torch.device(device), rank, world_size
-        self.epoch, self.batch_idx = 0, 0
 
     def __len__(self) -> int:
         n_win = (len(self.ids) - 1) // self.block
@@ -275,16 +264,6 @@ class LMLoader:
             return max(n_win - 1, 0) // self.batch_size // self.world
         n_windows = -(-(len(self.ids) - 1) // self.block)  # ceil: the last window may be shorter
         return -(-n_windows // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.batch_idx = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch_idx}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.batch_idx = int(state["epoch"]), int(state["batch"])
 
     def _starts(self) -> Tensor:
         if not self.shuffle:
@@ -296,9 +275,8 @@ class LMLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         starts = self._starts()
-        n = len(self)
         bs = self.batch_size
-        for i in range(self.batch_idx if self.shuffle else 0, n):
+        for i in self.cursor.positions(len(self)):
             b = starts[(i * self.world + self.rank) * bs : (i * self.world + self.rank + 1) * bs].tolist()
             if self.shuffle:
                 x = torch.stack([self.ids[s : s + self.block] for s in b])  # (B, T)
@@ -308,8 +286,4 @@ class LMLoader:
                 ys = [self.ids[s + 1 : s + 1 + len(x)] for s, x in zip(b, xs)]
                 x = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True)
                 y = torch.nn.utils.rnn.pad_sequence(ys, batch_first=True, padding_value=-100)
-            if self.shuffle:
-                self.batch_idx = i + 1
             yield x.to(self.device), y.to(self.device)
-        if self.shuffle:
-            self.batch_idx = 0

@@ -1,9 +1,10 @@
-"""Image classification as a :class:`paperzoo.train.trainer.Task`: data, loss, accuracy, evaluation.
+"""Image classification as a :class:`paperzoo.train.task.Task`: data, loss, accuracy, evaluation.
 
 Small datasets (Fashion-MNIST, MNIST, CIFAR-10/100, the generated ``synthetic`` one) live in memory as uint8
 tensors and are batched, augmented and normalised on tensors by :class:`paperzoo.data.loader.TensorLoader`
 (order and augmentation are functions of (seed, epoch, batch), so training resumes exactly). ImageFolder
-datasets stream from disk through a ``DataLoader`` with workers, with a resumable seeded sampler.
+datasets stream from disk through :class:`paperzoo.data.streaming.StreamingLoader` (a ``DataLoader`` with
+workers, with a resumable seeded sampler).
 
 Validation: with ``data.val_fraction > 0`` a stratified part of the training set is held out and used to pick
 the best checkpoint; with 0 (the default) the test set is evaluated after each epoch for the learning curves
@@ -12,7 +13,6 @@ and the "best" checkpoint is then chosen on it too: report the final weights, no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from paperzoo.data.datasets import ImageDataset, load_image_dataset
+from paperzoo.data.streaming import StreamingLoader
 
-from .config import Config
+from .config import Config, config_from_dict
 from .distributed import DistInfo, all_reduce_sum
+from .task import Task, register_task
 
 #: weight of the auxiliary classifier's loss (Inception-v3, Sec. 8); 0.4 as in the torchvision reference recipe
 AUX_LOSS_WEIGHT = 0.4
@@ -64,73 +66,17 @@ def _take(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:
     return ds.subset(idx)
 
 
-class _StreamingLoader:
-    """ImageFolder batches through a ``DataLoader``, with TensorLoader's resumable interface.
-
-    Training (``shuffle=True``): the epoch's order is a permutation seeded by (seed, epoch), cut into global
-    batches of ``batch_size * world_size`` (the incomplete tail dropped), of which rank r takes every
-    world_size-th element; ``state_dict`` records the batches consumed so a resumed run skips exactly those.
-    Evaluation (``shuffle=False``): rank r reads images r, r + world_size, ... in order, each exactly once.
-    Augmentation runs on the collated batch with a generator seeded by (seed, epoch, batch index, rank).
-    """
-
-    def __init__(self, dataset: Any, batch_size: int, *, seed: int, transform: Any, device: torch.device,
-                 num_workers: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False) -> None:
-        self.dataset, self.batch_size, self.seed, self.transform = dataset, batch_size, seed, transform
-        self.device, self.num_workers, self.rank, self.world = device, num_workers, rank, world_size
-        self.shuffle, self.channels_last = shuffle, channels_last
-        self.epoch, self.batch_idx = 0, 0
-
-    def __len__(self) -> int:
-        if self.shuffle:
-            return len(self.dataset) // (self.batch_size * self.world)
-        return -(-len(range(self.rank, len(self.dataset), self.world)) // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.batch_idx = epoch, 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch": self.batch_idx}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.batch_idx = state["epoch"], state["batch"]
-
-    def _order(self) -> Tensor:
-        if not self.shuffle:
-            return torch.arange(self.rank, len(self.dataset), self.world)
-        from paperzoo.data.loader import derive_seed
-
-        perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(derive_seed(self.seed,
-                                                                                                   self.epoch)))
-        global_b = self.batch_size * self.world
-        return perm[: len(self) * global_b].view(-1, global_b)[:, self.rank::self.world].flatten()  # (n_b * B,)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        from paperzoo.data.loader import derive_seed
-
-        start = self.batch_idx
-        order = self._order()[start * self.batch_size:].tolist()
-        dl = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=order,
-                                         num_workers=self.num_workers)
-        if hasattr(self.dataset, "set_epoch"):  # seeds random-resized crops (workers get a copy)
-            self.dataset.set_epoch(self.epoch)
-        for i, (x, y) in enumerate(dl, start):
-            x = x.to(self.device, non_blocking=True)
-            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, i, self.rank))
-            x, y = self.transform(x, y.to(self.device), g)
-            self.batch_idx = i + 1
-            yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
-        self.batch_idx = 0
-
-
-class ImageClassificationTask:
+@register_task
+class ImageClassificationTask(Task):
     """Image classification on a registered model: cross-entropy family losses, accuracy, top-5."""
 
+    name, config_type = "image_classification", Config
     primary_metric = "val_acc"
     higher_is_better = True
+
+    @classmethod
+    def config_from_dict(cls, data: dict[str, Any]) -> Config:
+        return config_from_dict(data)  # also checks the fields against each other
 
     def __init__(self, cfg: Config, dist: DistInfo | None = None) -> None:
         from paperzoo.data.loader import TensorLoader
@@ -172,16 +118,16 @@ class ImageClassificationTask:
         per_rank = d.batch_size // world
         cl = cfg.train.channels_last
         if self.streaming:
-            self._train_loader: Any = _StreamingLoader(train, per_rank, seed=seed, transform=train_tf,
-                                                       device=self.dist.device, num_workers=d.num_workers,
-                                                       rank=rank, world_size=world, channels_last=cl)
-            self._val_loader: Any = _StreamingLoader(val, d.eval_batch_size, seed=seed, transform=self.eval_tf,
+            self.train_loader: Any = StreamingLoader(train, per_rank, seed=seed, transform=train_tf,
                                                      device=self.dist.device, num_workers=d.num_workers,
-                                                     shuffle=False, rank=rank, world_size=world)
+                                                     rank=rank, world_size=world, channels_last=cl)
+            self._val_loader: Any = StreamingLoader(val, d.eval_batch_size, seed=seed, transform=self.eval_tf,
+                                                    device=self.dist.device, num_workers=d.num_workers,
+                                                    shuffle=False, rank=rank, world_size=world)
         else:
-            self._train_loader = TensorLoader(train.images, train.labels, per_rank, shuffle=True, drop_last=True,
-                                              seed=seed, transform=train_tf, device=self.dist.device,
-                                              channels_last=cl, rank=rank, world_size=world)
+            self.train_loader = TensorLoader(train.images, train.labels, per_rank, shuffle=True, drop_last=True,
+                                             seed=seed, transform=train_tf, device=self.dist.device,
+                                             channels_last=cl, rank=rank, world_size=world)
             # evaluation shards are strided slices, without the wrap-around padding of the train sharding,
             # so the summed counts cover each validation image exactly once
             self._val_loader = TensorLoader(val.images[rank::world], val.labels[rank::world], d.eval_batch_size,
@@ -196,11 +142,7 @@ class ImageClassificationTask:
         self.loss_fn = build_loss(cfg.loss.name, smoothing=cfg.loss.smoothing, gamma=cfg.loss.gamma,
                                   alpha=cfg.loss.alpha, class_weights=weights).to(self.dist.device)
 
-    # ---- Task protocol
-    @property
-    def train_loader(self) -> Any:
-        return self._train_loader
-
+    # ---- the Task interface
     def model_args(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "in_chans": self.input_shape[0], **self.cfg.model.args}
 
@@ -226,7 +168,7 @@ class ImageClassificationTask:
     def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch
         a = self.cfg.aug
-        if a.low_res_size and self._train_loader.epoch < a.low_res_epochs:  # progressive resizing (AugConfig)
+        if a.low_res_size and self.train_loader.epoch < a.low_res_epochs:  # progressive resizing (AugConfig)
             fmt = torch.channels_last if self.cfg.train.channels_last else torch.contiguous_format
             x = F.interpolate(x, size=(a.low_res_size,) * 2, mode="bilinear", antialias=True,
                               align_corners=False).contiguous(memory_format=fmt)  # (B, C, s, s)
@@ -279,12 +221,6 @@ class ImageClassificationTask:
                             "val_fraction": d.val_fraction, "seed": self.cfg.train.seed,
                             "in_chans": self.input_shape[0],
                             "synthetic_size": d.synthetic_size}}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"train_loader": self._train_loader.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._train_loader.load_state_dict(state["train_loader"])
 
 
 def build_model_from_meta(meta: dict[str, Any]) -> nn.Module:
