@@ -225,3 +225,21 @@ def test_processes_racing_for_a_generated_name_each_get_their_own(tmp_path):
     assert len(set(out)) == len(out) and not any(o.startswith("error") for o in out)
     assert all(Path(o).is_dir() and (Path(o) / CLAIM_MARKER).is_file() for o in out)
     assert len({json.loads((Path(o) / CLAIM_MARKER).read_text())["pid"] for o in out}) == len(out)
+
+
+def test_evaluating_a_bit_flipped_checkpoint_fails_with_one_line_and_status_2(tmp_path, capsys):
+    from paperzoo.cli import main
+    from paperzoo.registry import create_model
+    from paperzoo.train.evaluate import load_checkpoint
+
+    args = {"num_classes": 4, "in_chans": 1, "small_input": True, "width": 4}
+    model = create_model("resnet18", **args)
+    meta = {"task": "image_classification", "model": {"name": "resnet18", "args": args}}
+    final = save_checkpoint(tmp_path / "run" / "final", model.state_dict(), meta)
+    load_checkpoint(tmp_path / "run")  # intact: loads
+    _flip_bit(final / "model.safetensors", offset=-100)  # inside the last tensor's values
+    with pytest.raises(CorruptCheckpointError, match="sha256 mismatch"):
+        load_checkpoint(tmp_path / "run")
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"paperzoo eval: error: {final / 'model.safetensors'} is truncated or corrupt (sha256 mismatch)"
