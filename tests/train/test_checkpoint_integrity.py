@@ -11,9 +11,19 @@ from safetensors.torch import save_file
 
 import paperzoo
 from paperzoo.train.checkpoint import (
-    CLAIM_MARKER, CheckpointError, CorruptCheckpointError, RunDirExistsError, claim_run_dir,
-    latest_intact_checkpoint, load_training_state, read_meta, read_weights, release_run_dir, save_checkpoint,
-    tensors_digest, verify_checkpoint,
+    CLAIM_MARKER,
+    CheckpointError,
+    CorruptCheckpointError,
+    RunDirExistsError,
+    claim_run_dir,
+    latest_intact_checkpoint,
+    load_training_state,
+    read_meta,
+    read_weights,
+    release_run_dir,
+    save_checkpoint,
+    tensors_digest,
+    verify_checkpoint,
 )
 from paperzoo.weights import WeightLoadError, read_state_dict
 
