@@ -33,7 +33,7 @@ def test_defaults_and_yaml_with_overrides(tmp_path):
 
 
 def test_unknown_keys_list_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown key 'optimizer'.*valid keys: model, data, aug"):
+    with pytest.raises(ConfigError, match=r"unknown key 'optimizer'.*valid keys: .*model, data, aug"):
         config_from_dict({"optimizer": {}})
     with pytest.raises(ConfigError, match=r"unknown key optim\.'learning_rate'.*valid keys: name, lr") as e:
         load_config(None, ["optim.learning_rate=0.1"])
@@ -57,15 +57,72 @@ def test_bad_values_list_the_choices():
         load_config(None, ["train.ema=1"])
     with pytest.raises(ConfigError, match=r"optim\.betas: expected 2 values"):
         load_config(None, ["optim.betas=[0.9]"])
-    with pytest.raises(ConfigError, match=r"data\.batch_size: must be >= 1"):
+    with pytest.raises(ConfigError, match=r"data\.batch_size: must be an integer >= 1, got 0"):
         load_config(None, ["data.batch_size=0"])
     with pytest.raises(ConfigError, match=r"'multistep' schedule needs"):
         load_config(None, ["sched.name=multistep"])
     with pytest.raises(ConfigError, match=r"section\.key=value"):
         apply_overrides({}, ["optim.lr"])
-    with pytest.raises(ConfigError, match=r"sections: model, data"):
-        apply_overrides({}, ["lr=0.1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'lr'; valid keys: .*model, data"):
+        load_config(None, ["lr=0.1"])
     assert issubclass(ConfigError, ValueError)  # the CLI turns it into one error line
+
+
+@pytest.mark.parametrize("spelling, value", [
+    ("1e-3", 1e-3), ("1E3", 1e3), (".5", 0.5), ("1_000.0", 1000.0), ("1.5e-2", 0.015), ("'2e-4'", 2e-4),
+    ("3", 3.0),
+])
+def test_every_float_spelling_is_a_number(tmp_path, spelling, value):
+    """YAML 1.1 reads 1e-3 as a string; the loader follows YAML 1.2, and float fields take numeric strings."""
+    assert load_config(None, [f"optim.lr={spelling}"]).optim.lr == value
+    p = tmp_path / "c.yaml"
+    p.write_text(f"optim: {{lr: {spelling}}}\nmodel: {{args: {{drop_rate: {spelling}}}}}\n")
+    cfg = load_config(p)
+    assert cfg.optim.lr == value and isinstance(cfg.optim.lr, float)
+    if spelling != "'2e-4'":  # a quoted string stays a string where the field's type is not known
+        assert cfg.model.args["drop_rate"] == value
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train_subset=-3", "data.train_subset: must be an integer >= 1, got -3"),
+    ("optim.lr=nan", "optim.lr: expected a number, got NaN"),
+    ("optim.lr=-1e-3", "optim.lr: must be a finite number > 0, got -0.001"),
+    ("optim.lr=inf", "optim.lr: must be a finite number > 0, got inf"),
+    ("optim.betas=[0.9, 1.5]", "optim.betas: must be in [0, 1), got (0.9, 1.5)"),
+    ("aug.hflip=2", "aug.hflip: must be in [0, 1], got 2.0"),
+    ("loss.smoothing=1", "loss.smoothing: must be in [0, 1), got 1.0"),
+    ("train.grad_clip=0", "train.grad_clip: must be a finite number > 0, got 0.0"),
+    ("train.max_steps=0", "train.max_steps: must be an integer >= 1, got 0"),
+    ("sched.pct_start=0", "sched.pct_start: must be in (0, 1), got 0.0"),
+])
+def test_values_out_of_range_name_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value) == message
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("optim:\n  lr: 0.1\n  name: [sgd\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML at line \d+, column \d+: ") as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+    p.write_bytes(b"optim: {name: \xff}\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml is not UTF-8 text"):
+        load_config(p)
+
+
+def test_model_args_and_image_sizes_must_match_the_data():
+    from paperzoo.train.config import check_matches_data
+
+    classes = [f"c{i}" for i in range(10)]
+    check_matches_data({"num_classes": 10}, classes=classes, input_shape=(1, 28, 28), test_shape=(1, 28, 28))
+    with pytest.raises(ConfigError, match=r"model\.args\.num_classes: 20 disagrees with the data's 10 classes"):
+        check_matches_data({"num_classes": 20}, classes=classes, input_shape=(1, 28, 28))
+    with pytest.raises(ConfigError, match=r"model\.args\.in_chans: 3 disagrees with the data's 1 channels"):
+        check_matches_data({"in_chans": 3}, classes=classes, input_shape=(1, 28, 28))
+    with pytest.raises(ConfigError, match=r"training images are \(1, 28, 28\).*evaluation images are \(1, 32, 32\)"):
+        check_matches_data({}, classes=classes, input_shape=(1, 28, 28), test_shape=(1, 32, 32))
 
 
 def test_save_and_reload_round_trip(tmp_path):

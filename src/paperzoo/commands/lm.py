@@ -12,21 +12,30 @@ import argparse
 import math
 from typing import Any
 
-from .translate import add_train_args, run_train
+from ._shared import add_training_args, load_text_run, run_training
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from paperzoo.text.config import load_text_config
+    from paperzoo.text.tasks import train_lm
+
+    return run_training(args, load_text_config, train_lm)
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from paperzoo.text.tasks import load_text_checkpoint
-
-    ck = load_text_checkpoint(args.run, args.which, device=args.device)
-    if ck.task != "language_model":
-        raise ValueError(f"{ck.path} is a {ck.task} checkpoint; use `paperzoo translate`")
-    return ck
+    return load_text_run(args, "language_model", other_command="translate")
 
 
 def run_sample(args: argparse.Namespace) -> int:
     import torch
 
+    from paperzoo.text.config import DecodeConfig
+
+    for flag, value in (("--num", args.num), ("--max-new", args.max_new)):
+        if value < 1:
+            raise ValueError(f"{flag}: must be >= 1, got {value}")
+    # checked as a decode section is: temperature >= 0 (0 = greedy), top-k >= 0, 0 < top-p <= 1
+    DecodeConfig(method="sample", temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     ck = _load(args)
     tok = ck.tokenizers["lm"]
     prompt = args.prompt if args.prompt is not None else "\n"
@@ -46,7 +55,7 @@ def run_sample(args: argparse.Namespace) -> int:
               f"(loss {val['val_loss']:.4f} nats)")
     for i, row in enumerate(out.tolist()):
         # decode everything: an LM's output has no end-of-sentence to stop at
-        text = prompt + tok._decode([t for t in row[len(ids):] if t not in (tok.pad_id, tok.bos_id, tok.eos_id)])
+        text = prompt + tok.decode(row[len(ids):], stop_at_eos=False)
         print(f"--- sample {i + 1} ---\n{text}")
     return 0
 
@@ -72,8 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Decoder-only language modelling on the shared trainer (docs/text.md).")
     s = p.add_subparsers(dest="lm_cmd", required=True, metavar="{train,sample,eval}")
     t = s.add_parser("train", help="train from a YAML recipe (e.g. lm_fortunes); resumable")
-    add_train_args(t)
-    t.set_defaults(func=lambda a: run_train(a, "lm"))
+    add_training_args(t, shortcuts=("--epochs", "--out-dir", "--name"), example="optim.lr=3e-4 train.epochs=5")
+    t.set_defaults(func=run_train)
     for name, helptext, func in (("sample", "sample text from a trained model", run_sample),
                                  ("eval", "validation loss and perplexity", run_eval)):
         q = s.add_parser(name, help=helptext)

@@ -16,20 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-EXIT_CODES = {"done": 0, "failed": 1, "interrupted": 130}
-
-
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML recipe path or name in configs/ (omit with --resume RUN_DIR)")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set optim.lr=3e-4 data.n_train=5000")
-    p.add_argument("--resume", nargs="?", const="auto", metavar="RUN_DIR",
-                   help="continue RUN_DIR from its newest checkpoint; without a value, the run directory that "
-                        "CONFIG names (run.out_dir/run.name) if it exists, else start it")
-    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=...")
-    p.add_argument("--out-dir", help="shortcut for --set run.out_dir=...")
-    p.add_argument("--name", help="shortcut for --set run.name=...")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+from ._shared import add_training_args, load_text_run, run_training
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
@@ -42,52 +29,25 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
 
 
-def run_train(args: argparse.Namespace, kind: str) -> int:
-    import yaml
+def run_train(args: argparse.Namespace) -> int:
+    from paperzoo.text.config import load_text_config
+    from paperzoo.text.tasks import train_translation
 
-    from paperzoo.text.config import load_text_config, text_config_to_dict
-    from paperzoo.text.tasks import train_lm, train_translation
-
-    from ._run_args import resolve_config_and_resume
-
-    overrides = list(args.overrides)
-    for flag, key in (("epochs", "train.epochs"), ("out_dir", "run.out_dir"), ("name", "run.name")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    config, resume = resolve_config_and_resume(args.config, args.resume, overrides, load_text_config)
-    if args.print_config:
-        cfg = load_text_config(config if config is not None else Path(resume) / "config.yaml", overrides)
-        print(yaml.safe_dump(text_config_to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
-        return 0
-    train = train_translation if kind == "translation" else train_lm
-    result = train(config, overrides=overrides, resume=resume)
-    print(f"run: {result.run_dir}")
-    print(f"status: {result.status} (step {result.step}, {result.train_time_s:.0f} s of training)")
-    for k, v in result.metrics.items():
-        print(f"{k}: {v:.4f}")
-    if result.status == "interrupted":  # the task names its command: paperzoo translate|lm train --resume RUN
-        print(f"resume with: {result.resume_hint}", file=sys.stderr)
-    return EXIT_CODES[result.status]
+    return run_training(args, load_text_config, train_translation)
 
 
 def _decode_overrides(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
+    """The run's decoding settings with the flags given on top, validated as a ``decode`` config section."""
     from paperzoo.text.config import DecodeConfig
     from paperzoo.text.tasks import decode_kwargs
 
-    kw = decode_kwargs(DecodeConfig(**meta.get("decode", {})))
-    for flag in ("method", "beam_size", "length_penalty", "max_len"):
-        if getattr(args, flag) is not None:
-            kw[flag] = getattr(args, flag)
-    return kw
+    given = {k: getattr(args, k) for k in ("method", "beam_size", "length_penalty", "max_len")}
+    given = {k: v for k, v in given.items() if v is not None}
+    return decode_kwargs(DecodeConfig(**{**meta.get("decode", {}), **given}))
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from paperzoo.text.tasks import load_text_checkpoint
-
-    ck = load_text_checkpoint(args.run, args.which, device=args.device)
-    if ck.task != "translation":
-        raise ValueError(f"{ck.path} is a {ck.task} checkpoint; use `paperzoo lm`")
-    return ck
+    return load_text_run(args, "translation", other_command="lm")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -135,18 +95,37 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_sentences(args: argparse.Namespace) -> list[str]:
+    """TEXT arguments, else the lines of --input or stdin; refuses empty input rather than translate nothing."""
+    if args.text:
+        if not all(t.strip() for t in args.text):
+            raise ValueError("empty TEXT argument: give a sentence to translate")
+        return list(args.text)
+    where = args.input or "stdin"
+    try:
+        if args.input:
+            with open(args.input, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        else:
+            lines = sys.stdin.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where} is not UTF-8 text: {e}") from None
+    if not any(line.strip() for line in lines):
+        raise ValueError(f"nothing to translate: {where} is empty (give TEXT, --input FILE or lines on stdin)")
+    return lines
+
+
 def run_translate(args: argparse.Namespace) -> int:
     from paperzoo.text.tasks import translate
 
+    lines = _read_sentences(args)
     ck = _load(args)
-    if args.text:
-        lines = list(args.text)
-    else:
-        src = open(args.input, encoding="utf-8") if args.input else sys.stdin
-        lines = [line.rstrip("\n") for line in src]
     kw = _decode_overrides(args, ck.meta)
-    hyps = translate(ck.model, lines, ck.tokenizers["src"], ck.tokenizers["tgt"], batch_size=args.batch_size,
-                     device=args.device, **kw)
+    todo = [i for i, line in enumerate(lines) if line.strip()]  # blank lines stay blank, keeping the alignment
+    hyps = [""] * len(lines)
+    for i, h in zip(todo, translate(ck.model, [lines[i] for i in todo], ck.tokenizers["src"], ck.tokenizers["tgt"],
+                                    batch_size=args.batch_size, device=args.device, **kw)):
+        hyps[i] = h
     for s, h in zip(lines, hyps):
         print(f"{s}\t{h}" if args.show_source else h)
     return 0
@@ -157,8 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Sequence-to-sequence translation on the shared trainer (docs/text.md).")
     s = p.add_subparsers(dest="translate_cmd", required=True, metavar="{train,eval,translate}")
     t = s.add_parser("train", help="train from a YAML recipe (e.g. translate_en_ko); resumable")
-    add_train_args(t)
-    t.set_defaults(func=lambda a: run_train(a, "translation"))
+    add_training_args(t, shortcuts=("--epochs", "--out-dir", "--name"), example="optim.lr=3e-4 data.n_train=5000")
+    t.set_defaults(func=run_train)
     e = s.add_parser("eval", help="exact match, sacreBLEU and chrF on a split or on files")
     e.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
     e.add_argument("--split", default="test", help="split of the run's own data (builtin: train/val/test)")

@@ -20,6 +20,7 @@ from paperzoo.train.config import (
     SchedConfig,
     TrainConfig,
     build_config,
+    check_fields,
     config_to_dict,
     read_config_data,
 )
@@ -59,6 +60,18 @@ class TextDataConfig:
     val_decode: int | None = 500  # validation sentences decoded after each epoch (None = all)
     val_batches: int | None = None  # LM: cap on validation batches per evaluation (None = all)
 
+    def __post_init__(self) -> None:
+        check_fields(self, "data", n_train="count", n_val="count", n_test="non_negative", max_number="count",
+                     p_date="probability", val_fraction="open_fraction", batch_size="count",
+                     eval_batch_size="count", val_decode="count", val_batches="count")
+        for k in ("max_len", "block_size"):  # BOS/EOS or a context and its next token need two positions
+            if not getattr(self, k) >= 2:
+                raise ConfigError(f"data.{k}: must be an integer >= 2, got {getattr(self, k)}")
+        if self.dataset in ("tsv", "files", "text") and not self.train:
+            raise ConfigError(f"data.train: dataset {self.dataset!r} needs a file (data.train=PATH)")
+        if self.dataset == "files" and not self.train_tgt:
+            raise ConfigError("data.train_tgt: dataset 'files' needs the aligned target file too")
+
 
 @dataclass
 class TokenizerConfig:
@@ -68,10 +81,16 @@ class TokenizerConfig:
     shared: bool = False  # one tokenizer for source and target (needed for model.args.share_embeddings)
     path: str | None = None  # use a saved tokenizer (JSON or .model) instead of training one (both sides)
 
+    def __post_init__(self) -> None:
+        check_fields(self, "tokenizer", vocab_size="count")
+
 
 @dataclass
 class TextLossConfig:
     smoothing: float = 0.0  # label smoothing ε_ls (Vaswani et al. Sec. 5.4 use 0.1)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "loss", smoothing="fraction")
 
 
 @dataclass
@@ -80,13 +99,18 @@ class DecodeConfig:
     beam_size: int = 4
     length_penalty: float = 0.6  # GNMT α (beam search)
     max_len: int = 128  # new tokens at most
-    temperature: float = 1.0
-    top_k: int | None = None
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int | None = None  # 0 or None = no top-k filter
     top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, "decode", beam_size="count", length_penalty="non_negative", max_len="count",
+                     temperature="non_negative", top_k="non_negative", top_p="nucleus")
 
 
 @dataclass
 class TextConfig:
+    task: Literal["translation", "language_model"] = "translation"  # picks the Task (paperzoo.train.task)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="transformer_tiny"))
     data: TextDataConfig = field(default_factory=TextDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -100,28 +124,8 @@ class TextConfig:
 
 
 def text_config_from_dict(data: dict | None) -> TextConfig:
-    """Build and validate a :class:`TextConfig` (missing keys take their defaults)."""
-    cfg = build_config(TextConfig, data or {})
-    d = cfg.data
-    for k in ("batch_size", "eval_batch_size", "max_len", "block_size"):
-        if getattr(d, k) < 2 if k in ("max_len", "block_size") else getattr(d, k) < 1:
-            raise ConfigError(f"data.{k}: must be positive, got {getattr(d, k)}")
-    for k in ("epochs", "grad_accum", "keep_last", "log_every", "eval_every"):
-        if getattr(cfg.train, k) < 1:
-            raise ConfigError(f"train.{k}: must be >= 1, got {getattr(cfg.train, k)}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
-    if d.dataset in ("tsv", "files", "text") and not d.train:
-        raise ConfigError(f"data.train: dataset {d.dataset!r} needs a file (data.train=PATH)")
-    if d.dataset == "files" and not d.train_tgt:
-        raise ConfigError("data.train_tgt: dataset 'files' needs the aligned target file too")
-    if not 0.0 < d.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
-    if cfg.sched.name == "step" and not cfg.sched.step_epochs:
-        raise ConfigError("sched.step_epochs: the 'step' schedule needs step_epochs > 0")
-    if cfg.sched.name == "multistep" and not cfg.sched.milestones:
-        raise ConfigError("sched.milestones: the 'multistep' schedule needs a list of epochs")
-    return cfg
+    """Build and validate a :class:`TextConfig` (missing keys take their defaults; each section checks its ranges)."""
+    return build_config(TextConfig, data or {})
 
 
 def text_config_to_dict(cfg: TextConfig) -> dict:

@@ -64,14 +64,18 @@ class Tokenizer:
         ids = self._encode(text)
         return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``: stops at the first EOS, skips padding and BOS."""
+    def decode(self, ids: Iterable[int], *, stop_at_eos: bool = True) -> str:
+        """Text of ``ids``, skipping padding and BOS.
+
+        ``stop_at_eos`` ends the text at the first EOS (a translation ends there); with ``False`` every EOS is
+        skipped instead, which suits a language model's samples that run on across document boundaries.
+        """
         out = []
         for i in ids:
             i = int(i)
-            if i == self.eos_id:
+            if i == self.eos_id and stop_at_eos:
                 break
-            if i not in (self.pad_id, self.bos_id):
+            if i not in (self.pad_id, self.bos_id, self.eos_id):
                 out.append(i)
         return self._decode(out)
 

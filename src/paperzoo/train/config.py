@@ -9,15 +9,20 @@ A config file mirrors :class:`Config` section by section::
 
 Every value is checked against the field's type when the config is built: an unknown section or key, a
 value of the wrong type or a choice outside a ``Literal`` raises :class:`ConfigError` (a ``ValueError``) that
-lists the valid keys or choices. Override values are parsed as YAML scalars/lists, so ``train.epochs=3``,
-``optim.betas=[0.9,0.95]`` and ``loss.class_weights=null`` all work.
+lists the valid keys or choices; each section's ``__post_init__`` then checks ranges (``optim.lr > 0``,
+``data.train_subset >= 1``...) with :func:`check_fields`. Override values are parsed as YAML scalars/lists, so
+``train.epochs=3``, ``optim.betas=[0.9,0.95]`` and ``loss.class_weights=null`` all work. Numbers follow YAML 1.2,
+so ``1e-3`` is a float (PyYAML's YAML 1.1 would read it as a string), and a float field also takes a string
+Python reads as a float (``"1e-3"``, ``"1_000.0"``, ``"inf"``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,15 +33,45 @@ import yaml
 
 __all__ = [
     "AugConfig", "Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "OptimConfig",
-    "RunConfig", "SchedConfig", "TrainConfig", "apply_overrides", "build_config", "config_from_dict",
-    "config_to_dict", "find_recipe", "load_config", "read_config_data", "save_config",
+    "RunConfig", "SchedConfig", "TrainConfig", "apply_overrides", "build_config", "check_fields",
+    "check_matches_data", "config_from_dict", "config_to_dict", "find_recipe", "load_config", "parse_yaml",
+    "read_config_data", "read_yaml", "save_config",
 ]
-
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 
 class ConfigError(ValueError):
-    """An invalid configuration: unknown key, wrong type or a value outside the valid choices."""
+    """An invalid configuration: unknown key, wrong type or a value outside the valid choices or range."""
+
+
+# ------------------------------------------------------------------------------------------- range checks
+#: rule name -> (test, how the rule reads in a message). Every test fails for NaN.
+_RULES = {
+    "positive": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "count": (lambda v: v >= 1, "an integer >= 1"),
+    "non_negative": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "open_fraction": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "nucleus": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+
+
+def check_fields(obj: Any, section: str, **rules: str) -> None:
+    """Check fields of a config section against named rules (see ``_RULES``); ``None`` means unset and passes.
+
+    A list or tuple passes when each of its items does. Example, in a section's ``__post_init__``::
+
+        check_fields(self, "optim", lr="positive", weight_decay="non_negative", betas="fraction")
+
+    Raises:
+        ConfigError: naming ``section.field``, the rule and the value, for the first field that breaks its rule.
+    """
+    for name, rule in rules.items():
+        value = getattr(obj, name)
+        test, text = _RULES[rule]
+        items = value if isinstance(value, list | tuple) else [value]
+        if value is not None and not all(test(v) for v in items):
+            raise ConfigError(f"{section}.{name}: must be {text}, got {value!r}")
 
 
 @dataclass
@@ -67,6 +102,13 @@ class DataConfig:
     num_workers: int = 2  # ImageFolder DataLoader workers
     synthetic_size: int = 512  # images per split of the generated ``synthetic`` dataset
 
+    def __post_init__(self) -> None:
+        check_fields(self, "data", batch_size="count", eval_batch_size="count", val_fraction="fraction",
+                     train_subset="count", test_subset="count", image_size="count", num_workers="non_negative",
+                     synthetic_size="count")
+        if self.dataset == "imagefolder" and self.root is None:
+            raise ConfigError("data.root: dataset 'imagefolder' needs data.root (one sub-directory per class)")
+
 
 @dataclass
 class AugConfig:
@@ -88,6 +130,12 @@ class AugConfig:
     low_res_size: int = 0
     low_res_epochs: int = 0
 
+    def __post_init__(self) -> None:
+        check_fields(self, "aug", crop_padding="non_negative", hflip="probability", random_erasing="probability",
+                     erasing_scale="probability", erasing_ratio="positive", mixup_alpha="non_negative",
+                     cutmix_alpha="non_negative", mix_prob="probability", switch_prob="probability",
+                     low_res_size="non_negative", low_res_epochs="non_negative")
+
 
 @dataclass
 class LossConfig:
@@ -96,6 +144,10 @@ class LossConfig:
     gamma: float = 2.0  # focal loss
     alpha: float | None = None
     class_weights: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, "loss", smoothing="fraction", gamma="non_negative", alpha="probability",
+                     class_weights="non_negative")
 
 
 @dataclass
@@ -107,6 +159,10 @@ class OptimConfig:
     nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
 
+    def __post_init__(self) -> None:
+        check_fields(self, "optim", lr="positive", weight_decay="non_negative", momentum="fraction",
+                     betas="fraction")
+
 
 @dataclass
 class SchedConfig:
@@ -117,6 +173,14 @@ class SchedConfig:
     milestones: list[float] = field(default_factory=list)  # "multistep": epochs at which to decay
     gamma: float = 0.1
     pct_start: float = 0.3  # "onecycle": fraction of steps spent warming up
+
+    def __post_init__(self) -> None:
+        check_fields(self, "sched", warmup_epochs="non_negative", min_lr_ratio="probability",
+                     step_epochs="positive", milestones="non_negative", gamma="positive", pct_start="open_fraction")
+        if self.name == "step" and not self.step_epochs:
+            raise ConfigError("sched.step_epochs: the 'step' schedule needs step_epochs > 0")
+        if self.name == "multistep" and not self.milestones:
+            raise ConfigError("sched.milestones: the 'multistep' schedule needs a list of epochs")
 
 
 @dataclass
@@ -141,6 +205,11 @@ class TrainConfig:
     log_every: int = 50  # optimizer steps between log lines / metric records
     retain_memory: bool = True  # CPU: glibc keeps freed blocks for reuse, no page faults per step (allocator.py)
 
+    def __post_init__(self) -> None:
+        check_fields(self, "train", epochs="count", max_steps="count", grad_accum="count", grad_clip="positive",
+                     ema_decay="fraction", threads="count", eval_every="count", checkpoint_every="count",
+                     keep_last="count", log_every="count")
+
 
 @dataclass
 class RunConfig:
@@ -161,6 +230,7 @@ class EvalConfig:
 
 @dataclass
 class Config:
+    task: Literal["image_classification"] = "image_classification"  # picks the Task (paperzoo.train.task)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     aug: AugConfig = field(default_factory=AugConfig)
@@ -217,14 +287,25 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return _as_float(value, where)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{where}: unsupported field type {tp}")  # pragma: no cover - programming error
+
+
+def _as_float(value: Any, where: str) -> float:
+    """A float from a number or from any spelling Python reads (``"1e-3"``, ``"1_000.0"``, ``"inf"``); not NaN."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if math.isnan(number):
+        raise ConfigError(f"{where}: expected a number, got NaN")
+    return number
 
 
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
@@ -268,30 +349,33 @@ def build_config(cls: type, data: dict, where: str = "") -> Any:
 
 def config_from_dict(data: dict | None) -> Config:
     """Build and validate a :class:`Config` from nested dicts (missing keys take their defaults)."""
-    cfg = build_config(Config, data or {})
-    _check_semantics(cfg)
-    return cfg
+    return build_config(Config, data or {})
 
 
-def _check_semantics(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    positive = {"data.batch_size": cfg.data.batch_size, "data.eval_batch_size": cfg.data.eval_batch_size,
-                "train.epochs": cfg.train.epochs, "train.grad_accum": cfg.train.grad_accum,
-                "train.keep_last": cfg.train.keep_last, "train.log_every": cfg.train.log_every,
-                "train.eval_every": cfg.train.eval_every}
-    for k, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"{k}: must be >= 1, got {v}")
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {cfg.data.val_fraction}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
-    if cfg.data.dataset == "imagefolder" and cfg.data.root is None:
-        raise ConfigError("data.root: dataset 'imagefolder' needs data.root (one sub-directory per class)")
-    if cfg.sched.name == "step" and not cfg.sched.step_epochs:
-        raise ConfigError("sched.step_epochs: the 'step' schedule needs step_epochs > 0")
-    if cfg.sched.name == "multistep" and not cfg.sched.milestones:
-        raise ConfigError("sched.milestones: the 'multistep' schedule needs a list of epochs")
+def check_matches_data(model_args: dict[str, Any], *, classes: list[str], input_shape: tuple[int, ...],
+                       test_shape: tuple[int, ...] | None = None) -> None:
+    """Checks that need the data: call where a task has loaded it, before building the model.
+
+    Args:
+        model_args: ``model.args`` of the config (what the user set, not the task's defaults).
+        classes: the dataset's class names; ``model.args.num_classes``, if set, must equal their number.
+        input_shape: ``(C, H, W)`` of the training images; ``model.args.in_chans``, if set, must equal C.
+        test_shape: ``(C, H, W)`` of the evaluation images, which must equal ``input_shape``.
+
+    Raises:
+        ConfigError: naming the key, the value and what the data holds.
+    """
+    n = model_args.get("num_classes")
+    if n is not None and n != len(classes):
+        shown = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
+        raise ConfigError(f"model.args.num_classes: {n} disagrees with the data's {len(classes)} classes "
+                          f"({shown}); remove it to use the data's")
+    c = model_args.get("in_chans")
+    if c is not None and c != input_shape[0]:
+        raise ConfigError(f"model.args.in_chans: {c} disagrees with the data's {input_shape[0]} channels")
+    if test_shape is not None and tuple(test_shape) != tuple(input_shape):
+        raise ConfigError(f"data: training images are {tuple(input_shape)} (C, H, W) but evaluation images are "
+                          f"{tuple(test_shape)}; use one size for both (e.g. data.image_size)")
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -313,15 +397,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=0.1)")
         path, raw = item.split("=", 1)
-        keys = path.strip().split(".")
-        if len(keys) < 2:
-            sections = [f.name for f in dataclasses.fields(Config)]
-            raise ConfigError(f"override {item!r}: name a section and a key, e.g. optim.lr=0.1; "
-                              f"sections: {', '.join(sections)}")
+        keys = path.strip().split(".")  # a top-level key (task=...) or section.key; unknown ones fail validation
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from None
+            raise ConfigError(f"override {item!r}: cannot parse value: {_one_line(e)}") from None
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -331,16 +411,54 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: ``1e-3`` and ``1E3`` are numbers, not strings."""
+
+
+# Checked after YAML 1.1's own resolvers (which take every float with a dot), so only the dot-less exponent
+# forms that YAML 1.1 leaves as strings reach it.
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"))
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 floats (see :class:`_Yaml12Loader`)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader: plain data only, never arbitrary objects
+
+
+def _one_line(e: yaml.YAMLError) -> str:
+    """A YAML error's problem and position on one line (PyYAML's own text spans several with a snippet)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """A YAML file's contents, with errors that name the file (missing, not UTF-8, a syntax error and its line).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ConfigError: the file is not UTF-8 text or not valid YAML.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    try:
+        return parse_yaml(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p} is not UTF-8 text: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML at {_one_line(e)}") from None
+
+
 def read_config_data(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> dict:
     """The nested dict of a YAML recipe (or ``{}``) with ``section.key=value`` overrides applied, unvalidated."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return apply_overrides(data, list(overrides or []))
 
 
