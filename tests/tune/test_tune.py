@@ -1,6 +1,7 @@
 """`paperzoo tune`: search-space validation, a real study on tiny synthetic data, and two workers sharing one
 SQLite study without duplicate trials."""
 
+import multiprocessing
 import subprocess
 import sys
 import textwrap
@@ -9,7 +10,7 @@ import optuna
 import pytest
 
 from paperzoo.cli import main
-from paperzoo.tools.tune import load_search_space
+from paperzoo.tools.tune import ParamSpec, SearchSpace, load_search_space, open_study
 
 BASE = """
 model: {name: resnet20, args: {width: 4}}
@@ -58,14 +59,32 @@ def test_tune_runs_trials_and_writes_best_config_table_and_plots(tmp_path, capsy
     assert len(study.trials) == 4
 
 
+def _open_together(barrier, url: str) -> None:
+    space = SearchSpace(base="unused", params=[ParamSpec("optim.lr", "float", 0.1, 1.0)])
+    barrier.wait()  # both workers open the new study at the same moment
+    open_study(space, study_name="race", storage=url)
+
+
+def test_workers_started_together_on_a_new_sqlite_study_both_open_it(tmp_path):
+    """Without the creation lock, 3 of 4 such pairs crashed one worker (table exists / integrity errors)."""
+    ctx = multiprocessing.get_context("fork")  # forked workers start in milliseconds, so they do race
+    for rep in range(6):
+        url = f"sqlite:///{tmp_path / f'race{rep}' / 'study.db'}"
+        barrier = ctx.Barrier(2)
+        procs = [ctx.Process(target=_open_together, args=(barrier, url)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        assert [p.exitcode for p in procs] == [0, 0], f"repetition {rep}"
+        assert len(optuna.get_all_study_summaries(url)) == 1
+
+
 @pytest.mark.slow
-def test_two_workers_share_one_sqlite_study_without_duplicates(tmp_path):
+def test_two_workers_on_a_new_study_share_it_without_duplicates(tmp_path):
     space = _space(tmp_path)
     out = tmp_path / "out"
-    out.mkdir()
-    url = f"sqlite:///{out / 'shared.db'}"
-    # create the study first so the workers do not race on table creation
-    optuna.create_study(study_name="shared", storage=url, direction="maximize")
+    url = f"sqlite:///{out / 'shared.db'}"  # neither the directory nor the study exists yet: the workers race
     cmd = [sys.executable, "-m", "paperzoo", "tune", str(space), "--study", "shared", "--storage", url,
            "--n-trials", "2", "--out", str(out)]
     procs = [subprocess.Popen(cmd + ["--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

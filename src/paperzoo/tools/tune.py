@@ -19,24 +19,29 @@ config, trains with the shared trainer and reports the validation metric after e
 proposes values and the median pruner stops trials that fall behind the median of earlier trials at the same
 epoch.
 
-Storage is a database URL (SQLite file by default). Any number of workers, processes or machines, may run
-``paperzoo tune`` against the same URL and study name at once: Optuna hands each worker distinct trials, and a
-study can be resumed by running the command again.
+Storage is a database URL (SQLite file by default). Any number of workers may run ``paperzoo tune`` against
+the same URL and study name at once: Optuna hands each worker distinct trials, and a study can be resumed by
+running the command again. Workers that start together on a new SQLite file take turns creating it (a lock
+file beside the database, see :func:`open_study`); a server database (PostgreSQL, MySQL) lets workers on
+several machines share a study.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["SearchSpace", "ParamSpec", "load_search_space", "run_study", "export_results"]
+__all__ = ["SearchSpace", "ParamSpec", "load_search_space", "open_study", "run_study", "export_results"]
 
 PARAM_TYPES = ("float", "log_float", "int", "log_int", "categorical")
 
@@ -90,10 +95,14 @@ def _spec(key: str, raw: Any) -> ParamSpec:
 
 
 def load_search_space(path: str | os.PathLike) -> SearchSpace:
+    from paperzoo.train.config import read_yaml
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"search space not found: {p}")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = read_yaml(p) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: expected a mapping with base, params, ...")
     unknown = set(raw) - {"base", "params", "metric", "direction", "fixed"}
     if unknown:
         raise ValueError(f"{p}: unknown top-level key(s) {sorted(unknown)}; valid: base, params, metric, "
@@ -115,9 +124,9 @@ def _any_value(spec: ParamSpec) -> Any:
 
 
 def _base_dict(space: SearchSpace) -> dict:
-    from paperzoo.train.config import find_recipe
+    from paperzoo.train.config import find_recipe, read_yaml
 
-    return yaml.safe_load(find_recipe(space.base).read_text()) or {}
+    return read_yaml(find_recipe(space.base)) or {}
 
 
 def _set(data: dict, key: str, value: Any) -> None:
@@ -175,6 +184,43 @@ def _storage(url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` for a SQLite file URL (no lock for other databases).
+
+    Opening a new storage creates its tables and stamps the schema version, and ``create_study`` inserts the
+    study: two workers doing this at the same moment on a new SQLite file collide ("table already exists",
+    integrity errors). Under the lock the first worker creates and the others, waiting, then load.
+    """
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        yield
+        return
+    lock = Path(f"{parsed.database}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, also if this process dies
+        yield
+
+
+def open_study(space: SearchSpace, *, study_name: str, storage: str, seed: int | None = None,
+               n_startup_trials: int = 5, n_warmup_steps: int = 1):
+    """Create the study, or load it if it exists; safe for workers that start together (see _creation_lock)."""
+    import optuna
+
+    direction = space.direction or ("minimize" if space.metric and "loss" in space.metric else "maximize")
+    with _creation_lock(storage):
+        study = optuna.create_study(
+            study_name=study_name, storage=_storage(storage), direction=direction, load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
+        )
+        study.set_user_attr("search_space", yaml.safe_dump({"base": space.base, "fixed": space.fixed}))
+    return study
+
+
 def run_study(space: SearchSpace, *, study_name: str, storage: str, n_trials: int | None = None,
               timeout: float | None = None, out_dir: str = "runs/tune", seed: int | None = None,
               n_startup_trials: int = 5, n_warmup_steps: int = 1):
@@ -185,13 +231,8 @@ def run_study(space: SearchSpace, *, study_name: str, storage: str, n_trials: in
     from paperzoo.train.distributed import DistInfo
     from paperzoo.train.trainer import fit
 
-    direction = space.direction or ("minimize" if space.metric and "loss" in space.metric else "maximize")
-    study = optuna.create_study(
-        study_name=study_name, storage=_storage(storage), direction=direction, load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
-    )
-    study.set_user_attr("search_space", yaml.safe_dump({"base": space.base, "fixed": space.fixed}))
+    study = open_study(space, study_name=study_name, storage=storage, seed=seed, n_startup_trials=n_startup_trials,
+                       n_warmup_steps=n_warmup_steps)
 
     def objective(trial: optuna.Trial) -> float:
         values = {s.key: s.suggest(trial) for s in space.params}
