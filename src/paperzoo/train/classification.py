@@ -23,7 +23,7 @@ from torch import Tensor
 from paperzoo.data.datasets import ImageDataset, load_image_dataset
 from paperzoo.data.streaming import StreamingLoader
 
-from .config import Config, config_from_dict
+from .config import Config, check_matches_data, config_from_dict
 from .distributed import DistInfo, all_reduce_sum
 from .task import Task, register_task
 
@@ -111,6 +111,8 @@ class ImageClassificationTask(Task):
             self.input_shape = (train.in_chans, *train.image_size)
             self.dataset_name = train.name
         self.num_classes = len(self.classes)
+        check_matches_data(cfg.model.args, classes=self.classes, input_shape=self.input_shape,
+                           test_shape=None if self.streaming else (val.in_chans, *val.image_size))
         # mixup/cutmix targets stay unsmoothed here: the loss applies ε to soft targets too, so smoothing in both
         # places would apply it twice
         train_tf = build_train_transform(cfg.aug, self.mean, self.std, self.num_classes, label_smoothing=0.0)
