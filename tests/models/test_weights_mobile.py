@@ -1,24 +1,31 @@
-"""torchvision / timm state dicts load into MobileNet V1/V2/V3 and EfficientNet and give the same outputs.
+"""torchvision / timm state dicts load into MobileNet V1/V2/V3 and EfficientNet and give the source's outputs.
 
-torchvision and timm cannot be imported here, so each test writes the source's key layout down *itself*
-(an independent, test-side description of the published layout, below), renames the weights of a randomly
-initialised paperzoo model into that layout in order, saves the file (.pth or .safetensors), loads it with
-``paperzoo.load_weights(..., source=...)`` into a fresh model, and compares outputs. A wrong mapping shows up
-as a WeightLoadError (names or shapes) or as different outputs.
+torchvision and timm cannot be imported here, so each test writes the source down *itself*: its key layout
+(an independent, test-side description of the published names, below) and its forward pass as a function of
+that state dict (``F.conv2d`` / ``F.batch_norm`` with the source's eps, strides, activations, SE gate). Weights
+of a randomly initialised paperzoo model are renamed into that layout in order, their BatchNorm statistics
+set small enough that eps matters (``source_reference.make_eps_visible``), saved (.pth or .safetensors),
+loaded with ``paperzoo.load_weights(..., source=...)`` into a model *built with the other library's eps*, and
+compared with the functional forward. A wrong mapping shows up as a WeightLoadError (names or shapes) or as
+different outputs; a converter that kept our eps instead of the source's fails too.
 """
 
-import warnings
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from source_reference import assert_matches_source, bn, make_eps_visible, save
 
 import paperzoo
 from paperzoo import WeightLoadError
-from paperzoo.models.efficientnet import source_bn_args
+from paperzoo.models.efficientnet import source_bn_eps
+from paperzoo.models.mobilenet_v3 import SOURCE_BN_EPS
+from paperzoo.weights import convert_state_dict
 
 BN = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+TV_V3_EPS = 1e-3  # torchvision mobilenetv3.py: norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+DEFAULT_EPS = 1e-5  # nn.BatchNorm2d's: torchvision's MobileNetV2 and EfficientNet-B0..B4, timm's non-tf_ models
 
 
 # ------------------------------------------------------------------------------ test-side layout descriptions
@@ -90,29 +97,35 @@ def timm_mobilenetv2_keys() -> list[str]:
     return keys + _conv_bn("conv_head", "bn2") + ["classifier.weight", "classifier.bias"]
 
 
-# MobileNetV3-Small, torchvision's bneck_conf rows: (input, expanded, use_se, h-swish, stride) and timm's stages.
+# MobileNetV3 rows as torchvision's bneck_conf: (input, expanded, use_se, h-swish, stride); timm's stages group
+# them by output width, then a ConvBnAct stage of its own holds the last 1x1 conv.
 V3_SMALL = [(16, 16, True, False, 2), (16, 72, False, False, 2), (24, 88, False, False, 1), (24, 96, True, True, 2),
             (40, 240, True, True, 1), (40, 240, True, True, 1), (40, 120, True, True, 1), (48, 144, True, True, 1),
             (48, 288, True, True, 2), (96, 576, True, True, 1), (96, 576, True, True, 1)]
 V3_SMALL_TIMM_STAGES = [1, 2, 3, 2, 3]  # ds_r1; ir_r1 + ir_r1; ir_r1 + ir_r2; ir_r2; ir_r3; then cn_r1 (576)
+V3_LARGE = [(16, 16, False, False, 1), (16, 64, False, False, 2), (24, 72, False, False, 1),
+            (24, 72, True, False, 2), (40, 120, True, False, 1), (40, 120, True, False, 1),
+            (40, 240, False, True, 2), (80, 200, False, True, 1), (80, 184, False, True, 1), (80, 184, False, True, 1),
+            (80, 480, True, True, 1), (112, 672, True, True, 1),
+            (112, 672, True, True, 2), (160, 960, True, True, 1), (160, 960, True, True, 1)]
+V3_LARGE_TIMM_STAGES = [1, 2, 3, 4, 2, 3]  # ds_r1; ir_r1 x2; ir_r3; ir_r1 x2 + ir_r2; ir_r2; ir_r3; then cn_r1 (960)
 
 
-def tv_mobilenetv3_small_keys() -> list[str]:
+def tv_mobilenetv3_keys(table) -> list[str]:
     keys = _tv_seq("features.0")
-    for i, (inp, exp, se, _, _) in enumerate(V3_SMALL):
+    for i, (inp, exp, se, _, _) in enumerate(table):
         keys += _tv_mbconv(f"features.{i + 1}.block", expand=exp != inp, se=se)
-    keys += _tv_seq(f"features.{len(V3_SMALL) + 1}")
+    keys += _tv_seq(f"features.{len(table) + 1}")
     return keys + ["classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias"]
 
 
-def timm_mobilenetv3_small_keys() -> list[str]:
+def timm_mobilenetv3_keys(table, stages) -> list[str]:
     keys, i = _conv_bn("conv_stem", "bn1"), 0
-    for stage, n in enumerate(V3_SMALL_TIMM_STAGES):
+    for stage, n in enumerate(stages):
         for j in range(n):
-            se = V3_SMALL[i][2]
-            keys += (_timm_ds if i == 0 else _timm_ir)(f"blocks.{stage}.{j}", se=se)
+            keys += (_timm_ds if i == 0 else _timm_ir)(f"blocks.{stage}.{j}", se=table[i][2])
             i += 1
-    last = len(V3_SMALL_TIMM_STAGES)
+    last = len(stages)
     keys += _conv_bn(f"blocks.{last}.0.conv", f"blocks.{last}.0.bn1")
     return keys + ["conv_head.weight", "conv_head.bias", "classifier.weight", "classifier.bias"]
 
@@ -138,18 +151,17 @@ def timm_efficientnet_b0_keys() -> list[str]:
 
 # ------------------------------------------------------------- functional reference forwards (source layouts)
 # Each computes the published architecture straight from a source-layout state dict with torch.nn.functional,
-# independently of paperzoo's modules: activations, SE placement and gate, strides, shortcuts, BN eps.
+# independently of paperzoo's modules: activations, SE placement and gate, strides, shortcuts, padding (k-1)/2
+# (torchvision, and timm's default pad_type), and the source's BatchNorm eps.
 V1_STRIDES = [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]  # Table 1 (the last dw layer is stride 1 in practice)
 V2_ROWS = [(1, 1), (6, 2), (6, 2), (6, 2), (6, 1), (6, 2), (6, 1)]  # Table 2 (t, s); repeats in V2_REPEATS
 B0_ROWS = [(1, 1), (6, 2), (6, 2), (6, 2), (6, 1), (6, 2), (6, 1)]  # Table 1 (t, s); repeats in B0_REPEATS
 
 
-def _cba(x, sd, conv, bn, eps, stride=1, act=None):
+def _cba(x, sd, conv, norm, eps, stride=1, act=None):
     w = sd[conv]
     groups = x.shape[1] if w.shape[1] == 1 and x.shape[1] > 1 else 1  # (C, 1, k, k): depthwise
-    y = F.conv2d(x, w, None, stride, w.shape[-1] // 2, 1, groups)
-    y = F.batch_norm(y, sd[f"{bn}.running_mean"], sd[f"{bn}.running_var"], sd[f"{bn}.weight"], sd[f"{bn}.bias"],
-                     False, 0.0, eps)
+    y = bn(sd, norm, F.conv2d(x, w, None, stride, w.shape[-1] // 2, 1, groups), eps)
     return act(y) if act else y
 
 
@@ -189,10 +201,10 @@ def _linear(x, sd, p):
     return F.linear(x, sd[f"{p}.weight"], sd[f"{p}.bias"])
 
 
-def ref_timm_mobilenetv1(sd, x, eps=1e-5):
+def ref_timm_mobilenetv1(sd, x, eps=DEFAULT_EPS):
     x, i = _cba(x, sd, "conv_stem.weight", "bn1", eps, 2, F.relu6), 0
     for stage, n in enumerate([1, 2, 2, 6, 2]):
-        for j in range(n):
+        for j in range(n):  # timm "dsa" blocks: ReLU6 after the pointwise conv too, no shortcut
             p = f"blocks.{stage}.{j}"
             x = _cba(x, sd, f"{p}.conv_dw.weight", f"{p}.bn1", eps, V1_STRIDES[i], F.relu6)
             x = _cba(x, sd, f"{p}.conv_pw.weight", f"{p}.bn2", eps, 1, F.relu6)
@@ -204,7 +216,7 @@ def _v2_strides():
     return [(t, s if j == 0 else 1) for (t, s), n in zip(V2_ROWS, V2_REPEATS) for j in range(n)]
 
 
-def ref_tv_mobilenetv2(sd, x, eps=1e-5):
+def ref_tv_mobilenetv2(sd, x, eps=DEFAULT_EPS):
     x = _cba(x, sd, "features.0.0.weight", "features.0.1", eps, 2, F.relu6)
     for k, (t, stride) in enumerate(_v2_strides(), start=1):
         p = f"features.{k}.conv"
@@ -218,7 +230,7 @@ def ref_tv_mobilenetv2(sd, x, eps=1e-5):
     return _linear(x.mean((2, 3)), sd, "classifier.1")
 
 
-def ref_timm_mobilenetv2(sd, x, eps=1e-5):
+def ref_timm_mobilenetv2(sd, x, eps=DEFAULT_EPS):
     x = _cba(x, sd, "conv_stem.weight", "bn1", eps, 2, F.relu6)
     for stage, ((t, s), n) in enumerate(zip(V2_ROWS, V2_REPEATS)):
         for j in range(n):
@@ -227,33 +239,35 @@ def ref_timm_mobilenetv2(sd, x, eps=1e-5):
     return _linear(x.mean((2, 3)), sd, "classifier")
 
 
-def _v3_head(x, sd, conv, bn, eps, hidden, out):
-    x = _cba(x, sd, conv, bn, eps, 1, F.hardswish).mean((2, 3))  # pool first, then the NBN layers (Fig. 5)
+def _v3_head(x, sd, conv, norm, eps, hidden, out):
+    x = _cba(x, sd, conv, norm, eps, 1, F.hardswish).mean((2, 3))  # pool first, then the NBN layers (Fig. 5)
     w = sd[f"{hidden}.weight"]
     x = F.hardswish(F.linear(x, w.flatten(1), sd[f"{hidden}.bias"]))  # timm stores it as a 1x1 conv
     return _linear(x, sd, out)
 
 
-def ref_tv_mobilenetv3_small(sd, x, eps=1e-3):
+def ref_tv_mobilenetv3(table, sd, x, eps=TV_V3_EPS):
     x = _cba(x, sd, "features.0.0.weight", "features.0.1", eps, 2, F.hardswish)
-    for i, (inp, exp, se, hs, s) in enumerate(V3_SMALL):
+    for i, (inp, exp, se, hs, s) in enumerate(table):
         names = _tv_names(f"features.{i + 1}.block", exp != inp, se)
         x = _block(x, sd, eps, s, F.hardswish if hs else F.relu, names, F.relu, F.hardsigmoid)
-    return _v3_head(x, sd, "features.12.0.weight", "features.12.1", eps, "classifier.0", "classifier.3")
+    k = len(table) + 1
+    return _v3_head(x, sd, f"features.{k}.0.weight", f"features.{k}.1", eps, "classifier.0", "classifier.3")
 
 
-def ref_timm_mobilenetv3_small(sd, x, eps=1e-5):
+def ref_timm_mobilenetv3(table, stages, sd, x, eps=DEFAULT_EPS):
     x, i = _cba(x, sd, "conv_stem.weight", "bn1", eps, 2, F.hardswish), 0
-    for stage, n in enumerate(V3_SMALL_TIMM_STAGES):
+    for stage, n in enumerate(stages):
         for j in range(n):
-            _, _, se, hs, s = V3_SMALL[i]
+            _, _, se, hs, s = table[i]
             names = _timm_names(f"blocks.{stage}.{j}", i == 0, se)
             x = _block(x, sd, eps, s, F.hardswish if hs else F.relu, names, F.relu, F.hardsigmoid)
             i += 1
-    return _v3_head(x, sd, "blocks.5.0.conv.weight", "blocks.5.0.bn1", eps, "conv_head", "classifier")
+    last = len(stages)
+    return _v3_head(x, sd, f"blocks.{last}.0.conv.weight", f"blocks.{last}.0.bn1", eps, "conv_head", "classifier")
 
 
-def ref_tv_efficientnet_b0(sd, x, eps=1e-5):
+def ref_tv_efficientnet_b0(sd, x, eps=DEFAULT_EPS):
     x = _cba(x, sd, "features.0.0.weight", "features.0.1", eps, 2, F.silu)
     for stage, ((t, s), n) in enumerate(zip(B0_ROWS, B0_REPEATS)):
         for j in range(n):
@@ -263,7 +277,7 @@ def ref_tv_efficientnet_b0(sd, x, eps=1e-5):
     return _linear(x.mean((2, 3)), sd, "classifier.1")
 
 
-def ref_timm_efficientnet_b0(sd, x, eps=1e-5):
+def ref_timm_efficientnet_b0(sd, x, eps=DEFAULT_EPS):
     x = _cba(x, sd, "conv_stem.weight", "bn1", eps, 2, F.silu)
     for stage, ((t, s), n) in enumerate(zip(B0_ROWS, B0_REPEATS)):
         for j in range(n):
@@ -274,16 +288,13 @@ def ref_timm_efficientnet_b0(sd, x, eps=1e-5):
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def _randomise(model: torch.nn.Module) -> torch.nn.Module:
-    """Random BN affine and running statistics so that a BN mix-up changes the output."""
+def _randomise_affine(model: torch.nn.Module) -> torch.nn.Module:
+    """Random BN scales and shifts (the statistics come from ``make_eps_visible``), so a BN mix-up shows."""
     g = torch.Generator().manual_seed(0)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.weight.data = 0.5 + torch.rand(n, generator=g)
-            m.bias.data = 0.1 * torch.randn(n, generator=g)
-            m.running_mean = 0.1 * torch.randn(n, generator=g)
-            m.running_var = 0.5 + torch.rand(n, generator=g)
+            m.weight.data = 0.5 + torch.rand(m.num_features, generator=g)
+            m.bias.data = 0.1 * torch.randn(m.num_features, generator=g)
             m.num_batches_tracked.fill_(7)
     return model.eval()
 
@@ -300,47 +311,60 @@ def to_source_layout(model: torch.nn.Module, source_keys: list[str]) -> dict[str
 
 def _save(sd: dict, tmp_path, fmt: str):
     path = tmp_path / f"w.{fmt}"
-    if fmt == "safetensors":
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
-    else:
-        torch.save(sd, path)
+    save(sd, path)
     return path
 
 
-CASES = [  # (model, source, test-side layout, functional reference, config for the source's BatchNorm)
-    ("mobilenetv1_100", "timm", timm_mobilenetv1_keys, ref_timm_mobilenetv1, {}),
-    ("mobilenetv2_100", "torchvision", tv_mobilenetv2_keys, ref_tv_mobilenetv2, {}),
-    ("mobilenetv2_100", "timm", timm_mobilenetv2_keys, ref_timm_mobilenetv2, {}),
-    ("mobilenetv3_small_100", "torchvision", tv_mobilenetv3_small_keys, ref_tv_mobilenetv3_small,
-     {"bn_eps": 1e-3, "bn_momentum": 0.01}),
-    ("mobilenetv3_small_100", "timm", timm_mobilenetv3_small_keys, ref_timm_mobilenetv3_small,
-     {"bn_eps": 1e-5, "bn_momentum": 0.1}),
-    ("efficientnet_b0", "torchvision", tv_efficientnet_b0_keys, ref_tv_efficientnet_b0,
-     source_bn_args("efficientnet_b0", "torchvision")),
-    ("efficientnet_b0", "timm", timm_efficientnet_b0_keys, ref_timm_efficientnet_b0,
-     source_bn_args("efficientnet_b0", "timm")),
+def _other(eps: float) -> float:
+    return 1e-3 if eps == DEFAULT_EPS else DEFAULT_EPS
+
+
+CASES = [  # (model, source, test-side layout, functional reference, the source's BatchNorm eps)
+    ("mobilenetv1_100", "timm", timm_mobilenetv1_keys, ref_timm_mobilenetv1, DEFAULT_EPS),
+    ("mobilenetv2_100", "torchvision", tv_mobilenetv2_keys, ref_tv_mobilenetv2, DEFAULT_EPS),
+    ("mobilenetv2_100", "timm", timm_mobilenetv2_keys, ref_timm_mobilenetv2, DEFAULT_EPS),
+    ("mobilenetv3_small_100", "torchvision", partial(tv_mobilenetv3_keys, V3_SMALL),
+     partial(ref_tv_mobilenetv3, V3_SMALL), TV_V3_EPS),
+    ("mobilenetv3_small_100", "timm", partial(timm_mobilenetv3_keys, V3_SMALL, V3_SMALL_TIMM_STAGES),
+     partial(ref_timm_mobilenetv3, V3_SMALL, V3_SMALL_TIMM_STAGES), DEFAULT_EPS),
+    ("mobilenetv3_large_100", "torchvision", partial(tv_mobilenetv3_keys, V3_LARGE),
+     partial(ref_tv_mobilenetv3, V3_LARGE), TV_V3_EPS),
+    ("mobilenetv3_large_100", "timm", partial(timm_mobilenetv3_keys, V3_LARGE, V3_LARGE_TIMM_STAGES),
+     partial(ref_timm_mobilenetv3, V3_LARGE, V3_LARGE_TIMM_STAGES), DEFAULT_EPS),
+    ("efficientnet_b0", "torchvision", tv_efficientnet_b0_keys, ref_tv_efficientnet_b0, DEFAULT_EPS),
+    ("efficientnet_b0", "timm", timm_efficientnet_b0_keys, ref_timm_efficientnet_b0, DEFAULT_EPS),
 ]
 
 
 # each case is saved in one of the two file formats (alternating), so both readers are exercised for both sources
-@pytest.mark.parametrize("name,source,layout,ref,bn,fmt", [(*c, ("pth", "safetensors")[i % 2])
-                                                            for i, c in enumerate(CASES)],
+@pytest.mark.parametrize("name,source,layout,ref,eps,fmt", [(*c, ("pth", "safetensors")[i % 2])
+                                                             for i, c in enumerate(CASES)],
                          ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_source_state_dict_loads_and_outputs_match(name, source, layout, ref, bn, fmt, tmp_path):
-    torch.manual_seed(0)
-    original = _randomise(paperzoo.create_model(name, **bn))
-    sd = to_source_layout(original, layout())
+def test_source_state_dict_gives_the_sources_outputs(name, source, layout, ref, eps, fmt, tmp_path):
+    sd = to_source_layout(_randomise_affine(paperzoo.create_model(name)), layout())
     assert not any(k.startswith(("stem.", "stages.", "head.", "last_conv.")) for k in sd)  # really renamed
-    path = _save(sd, tmp_path, fmt)
-    torch.manual_seed(1)
-    model = paperzoo.load_weights(paperzoo.create_model(name, **bn), path, source=source).eval()
     x = torch.randn(2, 3, 64, 48)
+    make_eps_visible(sd, ref, x)
+    path = _save(sd, tmp_path, fmt)
+    # built with the *other* library's eps: the converter must give it the source's
+    model = paperzoo.load_weights(paperzoo.create_model(name, bn_eps=_other(eps)), path, source=source)
     with torch.no_grad():
-        out, expected = model(x), original(x)
-        independent = ref(sd, x)  # the source architecture computed functionally from its own keys
+        expected = ref(sd, x)  # the source architecture computed functionally from its own keys
     assert expected.abs().max() > 1e-3  # a meaningful output, not all zeros
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    torch.testing.assert_close(out, independent, rtol=1e-4, atol=1e-4 * independent.abs().max().item())
+    assert model.cfg.bn_eps == eps
+    assert_matches_source(model, x, expected, wrong_eps=_other(eps))
+
+
+def test_default_mobilenetv3_takes_timms_eps_from_timm_weights(tmp_path):
+    # the reported bug: create_model's default eps (torchvision's 1e-3) kept for timm weights (1e-5)
+    layout = timm_mobilenetv3_keys(V3_SMALL, V3_SMALL_TIMM_STAGES)
+    ref = partial(ref_timm_mobilenetv3, V3_SMALL, V3_SMALL_TIMM_STAGES)
+    sd = make_eps_visible(to_source_layout(paperzoo.create_model("mobilenetv3_small_100"), layout),
+                          ref, torch.randn(2, 3, 32, 32))
+    model = paperzoo.load_weights(paperzoo.create_model("mobilenetv3_small_100"), _save(sd, tmp_path, "pth"), "timm")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert_matches_source(model, x, ref(sd, x), wrong_eps=1e-3)
 
 
 def test_known_key_names_of_the_published_layouts():
@@ -349,8 +373,11 @@ def test_known_key_names_of_the_published_layouts():
     assert "features.2.0.block.2.fc2.bias" in tv_efficientnet_b0_keys()  # MBConv6: expand, dw, SE, project
     assert "blocks.0.0.se.conv_reduce.weight" in timm_efficientnet_b0_keys()
     assert "features.1.conv.1.weight" in tv_mobilenetv2_keys() and "features.18.1.running_var" in tv_mobilenetv2_keys()
-    assert "features.12.0.weight" in tv_mobilenetv3_small_keys()  # last 1x1 conv (576)
-    assert "blocks.5.0.conv.weight" in timm_mobilenetv3_small_keys()
+    assert "features.12.0.weight" in tv_mobilenetv3_keys(V3_SMALL)  # last 1x1 conv (576)
+    assert "features.16.0.weight" in tv_mobilenetv3_keys(V3_LARGE)  # last 1x1 conv (960)
+    assert "features.1.block.0.0.weight" in tv_mobilenetv3_keys(V3_LARGE)  # no expansion: dw first
+    assert "blocks.5.0.conv.weight" in timm_mobilenetv3_keys(V3_SMALL, V3_SMALL_TIMM_STAGES)
+    assert "blocks.6.0.conv.weight" in timm_mobilenetv3_keys(V3_LARGE, V3_LARGE_TIMM_STAGES)
     assert "blocks.3.5.conv_pw.weight" in timm_mobilenetv1_keys()
 
 
@@ -393,25 +420,21 @@ def test_mobilenetv1_has_no_torchvision_mapping(tmp_path):
 
 
 def test_bn_eps_convention_per_source():
-    assert source_bn_args("efficientnet_b0", "torchvision") == {"bn_eps": 1e-5, "bn_momentum": 0.1}
-    assert source_bn_args("efficientnet_b7", "torchvision") == {"bn_eps": 1e-3, "bn_momentum": 0.01}
-    assert source_bn_args("efficientnet_b7", "timm") == {"bn_eps": 1e-5, "bn_momentum": 0.1}
+    assert SOURCE_BN_EPS == {"torchvision": 1e-3, "timm": 1e-5}
+    assert source_bn_eps("efficientnet_b0", "torchvision") == 1e-5
+    assert source_bn_eps("efficientnet_b7", "torchvision") == 1e-3
+    assert source_bn_eps("efficientnet_b7", "timm") == 1e-5
     with torch.device("meta"):
         b5 = paperzoo.create_model("efficientnet_b5")
     assert {m.eps for m in b5.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}  # torchvision default
     assert {m.momentum for m in b5.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}  # see docs
 
 
-def test_loading_with_another_sources_eps_warns(tmp_path):
-    timm_model = _randomise(paperzoo.create_model("mobilenetv3_small_100", bn_eps=1e-5, bn_momentum=0.1))
-    path = _save(to_source_layout(timm_model, timm_mobilenetv3_small_keys()), tmp_path, "pth")
-    default = paperzoo.create_model("mobilenetv3_small_100")  # torchvision's eps 1e-3
-    with pytest.warns(UserWarning, match="bn_eps=1e-05"):
-        paperzoo.load_weights(default, path, source="timm")
-    x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():  # the eps really matters: outputs differ slightly, hence the warning
-        assert not torch.equal(default.eval()(x), timm_model(x))
-    matching = paperzoo.create_model("mobilenetv3_small_100", bn_eps=1e-5, bn_momentum=0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no warning when the eps is the source's
-        paperzoo.load_weights(matching, path, source="timm")
+@pytest.mark.parametrize("source,eps", [("torchvision", 1e-3), ("timm", 1e-5)])
+def test_efficientnet_b5_converters_set_the_sources_eps(source, eps):
+    # torchvision's B5-B7 use eps 1e-3, its B0-B4 and all of timm's 1e-5; the model is built with the other
+    with torch.device("meta"):
+        b5 = paperzoo.create_model("efficientnet_b5", bn_eps=_other(eps))
+    convert_state_dict(b5, {}, source)
+    assert {m.eps for m in b5.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {eps}
+    assert b5.cfg.bn_eps == eps

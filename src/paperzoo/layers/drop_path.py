@@ -31,7 +31,15 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-def drop_path_rates(total: float, n: int) -> list[float]:
-    """Linearly increasing per-block rates 0 .. ``total`` (the linear decay rule of the paper, Sec. 3)."""
+def drop_path_rates(total: float, n: int, *, endpoint: bool = True) -> list[float]:
+    """Per-block rates that grow linearly with depth (the paper's "linear decay rule", Sec. 3), from 0.
+
+    As ``numpy.linspace(0, total, n, endpoint=endpoint)``:
+    * ``endpoint=True``: 0 .. ``total``, block i of n gets total·i/(n-1) (timm's ResNet, ViT and Swin);
+    * ``endpoint=False``: total·i/n, so the last block stays below ``total`` (the TF EfficientNet / MnasNet
+      reference rule, kept by torchvision and timm for the mobile families).
+    """
     # plain Python, so models can be built on the meta device
+    if not endpoint:
+        return [total * i / n for i in range(n)]
     return [total * i / (n - 1) for i in range(n)] if n > 1 else [total] * n

@@ -2,17 +2,17 @@
 
 * BatchNorm settings: the reference implementations disagree on BatchNorm epsilon and momentum, which changes
   eval outputs (eps) and training statistics (momentum) but no parameter. The configs expose both; this
-  module sets them on every ``nn.BatchNorm2d`` and warns when weights of a source are loaded into a model
-  built with another source's epsilon (outputs would differ slightly from the original model's).
+  module sets them on every ``nn.BatchNorm2d``. A state dict does not record eps, so each converter gives the
+  model its source's eps (``adopt_bn_eps``): loaded weights then reproduce the source model's outputs.
 * Key renaming: converters describe the source layout as a map *our module path -> source module path*; the
   tensor names (``weight``, ``running_mean``, ...) are the same in every layout, so one function does the rest.
   timm names the blocks of all four families alike (``timm_block_map``) and groups them into stages by output
-  width (``timm_stage_index``).
+  width (``timm_stage_index``); torchvision's MobileNetV3 and EfficientNet blocks are alike too
+  (``torchvision_mbconv_map``).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 
 import torch.nn as nn
@@ -28,17 +28,17 @@ def set_batchnorm(model: nn.Module, eps: float, momentum: float) -> None:
             m.eps, m.momentum = eps, momentum
 
 
-def warn_if_bn_eps_differs(model: nn.Module, source: str, expected_eps: float) -> None:
-    """Warn when ``model`` was built with another BatchNorm epsilon than the one ``source``'s model uses."""
-    eps = model.cfg.bn_eps
-    if abs(eps - expected_eps) > 1e-12:
-        name = getattr(model, "model_name", "") or type(model).__name__
-        warnings.warn(
-            f"{name} was built with bn_eps={eps:g} but {source}'s model uses {expected_eps:g}: the weights load, "
-            f"but outputs will differ slightly from the original; build it with "
-            f"create_model({name!r}, bn_eps={expected_eps:g}) to match exactly",
-            stacklevel=3,
-        )
+def adopt_bn_eps(model: nn.Module, eps: float) -> None:
+    """Give ``model`` (and its config) the BatchNorm epsilon of the model whose weights it is loading.
+
+    eps is not in a state dict, yet it changes every eval output: timm's MobileNetV3 (1e-5) loaded with
+    torchvision's 1e-3 gives visibly different logits. Converters call this so that the loaded model computes
+    what its source computes.
+    """
+    model.cfg.bn_eps = eps
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = eps
 
 
 def rename_modules(sd: StateDict, model: nn.Module, module_map: dict[str, str],
@@ -95,6 +95,26 @@ def timm_block_map(ours: str, src: str, block: nn.Module) -> dict[str, str]:
     return {f"{ours}.expand.conv": f"{src}.conv_pw", f"{ours}.expand.bn": f"{src}.bn1",
             f"{ours}.dw.conv": f"{src}.conv_dw", f"{ours}.dw.bn": f"{src}.bn2",
             f"{ours}.project.conv": f"{src}.conv_pwl", f"{ours}.project.bn": f"{src}.bn3", **se}
+
+
+def torchvision_mbconv_map(ours: str, src: str, block: nn.Module) -> dict[str, str]:
+    """Module map of one InvertedResidual to torchvision's MobileNetV3 / EfficientNet block ``src``.
+
+    torchvision keeps the block's layers in one Sequential, ``{src}.{n}``, in the order [expand] (only when
+    it widens), dw, [SE], project; each conv layer is a Sequential(conv, bn, act), so ``n`` counts only the
+    layers present: a block without expansion starts with the depthwise conv at index 0.
+    """
+    mapping, n = {}, 0
+    for name in ("expand", "dw", "se", "project"):
+        layer = getattr(block, name)
+        if isinstance(layer, nn.Identity):
+            continue  # absent from torchvision's Sequential too
+        if name == "se":
+            mapping.update({f"{ours}.se.fc1": f"{src}.{n}.fc1", f"{ours}.se.fc2": f"{src}.{n}.fc2"})
+        else:
+            mapping.update({f"{ours}.{name}.conv": f"{src}.{n}.0", f"{ours}.{name}.bn": f"{src}.{n}.1"})
+        n += 1
+    return mapping
 
 
 def init_mobile_weights(model: nn.Module, fc_init: str = "normal") -> None:

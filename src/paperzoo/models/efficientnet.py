@@ -21,11 +21,12 @@ Deviations and choices (all as in torchvision / timm, whose weights load here un
 * Stochastic depth ("drop connect", rate 0.2) grows linearly with the block index: rate·i/N for block i of N.
 * BatchNorm: the TF reference uses eps 1e-3 and momentum 0.01 (PyTorch convention). torchvision's B0-B4
   use the PyTorch defaults (1e-5, 0.1) and its B5-B7 (ported from TF) 1e-3 / 0.01; timm's ``efficientnet_bX``
-  use 1e-5 / 0.1 for all. Our eps defaults follow torchvision per model; ``source_bn_args`` gives each source's
-  values and the converters warn when a model was built with another eps than the source's. Momentum only
-  affects training: we default to 0.1 for every model (0.01 lets the running statistics lag far behind the
-  weights on short schedules; pass ``bn_momentum=0.01`` for the reference's).
-* Symmetric padding (k-1)/2, not TF's asymmetric "SAME" padding (which only timm's ``tf_`` models emulate).
+  use 1e-5 / 0.1 for all. Our eps defaults follow torchvision per model (``source_bn_eps``); eps changes
+  outputs, so ``load_weights`` gives the model its source's. Momentum only affects training: we default to
+  0.1 for every model (0.01 lets the running statistics lag far behind the weights on short schedules; pass
+  ``bn_momentum=0.01`` for the reference's).
+* Symmetric padding (k-1)/2, not TF's asymmetric "SAME" padding. timm's ``tf_efficientnet_bX`` ports pad
+  "SAME" (and use eps 1e-3): their weights load but do not reproduce their outputs; use ``efficientnet_bX``.
 * ``small_input=True`` makes the stem and the first stride-2 stage (MBConv6, 3x3, 24 channels) stride 1,
   8x instead of 32x downsampling, for 28x28 / 32x32 images.
 """
@@ -40,16 +41,17 @@ from typing import NamedTuple
 import torch.nn as nn
 from torch import Tensor
 
-from ..layers import ConvNormAct, InvertedResidual, SqueezeExcite, make_divisible
+from ..layers import ConvNormAct, InvertedResidual, SqueezeExcite, drop_path_rates, make_divisible
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
 from ._mobile_common import (
+    adopt_bn_eps,
     init_mobile_weights,
     rename_modules,
     set_batchnorm,
     timm_mbconv_mapping,
-    warn_if_bn_eps_differs,
+    torchvision_mbconv_map,
 )
 
 EFFICIENTNET_PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
@@ -110,11 +112,10 @@ def scale_depth(n: int, d: float) -> int:
 
 @dataclass
 class EfficientNetConfig:
-    """EfficientNet hyper-parameters: B0's table plus the compound-scaling coefficients (w, d, r)."""
+    """EfficientNet hyper-parameters: B0's table plus the compound-scaling coefficients (w, d)."""
 
     width: float = 1.0  # w = β^φ
     depth: float = 1.0  # d = α^φ
-    resolution: int = 224  # r·224, the input size the model is scaled for (registry default); any size runs
     table: tuple[StageRow, ...] = TABLE_1_B0
     num_classes: int = 1000
     in_chans: int = 3
@@ -141,8 +142,9 @@ class EfficientNet(ImageClassifier):
         self.stem = ConvNormAct(cfg.in_chans, in_chs, 3, 1 if cfg.small_input else 2, act=nn.SiLU,
                                 bn_eps=cfg.bn_eps)
         rows = cfg.stages()
-        total, block_idx, first_s2 = sum(r.n for r in rows), 0, True
-        stages = []
+        # stochastic depth grows with the block index: rate·i/N, the reference's rule (endpoint=False)
+        dpr = iter(drop_path_rates(cfg.drop_path_rate, sum(r.n for r in rows), endpoint=False))
+        stages, first_s2 = [], True
         for row in rows:
             stride = row.s
             if cfg.small_input and stride == 2 and first_s2:
@@ -154,9 +156,8 @@ class EfficientNet(ImageClassifier):
                 blocks.append(InvertedResidual(
                     in_chs, row.c, row.k, stride if j == 0 else 1,
                     mid_chs=scale_width(in_chs, row.t),  # t·C_in, rounded as the reference does
-                    act=nn.SiLU, se_layer=se, bn_eps=cfg.bn_eps,
-                    drop_path=cfg.drop_path_rate * block_idx / total))
-                in_chs, block_idx = row.c, block_idx + 1
+                    act=nn.SiLU, se_layer=se, bn_eps=cfg.bn_eps, drop_path=next(dpr)))
+                in_chs = row.c
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.num_features = scale_width(HEAD_CHANNELS, cfg.width)
@@ -177,16 +178,11 @@ class EfficientNet(ImageClassifier):
 
 
 # ------------------------------------------------------------------------------------------ weight converters
-def source_bn_args(name: str, source: str) -> dict[str, float]:
-    """BatchNorm eps/momentum of ``source``'s model ``name`` ("efficientnet_b5", "torchvision" -> 1e-3, 0.01)."""
+def source_bn_eps(name: str, source: str) -> float:
+    """BatchNorm eps of ``source``'s model ``name`` ("efficientnet_b5", "torchvision" -> 1e-3)."""
     if source == "torchvision" and name.rsplit("_", 1)[-1] in ("b5", "b6", "b7"):
-        return {"bn_eps": 1e-3, "bn_momentum": 0.01}
-    return {"bn_eps": 1e-5, "bn_momentum": 0.1}
-
-
-def _check_eps(model: EfficientNet, source: str) -> None:
-    if getattr(model, "model_name", ""):
-        warn_if_bn_eps_differs(model, source, source_bn_args(model.model_name, source)["bn_eps"])
+        return 1e-3  # torchvision: norm_layer=partial(nn.BatchNorm2d, eps=0.001, momentum=0.01) for B5-B7
+    return 1e-5  # the nn.BatchNorm2d default
 
 
 # torchvision `efficientnet_bX`: features.0 stem, features.{1..7} the stages, features.8 the head conv; each
@@ -198,20 +194,11 @@ def _check_eps(model: EfficientNet, source: str) -> None:
 #   classifier                    <- classifier.1                      (classifier.0 is the Dropout)
 @register_converter("efficientnet", "torchvision")
 def _from_torchvision(sd: dict, model: EfficientNet) -> dict:
-    _check_eps(model, "torchvision")
+    adopt_bn_eps(model, source_bn_eps(model.model_name, "torchvision"))
     mapping = {"stem.conv": "features.0.0", "stem.bn": "features.0.1", "classifier": "classifier.1"}
     for i, stage in enumerate(model.stages):
         for j, block in enumerate(stage):
-            ours, src, n = f"stages.{i}.{j}", f"features.{i + 1}.{j}.block", 0
-            for name in ("expand", "dw", "se", "project"):
-                layer = getattr(block, name)
-                if isinstance(layer, ConvNormAct):
-                    mapping.update({f"{ours}.{name}.conv": f"{src}.{n}.0", f"{ours}.{name}.bn": f"{src}.{n}.1"})
-                elif isinstance(layer, SqueezeExcite):
-                    mapping.update({f"{ours}.se.fc1": f"{src}.{n}.fc1", f"{ours}.se.fc2": f"{src}.{n}.fc2"})
-                else:
-                    continue  # no expansion conv in MBConv1 blocks
-                n += 1
+            mapping.update(torchvision_mbconv_map(f"stages.{i}.{j}", f"features.{i + 1}.{j}.block", block))
     k = len(model.stages) + 1
     mapping.update({"head.conv": f"features.{k}.0", "head.bn": f"features.{k}.1"})
     return rename_modules(sd, model, mapping)
@@ -222,16 +209,15 @@ def _from_torchvision(sd: dict, model: EfficientNet) -> dict:
 # (conv_pw, bn1, conv_dw, bn2, se, conv_pwl, bn3); SE layers are se.conv_reduce / se.conv_expand.
 @register_converter("efficientnet", "timm")
 def _from_timm(sd: dict, model: EfficientNet) -> dict:
-    _check_eps(model, "timm")
+    adopt_bn_eps(model, source_bn_eps(model.model_name, "timm"))
     return rename_modules(sd, model, timm_mbconv_mapping(model))
 
 
 # ----------------------------------------------------------------------------------------- registered models
 def _efficientnet(variant: str, **kw) -> EfficientNet:
-    w, d, r, dropout = COMPOUND_COEFFICIENTS[variant]
-    eps = source_bn_args(f"efficientnet_{variant}", "torchvision")["bn_eps"]  # torchvision's, see docstring
-    kw = {"drop_rate": dropout, "bn_eps": eps, **kw}
-    return EfficientNet(EfficientNetConfig(width=w, depth=d, resolution=r, **kw))
+    w, d, _, dropout = COMPOUND_COEFFICIENTS[variant]  # the resolution is the registry's input_size
+    kw = {"drop_rate": dropout, "bn_eps": source_bn_eps(f"efficientnet_{variant}", "torchvision"), **kw}
+    return EfficientNet(EfficientNetConfig(width=w, depth=d, **kw))
 
 
 # Reference counts: torchvision at 1000 classes (timm's efficientnet_bX have the same architecture and count).

@@ -34,7 +34,7 @@ from ..layers import ConvNormAct, DepthwiseSeparableConv, make_divisible
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
-from ._mobile_common import rename_modules, set_batchnorm, timm_stage_index
+from ._mobile_common import adopt_bn_eps, rename_modules, set_batchnorm, timm_stage_index
 
 MOBILENET_V1_PAPER = Paper(
     "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications", "1704.04861", 2017)
@@ -138,6 +138,7 @@ class MobileNetV1(ImageClassifier):
 #   classifier                     <- classifier
 @register_converter("mobilenetv1", "timm")
 def _from_timm(sd: dict, model: MobileNetV1) -> dict:
+    adopt_bn_eps(model, 1e-5)  # timm's mobilenetv1_X uses the nn.BatchNorm2d default
     mapping = {"stem.conv": "conv_stem", "stem.bn": "bn1", "classifier": "classifier"}
     outs = [b.pw.conv.out_channels for b in model.blocks]
     for i, (stage, j) in enumerate(timm_stage_index(outs)):

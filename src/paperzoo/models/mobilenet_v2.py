@@ -26,11 +26,11 @@ from typing import NamedTuple
 import torch.nn as nn
 from torch import Tensor
 
-from ..layers import ConvNormAct, InvertedResidual, make_divisible
+from ..layers import ConvNormAct, InvertedResidual, drop_path_rates, make_divisible
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
-from ._mobile_common import init_mobile_weights, rename_modules, set_batchnorm, timm_mbconv_mapping
+from ._mobile_common import adopt_bn_eps, init_mobile_weights, rename_modules, set_batchnorm, timm_mbconv_mapping
 
 MOBILENET_V2_PAPER = Paper("MobileNetV2: Inverted Residuals and Linear Bottlenecks", "1801.04381", 2018)
 
@@ -85,8 +85,8 @@ class MobileNetV2(ImageClassifier):
         in_chs = width(STEM_CHANNELS)
         self.stem = ConvNormAct(cfg.in_chans, in_chs, 3, 1 if cfg.small_input else 2, act=nn.ReLU6,
                                 bn_eps=cfg.bn_eps)
-        total, block_idx, first_s2 = sum(r.n for r in TABLE_2), 0, True
-        stages = []
+        dpr = iter(drop_path_rates(cfg.drop_path_rate, sum(r.n for r in TABLE_2), endpoint=False))
+        stages, first_s2 = [], True
         for row in TABLE_2:
             stride = row.s
             if cfg.small_input and stride == 2 and first_s2:
@@ -95,8 +95,8 @@ class MobileNetV2(ImageClassifier):
             for j in range(row.n):
                 blocks.append(InvertedResidual(
                     in_chs, width(row.c), 3, stride if j == 0 else 1, expand_ratio=row.t, act=nn.ReLU6,
-                    bn_eps=cfg.bn_eps, drop_path=cfg.drop_path_rate * block_idx / total))
-                in_chs, block_idx = width(row.c), block_idx + 1
+                    bn_eps=cfg.bn_eps, drop_path=next(dpr)))
+                in_chs = width(row.c)
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.num_features = make_divisible(HEAD_CHANNELS * max(1.0, cfg.alpha), 8)
@@ -125,6 +125,7 @@ class MobileNetV2(ImageClassifier):
 #   classifier                      <- classifier.1               (classifier.0 is the Dropout)
 @register_converter("mobilenetv2", "torchvision")
 def _from_torchvision(sd: dict, model: MobileNetV2) -> dict:
+    adopt_bn_eps(model, 1e-5)  # torchvision's MobileNetV2 uses the nn.BatchNorm2d default
     mapping = {"stem.conv": "features.0.0", "stem.bn": "features.0.1", "classifier": "classifier.1"}
     k = 1
     for i, stage in enumerate(model.stages):
@@ -145,6 +146,7 @@ def _from_torchvision(sd: dict, model: MobileNetV2) -> dict:
 # (conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3).
 @register_converter("mobilenetv2", "timm")
 def _from_timm(sd: dict, model: MobileNetV2) -> dict:
+    adopt_bn_eps(model, 1e-5)  # timm's mobilenetv2_X (not its tf_ ports) uses the nn.BatchNorm2d default
     return rename_modules(sd, model, timm_mbconv_mapping(model))
 
 

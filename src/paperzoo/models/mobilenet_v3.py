@@ -16,8 +16,8 @@ Deviations from the paper (all as in torchvision and timm, whose weights load he
 * Table 2 marks an SE module on the last 1x1 conv (576) of MobileNetV3-Small; the reference models do not
   have it (their parameter count, 2,542,856, leaves no room for it), and neither do we.
 * The two head "conv2d 1x1, NBN" layers act on a pooled 1x1 map, so they are ``nn.Linear`` here.
-* BatchNorm eps 1e-3 by default, the TF reference and torchvision value (it changes outputs: torchvision weights
-  reproduce exactly); timm's models use 1e-5, build with ``bn_eps=1e-5`` to reproduce them. Momentum defaults
+* BatchNorm eps 1e-3 by default, the TF reference and torchvision value; timm's models use 1e-5. eps changes
+  outputs, so ``load_weights`` gives the model its source's eps (``SOURCE_BN_EPS``). Momentum defaults
   to PyTorch's 0.1, not the reference's 0.01: 0.01 suits its 600-epoch schedule, but on short runs the running
   statistics lag the weights so far that eval accuracy collapses (a 3-epoch Fashion-MNIST run: 9.5 % with
   0.01, 83 % after re-estimating the statistics). ``bn_momentum=0.01`` reproduces torchvision's training.
@@ -38,17 +38,26 @@ from typing import NamedTuple
 import torch.nn as nn
 from torch import Tensor
 
-from ..layers import ConvNormAct, HardSigmoid, HardSwish, InvertedResidual, SqueezeExcite, make_divisible
+from ..layers import (
+    ConvNormAct,
+    HardSigmoid,
+    HardSwish,
+    InvertedResidual,
+    SqueezeExcite,
+    drop_path_rates,
+    make_divisible,
+)
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
 from ._mobile_common import (
+    adopt_bn_eps,
     init_mobile_weights,
     rename_modules,
     set_batchnorm,
     timm_block_map,
     timm_stage_index,
-    warn_if_bn_eps_differs,
+    torchvision_mbconv_map,
 )
 
 MOBILENET_V3_PAPER = Paper("Searching for MobileNetV3", "1905.02244", 2019)
@@ -139,6 +148,7 @@ class MobileNetV3(ImageClassifier):
         in_chs = width(cfg.stem_chs)
         self.stem = ConvNormAct(cfg.in_chans, in_chs, 3, 1 if cfg.small_input else 2, act=HS, bn_eps=cfg.bn_eps)
         blocks, first_s2 = [], True
+        dpr = drop_path_rates(cfg.drop_path_rate, len(cfg.table), endpoint=False)
         for i, row in enumerate(cfg.table):
             stride = row.s
             if cfg.small_input and stride == 2 and first_s2:
@@ -148,7 +158,7 @@ class MobileNetV3(ImageClassifier):
             se = partial(SqueezeExcite, rd_channels=se_width(exp), act=nn.ReLU, gate=HardSigmoid) if row.se else None
             blocks.append(InvertedResidual(in_chs, width(row.out), row.k, stride, mid_chs=exp, act=row.nl,
                                            se_layer=se, bn_eps=cfg.bn_eps,
-                                           drop_path=cfg.drop_path_rate * i / len(cfg.table)))
+                                           drop_path=dpr[i]))
             in_chs = width(row.out)
         self.blocks = nn.Sequential(*blocks)
         self.last_conv = ConvNormAct(in_chs, width(cfg.last_conv_chs), 1, act=HS, bn_eps=cfg.bn_eps)
@@ -172,8 +182,10 @@ class MobileNetV3(ImageClassifier):
 
 
 # ------------------------------------------------------------------------------------------ weight converters
-# BatchNorm eps of each source's model (not stored in the state dict, but it changes eval outputs).
-SOURCE_BN = {"torchvision": {"bn_eps": 1e-3, "bn_momentum": 0.01}, "timm": {"bn_eps": 1e-5, "bn_momentum": 0.1}}
+# BatchNorm eps of each source's model: not stored in the state dict, but it changes eval outputs, so each
+# converter gives it to the model (torchvision: norm_layer=partial(nn.BatchNorm2d, eps=0.001, ...); timm: the
+# nn.BatchNorm2d default, except its tf_ ports, which also pad "SAME" and are not supported).
+SOURCE_BN_EPS = {"torchvision": 1e-3, "timm": 1e-5}
 
 
 # torchvision `mobilenet_v3_large` / `_small`: flat `features`; each bneck holds its layers in `.block`, in
@@ -185,20 +197,11 @@ SOURCE_BN = {"torchvision": {"bn_eps": 1e-3, "bn_momentum": 0.01}, "timm": {"bn_
 #   head_fc / classifier       <- classifier.0 / classifier.3    (1: Hardswish, 2: Dropout)
 @register_converter("mobilenetv3", "torchvision")
 def _from_torchvision(sd: dict, model: MobileNetV3) -> dict:
-    warn_if_bn_eps_differs(model, "torchvision", SOURCE_BN["torchvision"]["bn_eps"])
+    adopt_bn_eps(model, SOURCE_BN_EPS["torchvision"])
     mapping = {"stem.conv": "features.0.0", "stem.bn": "features.0.1",
                "head_fc": "classifier.0", "classifier": "classifier.3"}
     for i, block in enumerate(model.blocks):
-        ours, src, n = f"blocks.{i}", f"features.{i + 1}.block", 0
-        for name in ("expand", "dw", "se", "project"):
-            layer = getattr(block, name)
-            if isinstance(layer, ConvNormAct):
-                mapping.update({f"{ours}.{name}.conv": f"{src}.{n}.0", f"{ours}.{name}.bn": f"{src}.{n}.1"})
-            elif isinstance(layer, SqueezeExcite):
-                mapping.update({f"{ours}.se.fc1": f"{src}.{n}.fc1", f"{ours}.se.fc2": f"{src}.{n}.fc2"})
-            else:
-                continue  # nn.Identity: the layer is absent in torchvision's Sequential too
-            n += 1
+        mapping.update(torchvision_mbconv_map(f"blocks.{i}", f"features.{i + 1}.block", block))
     k = len(model.blocks) + 1
     mapping.update({"last_conv.conv": f"features.{k}.0", "last_conv.bn": f"features.{k}.1"})
     return rename_modules(sd, model, mapping)
@@ -210,7 +213,7 @@ def _from_torchvision(sd: dict, model: MobileNetV3) -> dict:
 # (`conv_head`, reshaped to our Linear), then `classifier`.
 @register_converter("mobilenetv3", "timm")
 def _from_timm(sd: dict, model: MobileNetV3) -> dict:
-    warn_if_bn_eps_differs(model, "timm", SOURCE_BN["timm"]["bn_eps"])
+    adopt_bn_eps(model, SOURCE_BN_EPS["timm"])
     mapping = {"stem.conv": "conv_stem", "stem.bn": "bn1", "head_fc": "conv_head", "classifier": "classifier"}
     positions = timm_stage_index([b.project.conv.out_channels for b in model.blocks])
     for i, (block, (stage, j)) in enumerate(zip(model.blocks, positions)):
