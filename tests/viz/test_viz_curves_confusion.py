@@ -3,7 +3,7 @@
 import pytest
 
 import paperzoo
-from paperzoo.viz.curves import plot_confusion, plot_learning_curves
+from paperzoo.viz.curves import RUN_PANELS, plot_confusion, plot_learning_curves, plot_run_curves
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,12 @@ def test_training_records_carry_training_time_so_time_curves_include_train_metri
     xs, ys = _series(recs, "train_time_s", "train_loss")
     assert len(xs) == sum("train_loss" in r for r in recs) >= 4  # every training record, not only evaluations
     assert xs == sorted(xs) and xs[0] > 0
+
+
+def test_a_runs_own_curves_have_the_run_panels_and_nothing_for_a_run_without_records(two_runs, tmp_path, png_ok):
+    w, h = png_ok(plot_run_curves(two_runs[0], tmp_path / "run.png"))
+    assert (w, h) == (600 * len(RUN_PANELS), 450)  # loss, accuracy, LR against step; accuracy against time
+    assert plot_run_curves(tmp_path, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 
 
 def test_learning_curves_reject_a_directory_without_metrics(tmp_path):

@@ -1,8 +1,9 @@
-"""Run logging: progress on stderr, ``metrics.jsonl``, TensorBoard events, run status, learning-curve PNGs.
+"""Run logging: progress on stderr, ``metrics.jsonl``, TensorBoard events, run status.
 
 Only rank 0 logs (the trainer passes ``enabled=False`` elsewhere). ``metrics.jsonl`` has one JSON object per
 record, each with ``step`` and ``epoch``; on ``--resume`` the records after the restored step are dropped
 (they belong to work that is being redone) and TensorBoard is opened with ``purge_step`` for the same reason.
+The learning curves drawn from ``metrics.jsonl`` are :func:`paperzoo.viz.curves.plot_run_curves`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, TextIO
 
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["Progress", "RunLogger", "plot_curves", "read_metrics", "throughput", "write_status"]
+__all__ = ["Progress", "RunLogger", "read_metrics", "throughput", "write_status"]
 
 
 def write_status(run_dir: Path, status: str, **info: Any) -> None:
@@ -148,48 +149,3 @@ class RunLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
-
-
-def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike) -> Path | None:
-    """Learning curves (loss, accuracy, LR against step) from ``metrics.jsonl`` as one PNG."""
-    records = read_metrics(metrics_path)
-    if not records:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def series(key: str) -> tuple[list, list]:
-        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    panels = [("loss", ["train_loss", "val_loss"]), ("accuracy", ["train_acc", "val_acc", "val_acc_ema"]),
-              ("learning rate", ["lr"])]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
-    # accuracy against training time (evaluation records carry train_time_s): the speed/accuracy trade-off
-    ax = axes[3]
-    for key in ("val_acc", "val_acc_ema"):
-        pts = [(r["train_time_s"] / 60, r[key]) for r in records if key in r and "train_time_s" in r]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", markersize=3, label=key)
-    ax.set_title("accuracy vs training time")
-    ax.set_xlabel("minutes in the training loop")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
-    for ax, (title, keys) in zip(axes, panels):
-        for key in keys:
-            xs, ys = series(key)
-            if xs:
-                ax.plot(xs, ys, marker="o" if key.startswith("val") else None, markersize=3, label=key)
-        ax.set_title(title)
-        ax.set_xlabel("optimizer step")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    out = Path(out_path)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out

@@ -39,7 +39,7 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .allocator import retain_freed_memory
 from .config import Config, config_to_dict, save_config
-from .logger import Progress, RunLogger, plot_curves, write_status
+from .logger import Progress, RunLogger, write_status
 
 __all__ = ["NonFiniteLossError", "Task", "TrainResult", "fit", "prepare_run_dir", "resume_hint",
            "throughput_key"]
@@ -436,7 +436,9 @@ def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | No
         save("final", final_metrics)
     if dist.is_main:
         if cfg.run.plots:
-            plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+            from paperzoo.viz.curves import plot_run_curves  # matplotlib loads only when plotting
+
+            plot_run_curves(run_dir, run_dir / "curves.png")
         info: dict[str, Any] = {"step": step, "total_steps": total_steps, "metrics": final_metrics, "best": best}
         if error:
             info["error"] = error

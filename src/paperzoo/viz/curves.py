@@ -3,6 +3,10 @@
 Curves read each run directory's ``metrics.jsonl`` (written by the trainer): training loss per logged step and
 validation metrics per epoch. The x axis is the optimizer step, the epoch, or the training wall-clock time
 (``train_time_s``: accuracy against time is how BENCHMARKS.md compares recipes).
+
+One drawing path serves both pictures: ``paperzoo viz curves`` (:func:`plot_learning_curves`, one panel per
+metric, one line per run) and the ``curves.png`` the trainer writes at the end of a run (:func:`plot_run_curves`,
+the panels of :data:`RUN_PANELS`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,48 @@ from .common import new_figure, save_figure
 X_KEYS = {"step": ("step", "optimizer step"), "epoch": ("epoch", "epoch"),
           "time": ("train_time_s", "training time (s)")}
 
+#: the panels of a run's own ``curves.png``: (title, metrics drawn together, x axis)
+RUN_PANELS = (("loss", ("train_loss", "val_loss"), "step"),
+              ("accuracy", ("train_acc", "val_acc", "val_acc_ema"), "step"),
+              ("learning rate", ("lr",), "step"),
+              ("accuracy vs training time", ("val_acc", "val_acc_ema"), "time"))
+
+Panel = tuple[str, Sequence[str], str]
+Run = tuple[str, list[dict]]  # (label, metrics.jsonl records)
+
 
 def _series(records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
     pts = [(r[x], r[y]) for r in records if isinstance(r.get(x), int | float) and isinstance(r.get(y), int | float)]
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _draw_panel(ax, runs: Sequence[Run], panel: Panel) -> None:
+    """Every (run, metric) of ``panel`` as one line; the legend names what varies (the run, the metric or both)."""
+    title, metrics, x = panel
+    xkey, xlabel = X_KEYS[x]
+    for label, records in runs:
+        for metric in metrics:
+            xs, ys = _series(records, xkey, metric)
+            if not xs:
+                continue
+            name = metric if len(runs) == 1 else label if len(metrics) == 1 else f"{label}: {metric}"
+            ax.plot(xs, ys, marker="o" if metric.startswith("val") else None, markersize=3, label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel=metrics[0] if len(metrics) == 1 else "")
+    if not ax.lines:
+        ax.text(0.5, 0.5, f"no {', '.join(metrics)} records against {xlabel}", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _draw(runs: Sequence[Run], panels: Sequence[Panel], path: str | os.PathLike) -> Path:
+    fig, axes = new_figure(len(panels), size=(6 * len(panels), 4.5))
+    for ax, panel in zip(axes[0], panels):
+        _draw_panel(ax, runs, panel)
+    fig.suptitle("Learning curves")
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def plot_learning_curves(runs: Sequence[str | os.PathLike], path: str | os.PathLike, *, x: str = "step",
@@ -32,7 +74,6 @@ def plot_learning_curves(runs: Sequence[str | os.PathLike], path: str | os.PathL
     """One panel per metric, one line per run. Raises ``FileNotFoundError`` for a run without metrics."""
     if x not in X_KEYS:
         raise ValueError(f"x must be one of {', '.join(X_KEYS)}, got {x!r}")
-    xkey, xlabel = X_KEYS[x]
     data = []
     for run in runs:
         recs = read_metrics(Path(run) / "metrics.jsonl")
@@ -40,23 +81,16 @@ def plot_learning_curves(runs: Sequence[str | os.PathLike], path: str | os.PathL
             raise FileNotFoundError(f"{run}: no metrics.jsonl records (is it a paperzoo run directory?)")
         data.append(recs)
     labels = list(labels) if labels else [Path(r).name for r in runs]
-    fig, axes = new_figure(len(metrics), size=(6 * len(metrics), 4.5))
-    for ax, metric in zip(axes[0], metrics):
-        for recs, label in zip(data, labels):
-            xs, ys = _series(recs, xkey, metric)
-            if not xs and x == "time":  # runs written before training records carried train_time_s
-                continue
-            ax.plot(xs, ys, marker="o" if metric.startswith("val") else None, markersize=3, label=label)
-        ax.set(title=metric.replace("_", " "), xlabel=xlabel, ylabel=metric)
-        if not ax.lines:
-            ax.text(0.5, 0.5, f"no {metric} records against {xlabel}", ha="center", va="center",
-                    transform=ax.transAxes)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.suptitle("Learning curves")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return _draw(list(zip(labels, data)), [(m.replace("_", " "), (m,), x) for m in metrics], path)
+
+
+def plot_run_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path | None:
+    """A run's own learning curves (:data:`RUN_PANELS`), written by the trainer at the end of the run; None when
+    the run has no records yet (stopped before its first log)."""
+    records = read_metrics(Path(run_dir) / "metrics.jsonl")
+    if not records:
+        return None
+    return _draw([(Path(run_dir).name, records)], RUN_PANELS, path)
 
 
 def plot_confusion(eval_dir_or_file: str | os.PathLike, path: str | os.PathLike,
