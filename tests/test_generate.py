@@ -4,6 +4,7 @@ Run: python -m pytest -q tests/test_generate.py
 """
 
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -14,7 +15,6 @@ from paperzoo.generate import (
     generate,
     gnmt_length_penalty,
     greedy_search,
-    reorder_state,
     sample,
     top_k_filter,
     top_p_filter,
@@ -176,20 +176,30 @@ def _table(spec, vocab=6, eps=1e-6):
     return (t / t.sum(-1, keepdim=True)).log()
 
 
+@dataclass
+class RowState:
+    row: torch.Tensor  # (B,) which table each batch row reads
+
+    def reorder(self, index):
+        return RowState(self.row.index_select(0, index))
+
+
 class Bigram(nn.Module):
-    """P(y_t | y_{t-1}) from a fixed table per input row; the state keeps that row id (batch first)."""
+    """P(y_t | y_{t-1}) from a fixed table per input row; the state keeps that row id."""
+
+    is_decoder_only = False
 
     def __init__(self, *specs):
         super().__init__()
         self.register_buffer("logp", torch.stack([_table(s) for s in specs]))  # (rows, V, V)
         self.calls = 0
 
-    def init_state(self, src, src_lengths=None):
-        return {"row": src[:, 0].clone()}
+    def init_state(self, src, src_lengths=None, *, use_cache=True):
+        return RowState(src[:, 0].clone())
 
     def step(self, tokens, state):
         self.calls += 1
-        return self.logp[state["row"], tokens], state
+        return self.logp[state.row, tokens], state
 
     def logprob(self, row, seq):
         prev = [BOS, *seq[:-1]]
@@ -280,31 +290,6 @@ def test_sampling_respects_filters_and_temperature():
     cold = first(temperature=0.2)  # P^(1/0.2): A dominates
     assert (cold == A).float().mean().item() > 0.9
     assert torch.equal(first(temperature=0.0), torch.full((400,), A))  # temperature 0 = greedy
-
-
-class BatchSecondState(nn.Module):
-    """An RNN-like model whose state is (layers, B, H): it brings its own ``reorder_state``."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner = Bigram(TRAP)
-
-    def init_state(self, src, src_lengths=None):
-        return src[:, 0].float()[None, :, None]  # (1, B, 1)
-
-    def reorder_state(self, state, index):
-        return state.index_select(1, index)
-
-    def step(self, tokens, state):
-        return self.inner.step(tokens, {"row": state[0, :, 0].long()})[0], state
-
-
-def test_models_with_their_own_state_layout():
-    model = BatchSecondState()
-    state = model.init_state(torch.zeros(3, 1, dtype=torch.long))
-    assert reorder_state(model, state, torch.tensor([0, 0, 2, 1])).shape == (1, 4, 1)
-    out = beam_search(model, state, torch.full((3,), BOS), beam_size=2, max_len=5, eos_id=EOS)
-    assert out.tokens[:, 0, :2].tolist() == [[B, EOS]] * 3
 
 
 def test_generate_argument_errors():

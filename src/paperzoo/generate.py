@@ -1,18 +1,18 @@
 """Autoregressive decoding: greedy, beam search and sampling, for every model with a step interface.
 
-A model decodes through two methods (the :class:`StepModel` protocol):
+A model decodes through the :class:`StepModel` protocol:
 
-* ``init_state(src, src_lengths=None) -> state``: read the source (encoder-decoder: run the encoder and
-  precompute the encoder-decoder keys/values; decoder-only: ``src`` is the prompt prefix), and
-* ``step(tokens (B,), state) -> (logits (B, V), state)``: feed the last token, get the next-token logits.
+* ``init_state(src, src_lengths=None, *, use_cache=True) -> state``: read the source (encoder-decoder: run the
+  encoder; decoder-only: ``src`` is the prompt prefix). ``use_cache=False`` asks for the uncached reference
+  (the Transformer and GPT re-run their decoder over the whole prefix each step; an RNN's state is its cache);
+* ``step(tokens (B,), state) -> (logits (B, V), state)``: feed the last token, get the next-token logits;
+* ``state.reorder(index)``: the state's batch rows ``index`` (1-D, may repeat rows), for beam search;
+* ``is_decoder_only``: True when ``src`` is a prompt to continue rather than a source to translate.
 
-The Transformer, GPT and the RNN seq2seq model implement it. The state is opaque here; beam search only needs to
-select batch rows of it, through ``state.reorder(index)``, else ``model.reorder_state(state, index)``, else by
-indexing dim 0 of every tensor in a (nested) dict/list/tuple (so states must then keep the batch first).
-
-Generation stops at the end-of-sentence token (``eos_id``) or after ``max_len`` new tokens; positions after a
-sequence's EOS hold ``pad_id``. Beam search follows Wu et al., "Google's Neural Machine Translation System",
-arXiv:1609.08144, Sec. 7: hypotheses are ranked by log P(Y|X) / lp(Y) with lp(Y) = ((5 + |Y|) / 6)^α.
+The Transformer, GPT and the RNN models implement it. Generation stops at the end-of-sentence token
+(``eos_id``) or after ``max_len`` new tokens; positions after a sequence's EOS hold ``pad_id``. Beam search
+follows Wu et al., "Google's Neural Machine Translation System", arXiv:1609.08144, Sec. 7: hypotheses are
+ranked by log P(Y|X) / lp(Y) with lp(Y) = ((5 + |Y|) / 6)^α.
 """
 
 from __future__ import annotations
@@ -23,29 +23,22 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["StepModel", "BeamSearchOutput", "reorder_state", "gnmt_length_penalty", "top_k_filter",
-           "top_p_filter", "greedy_search", "sample", "beam_search", "generate"]
+__all__ = ["StepModel", "DecodingState", "BeamSearchOutput", "gnmt_length_penalty", "top_k_filter", "top_p_filter",
+           "greedy_search", "sample", "beam_search", "generate"]
+
+
+class DecodingState(Protocol):
+    def reorder(self, index: Tensor) -> DecodingState: ...
 
 
 class StepModel(Protocol):
-    def init_state(self, src: Tensor, src_lengths: Tensor | None = None) -> Any: ...
+    is_decoder_only: bool
+    training: bool
 
-    def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]: ...
+    def init_state(self, src: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True
+                   ) -> DecodingState: ...
 
-
-def reorder_state(model: Any, state: Any, index: Tensor) -> Any:
-    """Select rows ``index`` (1-D, into the batch) of a decoding state."""
-    if hasattr(state, "reorder"):
-        return state.reorder(index)
-    if hasattr(model, "reorder_state"):
-        return model.reorder_state(state, index)
-    if isinstance(state, Tensor):
-        return state.index_select(0, index)
-    if isinstance(state, dict):
-        return {k: reorder_state(model, v, index) for k, v in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(reorder_state(model, v, index) for v in state)
-    return state  # ints, flags, None: shared by every row
+    def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, DecodingState]: ...
 
 
 def gnmt_length_penalty(length: Tensor | int, alpha: float) -> Tensor:
@@ -82,14 +75,14 @@ def _finish(tokens: Tensor, finished: Tensor, eos_id: int | None, pad_id: int) -
 
 
 @torch.inference_mode()
-def greedy_search(model: StepModel, state: Any, start_tokens: Tensor, *, max_len: int, eos_id: int | None = None,
-                  pad_id: int = 0) -> Tensor:
+def greedy_search(model: StepModel, state: DecodingState, start_tokens: Tensor, *, max_len: int,
+                  eos_id: int | None = None, pad_id: int = 0) -> Tensor:
     """Pick the most likely token at each step. Returns (B, T ≤ max_len) new tokens, EOS included."""
     return sample(model, state, start_tokens, max_len=max_len, temperature=0.0, eos_id=eos_id, pad_id=pad_id)
 
 
 @torch.inference_mode()
-def sample(model: StepModel, state: Any, start_tokens: Tensor, *, max_len: int, temperature: float = 1.0,
+def sample(model: StepModel, state: DecodingState, start_tokens: Tensor, *, max_len: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None, pad_id: int = 0,
            generator: torch.Generator | None = None) -> Tensor:
     """Ancestral sampling from softmax(logits / temperature), optionally restricted to the top-k tokens and/or
@@ -131,7 +124,7 @@ class BeamSearchOutput:
 
 
 @torch.inference_mode()
-def beam_search(model: StepModel, state: Any, start_tokens: Tensor, *, beam_size: int, max_len: int,
+def beam_search(model: StepModel, state: DecodingState, start_tokens: Tensor, *, beam_size: int, max_len: int,
                 eos_id: int | None, pad_id: int = 0, length_penalty: float = 0.0, n_best: int = 1
                 ) -> BeamSearchOutput:
     """Batched beam search: K hypotheses per input, advanced together as B·K rows of one batch.
@@ -146,7 +139,7 @@ def beam_search(model: StepModel, state: Any, start_tokens: Tensor, *, beam_size
         raise ValueError(f"need 1 <= n_best <= beam_size, got n_best={n_best}, beam_size={beam_size}")
     b, k, dev = start_tokens.shape[0], beam_size, start_tokens.device
     rows = torch.arange(b, device=dev)
-    state = reorder_state(model, state, rows.repeat_interleave(k))  # (B*K) rows: beam j of input i at i*K+j
+    state = state.reorder(rows.repeat_interleave(k))  # (B*K) rows: beam j of input i at i*K+j
     tokens = start_tokens.repeat_interleave(k)
     alive_seq = start_tokens.new_zeros(b, k, 0)
     alive_score = torch.full((b, k), float("-inf"), device=dev)
@@ -185,7 +178,7 @@ def beam_search(model: StepModel, state: Any, start_tokens: Tensor, *, beam_size
         alive_seq = cand_seq.gather(1, pos[:, :, None].expand(-1, -1, length))
         tokens = tok.gather(1, pos).view(-1)  # (B, K) -> (B*K,)
         parents = rows[:, None] * k + beam.gather(1, pos)  # (B, K): row of each new beam's parent in B*K
-        state = reorder_state(model, state, parents.view(-1))
+        state = state.reorder(parents.view(-1))
 
         # done: n_best finished and no alive beam can overtake the worst of them
         lp_max = torch.maximum(gnmt_length_penalty(length + 1, length_penalty),
@@ -211,7 +204,7 @@ def _merge_finished(fin_score: Tensor, fin_seq: Tensor, fin_len: Tensor, new_sco
 
 
 @torch.inference_mode()
-def generate(model: Any, src: Tensor, src_lengths: Tensor | None = None, *, method: str = "greedy",
+def generate(model: StepModel, src: Tensor, src_lengths: Tensor | None = None, *, method: str = "greedy",
              max_len: int = 128, bos_id: int | None = None, eos_id: int | None = None, pad_id: int = 0,
              use_cache: bool = True, beam_size: int = 4, length_penalty: float = 0.6, n_best: int = 1,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -221,21 +214,21 @@ def generate(model: Any, src: Tensor, src_lengths: Tensor | None = None, *, meth
     Encoder-decoder models read ``src`` (B, S) and start from ``bos_id``; decoder-only models
     (``model.is_decoder_only``) continue the prompt ``src`` (B, T0 ≥ 1). Returns the new tokens (B, T), or a
     :class:`BeamSearchOutput` for beam search. ``use_cache=False`` recomputes every step from scratch (the
-    reference the KV cache is tested against); models without the option (RNNs) always carry their state.
+    reference the KV cache is tested against).
     """
     was_training = model.training
     model.eval()
     try:
-        kw = {} if use_cache else {"use_cache": False}
-        if getattr(model, "is_decoder_only", False):
+        if model.is_decoder_only:
             if src.shape[1] == 0:
                 raise ValueError("a decoder-only model needs a prompt of at least one token (e.g. BOS)")
-            state = model.init_state(src[:, :-1], src_lengths - 1 if src_lengths is not None else None, **kw)
+            lengths = None if src_lengths is None else src_lengths - 1
+            state = model.init_state(src[:, :-1], lengths, use_cache=use_cache)
             start = src[:, -1]
         else:
             if bos_id is None:
                 raise ValueError("encoder-decoder generation needs bos_id")
-            state = model.init_state(src, src_lengths, **kw)
+            state = model.init_state(src, src_lengths, use_cache=use_cache)
             start = src.new_full((src.shape[0],), bos_id)
         if method == "greedy":
             return greedy_search(model, state, start, max_len=max_len, eos_id=eos_id, pad_id=pad_id)

@@ -11,7 +11,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import paperzoo
-from paperzoo.layers.attention import KVCache
 from paperzoo.layers.pos_embed import sinusoidal_position_encoding
 from paperzoo.models.transformer import Transformer, TransformerConfig, load_torch_transformer
 
@@ -67,35 +66,6 @@ def test_target_padding_mask_equals_nn_transformer():
         expected = ref(src, tgt, tgt_mask=causal, tgt_key_padding_mask=tkpm)
         out = ours.decoder(tgt, ours.encoder(src), tgt_key_padding_mask=tkpm)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
-@pytest.mark.parametrize("activation", ["relu", "gelu"])
-def test_decoder_layer_step_equals_forward_with_a_cache(norm_first, activation):
-    # DecoderLayer.step is forward() as functional calls for decoding: a 3-position prefix, then single
-    # positions, against padded memory, in float64; the training mode falls back to forward (dropout).
-    model = _tiny(norm_first=norm_first, activation=activation).double().eval()
-    layer = model.decoder.layers[0]
-    with torch.no_grad():  # LayerNorms start equal (1, 0) and biases at 0: make each one distinct
-        for p in layer.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.3)
-    x, memory = torch.randn(2, 6, D, dtype=torch.float64), torch.randn(2, 5, D, dtype=torch.float64)
-    memory_kv = model.decoder.memory_kv(memory)[0]
-    allowed = torch.ones(2, 1, 1, 5, dtype=torch.bool)
-    allowed[0, ..., 3:] = False
-    ref_cache, cache, w = KVCache(2), KVCache(2), layer.decode_weights()
-    with torch.no_grad():
-        for lo, hi in ((0, 3), (3, 4), (4, 6)):
-            ref = layer(x[:, lo:hi], memory_kv, allowed, None, ref_cache)
-            out = layer.step(x[:, lo:hi], memory_kv, allowed, cache, w)
-            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(cache.keys, ref_cache.keys, rtol=0, atol=0)
-    train = _tiny(norm_first=norm_first, P_drop=0.5).train().decoder.layers[0]
-    torch.manual_seed(3)
-    ref = train(x[:, :2].float(), [t.float() for t in memory_kv], allowed, None, KVCache())
-    torch.manual_seed(3)
-    torch.testing.assert_close(train.step(x[:, :2].float(), [t.float() for t in memory_kv], allowed, KVCache()), ref)
 
 
 def test_load_from_mismatched_nn_transformer_fails():

@@ -2,7 +2,7 @@
 
 from .activations import HardSigmoid, HardSwish, Swish, hard_sigmoid, hard_swish
 from .additive_attention import AdditiveAttention, HardAttention, HardAttentionOutput
-from .attention import MultiHeadAttention, attention_explicit, merge_masks, scaled_dot_product_attention
+from .attention import MultiHeadAttention, attention_explicit, scaled_dot_product_attention
 from .channel_shuffle import ChannelShuffle, channel_shuffle, channel_unshuffle
 from .conv_norm_act import ConvNormAct
 from .drop_path import DropPath, drop_path, drop_path_rates
@@ -27,7 +27,6 @@ __all__ = [
     "HardAttentionOutput",
     "MultiHeadAttention",
     "attention_explicit",
-    "merge_masks",
     "scaled_dot_product_attention",
     "LearnedPositionEmbedding",
     "Mlp",

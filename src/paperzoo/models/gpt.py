@@ -15,10 +15,9 @@ Notable features (GPT-2, Sec. 2.3 of its paper, and the choices popularised by n
   MLP output) scaled by 1/√(2·n_layer) "to account for the accumulation on the residual path".
 * GELU in GPT-2's tanh approximation, as OpenAI's code has it (``gelu_approx=False``: the exact erf form,
   which nanoGPT uses).
-* A KV cache for :mod:`paperzoo.generate` (``init_state`` / ``step``): preallocated per-block buffers
-  (:class:`KVCache`, at most ``block_size`` positions) written in place, one position per step. In eval mode a
-  step runs :meth:`Block.step`, the block's arithmetic as functional calls on its parameters, because at batch 1
-  a small model's step is mostly per-call overhead (BENCHMARKS.md, KV cache).
+* A step interface for :mod:`paperzoo.generate` (``init_state`` / ``step``): with ``use_cache=True`` (the
+  default) the steps run :mod:`paperzoo.models.fast_decode` (a KV cache of at most ``block_size`` positions);
+  ``use_cache=False`` re-runs this file's blocks over the context each step, the reference.
 
 Deviations:
 * Beyond ``block_size`` tokens, generation keeps the last ``block_size`` tokens as context and re-runs them
@@ -29,19 +28,20 @@ Deviations:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers.attention import AttentionWeights, KVCache, MultiHeadAttention, cached_self_attention, check_cache_length
+from ..generate import BeamSearchOutput
+from ..layers.attention import MultiHeadAttention
 from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
+from .fast_decode import GPTCache, start_gpt, step_gpt
 
-__all__ = ["GPTConfig", "GPT", "Block", "BlockWeights", "GPTState"]
+__all__ = ["GPTConfig", "GPT", "Block", "GPTState"]
 
 PAPER = Paper("Language Models are Unsupervised Multitask Learners (GPT-2)", "n/a", 2019)
 
@@ -88,76 +88,27 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
-        """x: (B, T, C) -> (B, T, C); with a ``cache`` the T positions follow the cached ones and are appended."""
-        # Causal: position i attends to positions <= i. A single new token with a cache sees all the cache.
-        out, _ = self.attn(self.ln_1(x), is_causal=x.shape[1] > 1, cache=cache)
-        x = x + self.drop(out)
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, C) -> (B, T, C); position i attends to positions <= i."""
+        x = x + self.drop(self.attn(self.ln_1(x), is_causal=True)[0])
         return x + self.mlp(self.ln_2(x))
-
-    def decode_weights(self) -> BlockWeights:
-        """This block's tensors for :meth:`step`, looked up once: a decoding state holds them for its steps."""
-        return BlockWeights(self.ln_1.weight, self.ln_1.bias, self.attn.decode_weights(), self.ln_2.weight,
-                            self.ln_2.bias, self.mlp.c_fc.weight, self.mlp.c_fc.bias, self.mlp.c_proj.weight,
-                            self.mlp.c_proj.bias, self.ln_1.eps, self.mlp.act.approximate)
-
-    def step(self, x: Tensor, cache: KVCache, w: BlockWeights | None = None) -> Tensor:
-        """``forward(x, cache)`` in eval mode for new positions x (B, L, C) that follow the cached ones.
-
-        The same arithmetic as ``forward`` (tests hold them equal) as functional calls on the tensors of
-        ``w = decode_weights()``: no module calls or attribute lookups through ``nn.Module``, no dropout, no mask
-        logic. Decoding one token at batch 1, a d = 128 model spends most of its step on exactly that per-call
-        overhead (~25 module attribute lookups per block at ~0.5 µs each, BENCHMARKS.md). In training mode it is
-        ``forward``; forward hooks on the submodules do not run here.
-        """
-        if self.training:
-            return self(x, cache)
-        w = self.decode_weights() if w is None else w
-        c = x.shape[-1]
-        x = x + cached_self_attention(F.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, w.eps), cache, w.attn)
-        h = F.layer_norm(x, (c,), w.ln_2_weight, w.ln_2_bias, w.eps)
-        h = F.gelu(F.linear(h, w.c_fc_weight, w.c_fc_bias), approximate=w.gelu)
-        return x + F.linear(h, w.c_proj_weight, w.c_proj_bias)
-
-
-class BlockWeights(NamedTuple):
-    """The tensors of one :class:`Block`, as :meth:`Block.step` reads them (references, not copies:
-    in-place updates such as an optimizer step show through; a parameter *replaced* by a new one does not)."""
-
-    ln_1_weight: Tensor
-    ln_1_bias: Tensor | None
-    attn: AttentionWeights
-    ln_2_weight: Tensor
-    ln_2_bias: Tensor | None
-    c_fc_weight: Tensor
-    c_fc_bias: Tensor | None
-    c_proj_weight: Tensor
-    c_proj_bias: Tensor | None
-    eps: float
-    gelu: str
 
 
 @dataclass
 class GPTState:
-    """Decoding state for :mod:`paperzoo.generate`; every tensor has the batch first.
+    """Decoding state without a cache (``init_state(use_cache=False)``): every step re-runs the blocks over the
+    last ``block_size`` tokens, the reference the KV-cached :class:`~paperzoo.models.fast_decode.GPTCache` is
+    tested against.
 
     Attributes:
         tokens: (B, t) every token fed so far (the prompt, then the generated ones).
-        kv: per block, a :class:`KVCache` of the self-attention keys/values (B, heads, min(t, block_size), d),
-            written in place (so ``step`` consumes the state); None when not caching.
-        use_cache: append keys/values per step (True) or re-run the context each step (False).
-        weights: per block, the tensors a cached step reads (:meth:`Block.decode_weights`), looked up once.
     """
 
     tokens: Tensor
-    kv: list[KVCache] | None = None
-    use_cache: bool = True
-    weights: list[BlockWeights] | None = None
 
     def reorder(self, index: Tensor) -> GPTState:
-        """Select batch rows (beam search expands and reorders beams with this); the caches are copied."""
-        kv = None if self.kv is None else [c.reorder(index) for c in self.kv]
-        return GPTState(self.tokens.index_select(0, index), kv, self.use_cache, self.weights)
+        """Select batch rows (beam search expands and reorders beams with this)."""
+        return GPTState(self.tokens.index_select(0, index))
 
 
 class GPT(nn.Module):
@@ -199,31 +150,17 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.wpe.weight.numel() if non_embedding and self.cfg.pos == "learned" else n
 
-    def _embed(self, idx: Tensor, offset: int) -> Tensor:
-        # functional lookups and no eval-mode dropout call: decoding runs this once per token (see Block.step)
-        x = F.embedding(idx, self.wte.weight)  # (B, T) -> (B, T, C)
+    def hidden(self, idx: Tensor) -> Tensor:
+        """(B, T) ids -> final hidden states (B, T, C), before the output layer."""
+        x = self.wte(idx)  # (B, T) -> (B, T, C)
         if self.cfg.pos == "learned":
-            x = x + self.wpe.weight[offset : offset + idx.shape[1]]  # rows of positions offset.., (T, C) broadcast
+            x = x + self.wpe.weight[: idx.shape[1]]  # positions 0 .. T-1, (T, C) broadcast over the batch
         else:
-            x = self.sinusoid(x, offset)
-        return self.drop(x) if self.training else x
-
-    def _run(self, idx: Tensor, offset: int = 0, cache: list[KVCache] | None = None,
-             weights: list[BlockWeights] | None = None) -> Tensor:
-        """(B, T) ids at positions offset .. offset + T - 1 -> final hidden states (B, T, C); with a ``cache``
-        the blocks run :meth:`Block.step` (on ``weights`` if given)."""
-        x = self._embed(idx, offset)
-        if cache is None:
-            for block in self.h:
-                x = block(x)
-        else:
-            for i, block in enumerate(self.h):
-                x = block.step(x, cache[i], None if weights is None else weights[i])  # forward() when training
+            x = self.sinusoid(x)
+        x = self.drop(x)
+        for block in self.h:
+            x = block(x)
         return self.ln_f(x)
-
-    def new_cache(self) -> list[KVCache]:
-        """One empty :class:`KVCache` per block, holding at most ``block_size`` positions."""
-        return [KVCache(min(64, self.cfg.block_size), max_length=self.cfg.block_size) for _ in self.h]
 
     def _check(self, idx: Tensor) -> None:
         if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
@@ -234,31 +171,25 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor) -> Tensor:
         self._check(idx)
-        return self.lm_head(self._run(idx))
+        return self.lm_head(self.hidden(idx))
 
     # --------------------------------------------------------------------------- step interface (generate.py)
-    def init_state(self, prefix: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True) -> GPTState:
+    def init_state(self, prefix: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True
+                   ) -> GPTState | GPTCache:
         """Read a prompt prefix (B, t) (may be empty); the next ``step`` gets the token that follows it."""
         if src_lengths is not None and bool((src_lengths != prefix.shape[1]).any()):
             raise ValueError("GPT prompts in one batch must have the same length (no left padding)")
-        if not use_cache:
-            return GPTState(prefix, None, use_cache)
-        cache, weights = self.new_cache(), [block.decode_weights() for block in self.h]
         if prefix.shape[1] > 0:
             self._check(prefix)
-            self._run(prefix, cache=cache, weights=weights)  # fills the caches in one pass (causal)
-        return GPTState(prefix, cache, use_cache, weights)
+        return start_gpt(self, prefix) if use_cache else GPTState(prefix)
 
-    def step(self, tokens: Tensor, state: GPTState) -> tuple[Tensor, GPTState]:
+    def step(self, tokens: Tensor, state: GPTState | GPTCache) -> tuple[Tensor, GPTState | GPTCache]:
         """Feed the last tokens (B,) and return the next-token logits (B, V) and the new state."""
-        t = state.tokens.shape[1]
+        if isinstance(state, GPTCache) and state.tokens.shape[1] < self.cfg.block_size:
+            return step_gpt(self, tokens, state)
+        # no cache, or past block_size: the last block_size tokens as context (a full cache no longer grows)
         seq = torch.cat([state.tokens, tokens[:, None]], dim=1)  # (B, t + 1)
-        if state.use_cache and t < self.cfg.block_size:
-            check_cache_length(state.kv, t)
-            h = self._run(tokens[:, None], t, state.kv, state.weights)  # (B, 1, C): only the new position runs
-        else:  # no cache, or past block_size: the last block_size tokens as context (cache no longer grows)
-            h = self._run(seq[:, -self.cfg.block_size :])
-        return self.lm_head(h[:, -1]), GPTState(seq, state.kv, state.use_cache, state.weights)
+        return self.lm_head(self.hidden(seq[:, -self.cfg.block_size :])[:, -1]), replace(state, tokens=seq)
 
     @torch.inference_mode()
     def generate(self, prompt: Tensor, max_new_tokens: int, **kwargs: Any) -> Tensor:
@@ -267,7 +198,7 @@ class GPT(nn.Module):
 
         kwargs.setdefault("method", "sample")
         out = generate(self, prompt, max_len=max_new_tokens, **kwargs)
-        tokens = out.tokens[:, 0] if hasattr(out, "tokens") else out  # beam search: the best hypothesis
+        tokens = out.tokens[:, 0] if isinstance(out, BeamSearchOutput) else out  # beam search: the best hypothesis
         return torch.cat([prompt, tokens], dim=1)
 
 

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..generate import BeamSearchOutput
 from ..layers.additive_attention import AdditiveAttention
 from ..registry import Paper, register_model
 from .rnn import GRU, LSTM, gru_step, lstm_step
@@ -196,8 +197,8 @@ class Seq2SeqRNN(nn.Module):
         return (logits, torch.stack(attn, dim=1)) if return_attention else logits
 
     # --------------------------------------------------------------------------- step interface (generate.py)
-    def init_state(self, src: Tensor, src_lengths: Tensor | None = None, **_: Any) -> Seq2SeqState:
-        """Encode once; U_a h_j is precomputed (App. A.1.2). Extra options (``use_cache``) do not apply."""
+    def init_state(self, src: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True) -> Seq2SeqState:
+        """Encode once; U_a h_j is precomputed (App. A.1.2). ``use_cache`` has no effect: the state is the cache."""
         return self.encode(src, src_lengths)
 
     def step(self, tokens: Tensor, state: Seq2SeqState) -> tuple[Tensor, Seq2SeqState]:
@@ -281,8 +282,10 @@ class RNNLanguageModel(nn.Module):
         h, c = hn if isinstance(hn, tuple) else (hn, None)
         return logits, RNNLMState(h.transpose(0, 1), None if c is None else c.transpose(0, 1))  # (B, L, H)
 
-    def init_state(self, prefix: Tensor, src_lengths: Tensor | None = None, **_: Any) -> RNNLMState:
-        """Read a prompt prefix (B, t) (may be empty); the next ``step`` gets the token that follows it."""
+    def init_state(self, prefix: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True
+                   ) -> RNNLMState:
+        """Read a prompt prefix (B, t) (may be empty); the next ``step`` gets the token that follows it.
+        ``use_cache`` has no effect: the recurrent state is the cache."""
         if src_lengths is not None and bool((src_lengths != prefix.shape[1]).any()):
             raise ValueError("prompts in one batch must have the same length (no left padding)")
         B, L, H = prefix.shape[0], self.cfg.num_layers, self.cfg.hidden_size
@@ -302,7 +305,7 @@ class RNNLanguageModel(nn.Module):
 
         kwargs.setdefault("method", "sample")
         out = generate(self, prompt, max_len=max_new_tokens, **kwargs)
-        tokens = out.tokens[:, 0] if hasattr(out, "tokens") else out
+        tokens = out.tokens[:, 0] if isinstance(out, BeamSearchOutput) else out  # beam search: the best hypothesis
         return torch.cat([prompt, tokens], dim=1)
 
 

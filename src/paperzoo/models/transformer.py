@@ -12,10 +12,9 @@ Notable features:
   (Xiong et al., arXiv:2002.04745) that trains without warm-up tricks and needs a final LayerNorm per stack.
 * Weights copy from ``nn.Transformer(batch_first=True)`` (:func:`load_torch_transformer`); a test proves the
   outputs are the same.
-* A step interface (``init_state`` / ``step``) with a KV cache for :mod:`paperzoo.generate`: decoder
-  self-attention keys/values are written in place into preallocated buffers (:class:`KVCache`), one position
-  per step; encoder-decoder K/V are computed once per source. In eval mode the cached step runs
-  :meth:`DecoderLayer.step`, the layer's arithmetic as functional calls on tensors the state looks up once.
+* A step interface (``init_state`` / ``step``) for :mod:`paperzoo.generate`. With ``use_cache=True`` (the
+  default) the steps run :mod:`paperzoo.models.fast_decode` (KV cache, encoder-decoder K/V once per source);
+  ``use_cache=False`` re-runs this file's decoder over the whole prefix each step, the reference.
 
 Deviations from the paper:
 * Sinusoidal positions (Sec. 3.5) come from :mod:`paperzoo.layers.pos_embed`; their table grows on demand, so
@@ -34,33 +33,24 @@ Deviations from the paper:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..layers.attention import (
-    AttentionWeights,
-    KVCache,
-    MultiHeadAttention,
-    cached_cross_attention,
-    cached_self_attention,
-    check_cache_length,
-)
+from ..layers.attention import MultiHeadAttention
 from ..layers.pos_embed import SinusoidalPositionalEncoding
+from ..layers.residual import residual
 from ..registry import Paper, register_model
+from .fast_decode import TransformerCache, start_transformer, step_transformer
 
 __all__ = ["TransformerConfig", "Transformer", "TransformerEncoder", "TransformerDecoder", "EncoderLayer",
            "DecoderLayer", "PositionwiseFeedForward", "TransformerState", "convert_torch_transformer_state_dict",
            "load_torch_transformer"]
 
 PAPER = Paper("Attention Is All You Need", "1706.03762", 2017)
-
-KV = tuple[Tensor, Tensor]  # keys, values: each (B, heads, S, d)
 
 
 @dataclass
@@ -120,33 +110,14 @@ class EncoderLayer(nn.Module):
         self.keep_attn = False  # set by Transformer.attention_maps: use the explicit path, keep the weights
         self.attn_weights: Tensor | None = None
 
-    def _sa(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        out, self.attn_weights = self.self_attn(x, key_padding_mask=key_padding_mask, need_weights=self.keep_attn)
-        return self.drop1(out)
-
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        if self.norm_first:
-            x = x + self._sa(self.norm1(x), key_padding_mask)
-            return x + self.drop2(self.ffn(self.norm2(x)))
-        x = self.norm1(x + self._sa(x, key_padding_mask))
-        return self.norm2(x + self.drop2(self.ffn(x)))
+        """x: (B, S, C) -> (B, S, C); ``key_padding_mask`` (B, S) True at padding."""
+        def self_attend(h: Tensor) -> Tensor:
+            out, self.attn_weights = self.self_attn(h, key_padding_mask=key_padding_mask, need_weights=self.keep_attn)
+            return out
 
-
-def _memory_kv(attn: MultiHeadAttention, memory: Tensor) -> KV:
-    """Wᴷ, Wⱽ rows of the packed in-projection applied to the encoder output once (Sec. 3.2.3)."""
-    e, h, d = attn.embed_dim, attn.num_heads, attn.head_dim
-    b = attn.in_proj.bias
-    kv = F.linear(memory, attn.in_proj.weight[e:], None if b is None else b[e:])  # (B, S, 2C)
-    kv = kv.view(memory.shape[0], memory.shape[1], 2, h, d).permute(2, 0, 3, 1, 4)  # (2, B, heads, S, d)
-    return kv[0], kv[1]
-
-
-def _cross_attend(attn: MultiHeadAttention, x: Tensor, kv: KV, mask: Tensor | None, need_weights: bool = False
-                  ) -> tuple[Tensor, Tensor | None]:
-    """Encoder-decoder attention with precomputed memory keys/values; ``mask`` (B, 1, 1, S) True = real.
-    Returns the output (B, L, C) and, with ``need_weights``, the weights (B, heads, L, S)."""
-    return cached_cross_attention(x, kv, attn.decode_weights(), mask, need_weights=need_weights,
-                                  dropout_p=attn.dropout if attn.training else 0.0)
+        x = residual(x, self_attend, self.norm1, self.norm_first, self.drop1)
+        return residual(x, self.ffn, self.norm2, self.norm_first, self.drop2)
 
 
 class DecoderLayer(nn.Module):
@@ -168,81 +139,22 @@ class DecoderLayer(nn.Module):
         self.attn_weights: Tensor | None = None
         self.cross_weights: Tensor | None = None
 
-    def _ca(self, x: Tensor, memory_kv: KV, memory_mask: Tensor | None) -> Tensor:
-        out, self.cross_weights = _cross_attend(self.cross_attn, x, memory_kv, memory_mask, self.keep_attn)
-        return self.drop2(out)
+    def forward(self, x: Tensor, memory: Tensor, memory_key_padding_mask: Tensor | None = None,
+                tgt_key_padding_mask: Tensor | None = None) -> Tensor:
+        """x: (B, L, C) target positions, memory: (B, S, C) the top encoder layer's output -> (B, L, C)."""
+        def self_attend(h: Tensor) -> Tensor:  # masked (Sec. 3.2.3): position i sees positions <= i
+            out, self.attn_weights = self.self_attn(h, key_padding_mask=tgt_key_padding_mask, is_causal=True,
+                                                    need_weights=self.keep_attn)
+            return out
 
-    def _sa(self, x: Tensor, tgt_kpm: Tensor | None, cache: KVCache | None) -> Tensor:
-        # Masked self-attention (Sec. 3.2.3): position i sees positions <= i. One new token with a cache
-        # sees every cached key, so no mask at all; otherwise SDPA's is_causal (or a folded mask).
-        causal = x.shape[1] > 1
-        out, self.attn_weights = self.self_attn(x, key_padding_mask=tgt_kpm, is_causal=causal, cache=cache,
-                                                need_weights=self.keep_attn)
-        return self.drop1(out)
+        def cross_attend(h: Tensor) -> Tensor:  # queries from the decoder, keys and values from the memory
+            out, self.cross_weights = self.cross_attn(h, memory, key_padding_mask=memory_key_padding_mask,
+                                                      need_weights=self.keep_attn)
+            return out
 
-    def forward(self, x: Tensor, memory_kv: KV, memory_mask: Tensor | None, tgt_key_padding_mask: Tensor | None
-                = None, cache: KVCache | None = None) -> Tensor:
-        """x: (B, L, C) -> (B, L, C). With a ``cache`` the L positions follow the cached ones and their
-        self-attention keys/values are appended to it."""
-        if self.norm_first:
-            x = x + self._sa(self.norm1(x), tgt_key_padding_mask, cache)
-            x = x + self._ca(self.norm2(x), memory_kv, memory_mask)
-            return x + self.drop3(self.ffn(self.norm3(x)))
-        x = self.norm1(x + self._sa(x, tgt_key_padding_mask, cache))
-        x = self.norm2(x + self._ca(x, memory_kv, memory_mask))
-        return self.norm3(x + self.drop3(self.ffn(x)))
-
-    def decode_weights(self) -> DecoderWeights:
-        """This layer's tensors for :meth:`step`, looked up once: a decoding state holds them for its steps."""
-        norms = tuple((n.weight, n.bias) for n in (self.norm1, self.norm2, self.norm3))
-        f = self.ffn
-        return DecoderWeights(self.self_attn.decode_weights(), self.cross_attn.decode_weights(), norms,
-                              f.linear1.weight, f.linear1.bias, f.linear2.weight, f.linear2.bias, self.norm1.eps,
-                              self.norm_first, F.relu if isinstance(f.act, nn.ReLU) else F.gelu)
-
-    def step(self, x: Tensor, memory_kv: KV, memory_mask: Tensor | None, cache: KVCache,
-             w: DecoderWeights | None = None) -> Tensor:
-        """``forward(x, memory_kv, memory_mask, cache=cache)`` in eval mode, as functional calls on the tensors
-        of ``w = decode_weights()`` (tests hold them equal): at batch 1 a decoding step is otherwise largely
-        module-call and attribute-lookup overhead. In training mode, or when keeping attention maps, ``forward``."""
-        if self.training or self.keep_attn:
-            return self(x, memory_kv, memory_mask, None, cache)
-        w = self.decode_weights() if w is None else w
-        c = x.shape[-1]
-
-        def norm(t: Tensor, i: int) -> Tensor:
-            return F.layer_norm(t, (c,), w.norms[i][0], w.norms[i][1], w.eps)
-
-        def ffn(t: Tensor) -> Tensor:
-            return F.linear(w.act(F.linear(t, w.ff1_weight, w.ff1_bias)), w.ff2_weight, w.ff2_bias)
-
-        if w.norm_first:
-            x = x + cached_self_attention(norm(x, 0), cache, w.self_attn)
-            x = x + cached_cross_attention(norm(x, 1), memory_kv, w.cross_attn, memory_mask)[0]
-            return x + ffn(norm(x, 2))
-        x = norm(x + cached_self_attention(x, cache, w.self_attn), 0)
-        x = norm(x + cached_cross_attention(x, memory_kv, w.cross_attn, memory_mask)[0], 1)
-        return norm(x + ffn(x), 2)
-
-
-class DecoderWeights(NamedTuple):
-    """The tensors of one :class:`DecoderLayer` as :meth:`DecoderLayer.step` reads them (references)."""
-
-    self_attn: AttentionWeights
-    cross_attn: AttentionWeights
-    norms: tuple[tuple[Tensor, Tensor], ...]  # (weight, bias) of norm1, norm2, norm3
-    ff1_weight: Tensor
-    ff1_bias: Tensor
-    ff2_weight: Tensor
-    ff2_bias: Tensor
-    eps: float
-    norm_first: bool
-    act: Callable[[Tensor], Tensor]
-
-
-def _allowed(key_padding_mask: Tensor | None) -> Tensor | None:
-    """(B, S) True = padding  ->  (B, 1, 1, S) True = may attend, the form SDPA takes."""
-    return None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        x = residual(x, self_attend, self.norm1, self.norm_first, self.drop1)
+        x = residual(x, cross_attend, self.norm2, self.norm_first, self.drop2)
+        return residual(x, self.ffn, self.norm3, self.norm_first, self.drop3)
 
 
 class TransformerEncoder(nn.Module):
@@ -261,7 +173,7 @@ class TransformerEncoder(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    """N decoder layers (+ final LayerNorm), with an optional KV cache for step-by-step decoding."""
+    """N decoder layers (+ final LayerNorm). ``forward(x (B, L, C), memory (B, S, C)) -> (B, L, C)``."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -269,70 +181,35 @@ class TransformerDecoder(nn.Module):
         final = cfg.norm_first if cfg.final_norm is None else cfg.final_norm
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if final else None
 
-    def memory_kv(self, memory: Tensor) -> list[KV]:
-        """Every layer's encoder-decoder keys/values from the top encoder output, computed once."""
-        return [_memory_kv(layer.cross_attn, memory) for layer in self.layers]
-
-    def forward(self, x: Tensor, memory: Tensor | None = None, *, memory_key_padding_mask: Tensor | None = None,
-                tgt_key_padding_mask: Tensor | None = None, memory_kv: list[KV] | None = None,
-                cache: list[KVCache] | None = None) -> Tensor:
-        """x: (B, L, C) target embeddings; memory: (B, S, C), or its ``memory_kv`` precomputed.
-
-        With ``cache`` (one :class:`KVCache` per layer) the L positions follow the cached ones, and their
-        self-attention keys/values are written into the caches.
-        """
-        if memory_kv is None:
-            if memory is None:
-                raise ValueError("TransformerDecoder needs `memory` or `memory_kv`")
-            memory_kv = self.memory_kv(memory)
-        mask = _allowed(memory_key_padding_mask)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, memory_kv[i], mask, tgt_key_padding_mask, None if cache is None else cache[i])
-        return x if self.norm is None else self.norm(x)
-
-    def step(self, x: Tensor, memory_kv: list[KV], memory_key_padding_mask: Tensor | None, cache: list[KVCache],
-             weights: list[DecoderWeights] | None = None) -> Tensor:
-        """``forward(x, memory_kv=..., cache=...)`` for decoding: the layers run :meth:`DecoderLayer.step`."""
-        mask = _allowed(memory_key_padding_mask)
-        for i, layer in enumerate(self.layers):
-            x = layer.step(x, memory_kv[i], mask, cache[i], None if weights is None else weights[i])
+    def forward(self, x: Tensor, memory: Tensor, *, memory_key_padding_mask: Tensor | None = None,
+                tgt_key_padding_mask: Tensor | None = None) -> Tensor:
+        """x: (B, L, C) target embeddings, memory: (B, S, C) -> (B, L, C)."""
+        for layer in self.layers:
+            x = layer(x, memory, memory_key_padding_mask, tgt_key_padding_mask)
         return x if self.norm is None else self.norm(x)
 
 
 @dataclass
 class TransformerState:
-    """Decoding state for :mod:`paperzoo.generate`. Every tensor has the batch (or beam) first.
+    """Decoding state without a cache (``init_state(use_cache=False)``): every step re-runs the decoder over all
+    the target tokens so far, the reference the KV-cached :class:`~paperzoo.models.fast_decode.TransformerCache`
+    is tested against. Tensors have the batch (or beam) first.
 
     Attributes:
+        memory: (B, S, C) the encoder output.
         memory_key_padding_mask: (B, S) True at source padding, or None without padding.
-        tokens: (B, t) decoder inputs fed so far (BOS first); the uncached path re-reads them each step.
-        use_cache: keep the KV cache below (True), or recompute everything from ``memory`` and ``tokens``.
-        memory_kv: with the cache, per decoder layer, the encoder-decoder (k, v) of the top encoder output,
-            each (B, heads, S, d): computed once per source.
-        self_kv: with the cache, per layer, a :class:`KVCache` of the self-attention keys/values
-            (B, heads, t, d), written in place one position per step (so ``step`` consumes the state).
-        memory: without the cache, the encoder output (B, S, C), re-projected to K/V every step.
-        weights: with the cache, per layer, the tensors a cached step reads (:meth:`DecoderLayer.decode_weights`).
+        tokens: (B, t) decoder inputs fed so far (BOS first).
     """
 
+    memory: Tensor
     memory_key_padding_mask: Tensor | None
     tokens: Tensor
-    use_cache: bool = True
-    memory_kv: list[KV] | None = None
-    self_kv: list[KVCache] | None = None
-    memory: Tensor | None = None
-    weights: list[DecoderWeights] | None = None
 
     def reorder(self, index: Tensor) -> TransformerState:
-        """Select batch rows (beam search expands and reorders beams with this); the caches are copied."""
-        def sel(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.index_select(0, index)
-
-        return TransformerState(
-            sel(self.memory_key_padding_mask), sel(self.tokens), self.use_cache,
-            None if self.memory_kv is None else [(sel(k), sel(v)) for k, v in self.memory_kv],
-            None if self.self_kv is None else [c.reorder(index) for c in self.self_kv], sel(self.memory),
-            self.weights)
+        """Select batch rows (beam search expands and reorders beams with this)."""
+        kpm = self.memory_key_padding_mask
+        return TransformerState(self.memory.index_select(0, index),
+                                None if kpm is None else kpm.index_select(0, index), self.tokens.index_select(0, index))
 
 
 class Transformer(nn.Module):
@@ -426,31 +303,23 @@ class Transformer(nn.Module):
 
     # --------------------------------------------------------------------------- step interface (generate.py)
     def init_state(self, src: Tensor, src_lengths: Tensor | None = None, *, use_cache: bool = True
-                   ) -> TransformerState:
-        """Encode the source once; with the cache, also project each layer's encoder-decoder K/V once."""
+                   ) -> TransformerState | TransformerCache:
+        """Encode the source (B, S) once; with the cache, also project each layer's encoder-decoder K/V once."""
         kpm = self.src_padding_mask(src, src_lengths)
         memory = self.encode(src, kpm)
-        state = TransformerState(kpm, src.new_zeros(src.shape[0], 0), use_cache)
         if use_cache:
-            return replace(state, memory_kv=self.decoder.memory_kv(memory),
-                           self_kv=[KVCache() for _ in self.decoder.layers],
-                           weights=[layer.decode_weights() for layer in self.decoder.layers])
-        return replace(state, memory=memory)
+            return start_transformer(self, memory, kpm)
+        return TransformerState(memory, kpm, src.new_zeros(src.shape[0], 0))
 
-    def step(self, tokens: Tensor, state: TransformerState) -> tuple[Tensor, TransformerState]:
+    def step(self, tokens: Tensor, state: TransformerState | TransformerCache
+             ) -> tuple[Tensor, TransformerState | TransformerCache]:
         """Feed the last tokens (B,) and return next-token logits (B, V) and the new state."""
-        t = state.tokens.shape[1]
+        if isinstance(state, TransformerCache):
+            return step_transformer(self, tokens, state)
         seq = torch.cat([state.tokens, tokens[:, None]], dim=1)  # (B, t + 1)
-        kpm = state.memory_key_padding_mask
-        if state.use_cache:  # only the new position runs; every key/value it attends to is cached
-            check_cache_length(state.self_kv, t)
-            x = self.embed(tokens[:, None], self.tgt_embed, offset=t)  # (B, 1, C)
-            y = self.decoder.step(x, state.memory_kv, kpm, state.self_kv, state.weights)
-            state = replace(state, tokens=seq)
-        else:  # re-run the whole prefix against the memory: the reference the cache is tested against
-            y = self.decoder(self.embed(seq, self.tgt_embed), state.memory, memory_key_padding_mask=kpm)
-            state = replace(state, tokens=seq)
-        return self.generator(y[:, -1]), state
+        y = self.decoder(self.embed(seq, self.tgt_embed), state.memory,
+                         memory_key_padding_mask=state.memory_key_padding_mask)
+        return self.generator(y[:, -1]), replace(state, tokens=seq)
 
     @torch.inference_mode()
     def generate(self, src: Tensor, src_lengths: Tensor | None = None, **kwargs: Any) -> Any:
