@@ -13,6 +13,7 @@ tables are documented in ``docs/weights.md``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +59,15 @@ def fill_bn_counters(sd: StateDict, model: nn.Module) -> StateDict:
     return sd
 
 
+def _read_failure(e: Exception) -> str:
+    """Why a weights file could not be read, in one line (torch's refusal of a pickled object spans ten)."""
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    if refused:
+        return (f"it pickles {refused.group(1)}, which weights_only loading refuses (it could run code); "
+                "save a plain state dict or .safetensors")
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
 def read_state_dict(path: str | os.PathLike) -> StateDict:
     """Read tensors from ``.safetensors`` or a torch state dict file (``weights_only=True``).
 
@@ -80,7 +90,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     except Exception as e:  # corrupt, truncated, or holding pickled objects we refuse to load
         if is_checkpoint_file(path):
             raise CorruptCheckpointError(path, f"cannot be read: {type(e).__name__}") from e
-        raise WeightLoadError(f"could not read weights from {path}: {type(e).__name__}: {e}") from e
+        raise WeightLoadError(f"could not read weights from {path}: {_read_failure(e)}") from e
     if path.suffix == ".safetensors":
         check_tensors_digest(path, sd)
     # common wrappers: {"state_dict": ...}, {"model": ...}, {"model_ema": ...}
