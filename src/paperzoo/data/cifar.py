@@ -196,7 +196,10 @@ def _get(d: dict, key: str) -> Any:
 
 
 def _parse_python(raw: bytes, label_key: str, where: str) -> tuple[np.ndarray, np.ndarray]:
-    batch = restricted_loads(raw)
+    try:
+        batch = restricted_loads(raw)
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{where}: {e}") from None  # name the file
     if not isinstance(batch, dict):
         raise CifarFormatError(f"{where}: expected a pickled dict, got {type(batch).__name__}")
     data, labels = _get(batch, "data"), _get(batch, label_key)
