@@ -2,8 +2,10 @@
 
 torchvision and timm do not import here, so the published layouts are described in this file, independently of
 the models: the key names and shapes of each checkpoint, and a functional forward pass that reads those keys
-directly (F.conv2d / F.batch_norm, following the published architectures). A random checkpoint in that layout is
-saved as .pth and .safetensors, loaded with ``paperzoo.load_weights`` and the outputs are compared; our own
+directly (F.conv2d / F.batch_norm with the sources' eps 1e-5, following the published architectures). A random
+checkpoint in that layout, with BatchNorm statistics small enough that eps matters
+(``source_reference.make_eps_visible``), is saved as .pth and .safetensors, loaded with
+``paperzoo.load_weights`` and the outputs are compared; our own
 random weights, renamed to the published layout by a test-side mapping, must have exactly its keys and shapes and
 come back with identical outputs; then every way a file can be wrong must give a ``WeightLoadError`` naming the
 problem.
@@ -15,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from source_reference import assert_matches_source, bn, make_eps_visible
 
 import paperzoo
 from paperzoo import WeightLoadError
@@ -103,9 +106,8 @@ def random_checkpoint(layout: dict[str, tuple], seed: int = 0) -> dict[str, torc
 
 
 # ------------------------------------------------------------------- the published forward passes, functional
-def _bn_f(sd, p, x, legacy_idx=None):
-    return F.batch_norm(x, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"], sd[f"{p}.bias"],
-                        False, 0.0, 1e-5)
+def _bn_f(sd, p, x):
+    return bn(sd, p, x, eps=1e-5)  # torchvision and timm: the nn.BatchNorm2d default
 
 
 def resnet_reference(sd, x, layers, bottleneck: bool, se: bool = False):
@@ -177,8 +179,8 @@ def _save(sd: dict, path) -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_published_checkpoint_loads_and_gives_the_same_outputs(tmp_path, name):
     layout_fn, reference = CASES[name]
-    ckpt = random_checkpoint(layout_fn(10), seed=1)
-    x = torch.randn(1, 3, 33, 37)
+    x = torch.randn(2, 3, 33, 37)
+    ckpt = make_eps_visible(random_checkpoint(layout_fn(10), seed=1), reference, x)
     with torch.no_grad():
         ref = reference(ckpt, x)
     model = paperzoo.create_model(name, num_classes=10).eval()
@@ -189,10 +191,7 @@ def test_published_checkpoint_loads_and_gives_the_same_outputs(tmp_path, name):
             for t in model.state_dict().values():
                 t.copy_(torch.randn_like(t.float()).to(t.dtype) if t.is_floating_point() else t * 0)
         paperzoo.load_weights(model, path, source=source)
-        with torch.no_grad():
-            out = model(x)
-        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item(),
-                                   msg=lambda m, ext=ext, source=source: f"{name} {ext} {source}: {m}")
+        assert_matches_source(model, x, ref, wrong_eps=1e-3)
     # every tensor of the file is in the model, unchanged (no silent resizing or transposition)
     sums = sorted(v.double().sum().item() for v in model.state_dict().values())
     assert sums == pytest.approx(sorted(v.double().sum().item() for v in ckpt.values()))

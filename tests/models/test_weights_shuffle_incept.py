@@ -3,9 +3,11 @@
 torchvision and timm cannot be imported here, so each test describes the source model independently: its
 published key layout (names and shapes, written out below from torchvision's ``shufflenetv2.py`` /
 ``inception.py`` and timm's ``xception.py``) and a functional forward pass that reads the weights *by the
-source's names*. Random weights and BN statistics in that layout are saved as ``.pth`` or ``.safetensors``,
-loaded with ``paperzoo.load_weights(..., source=...)``, and both forwards are compared (same float32 kernels,
-so they agree to rounding; a mis-mapped tensor changes the output by orders of magnitude more).
+source's names*, with the source's BatchNorm eps (1e-5; Inception's TF-slim 1e-3). Random weights in that
+layout, with BatchNorm statistics small enough that eps matters (``source_reference.make_eps_visible``), are
+saved as ``.pth`` or ``.safetensors``, loaded with ``paperzoo.load_weights(..., source=...)``, and both forwards
+are compared (same float32 kernels, so they agree to rounding; a mis-mapped tensor or another eps changes the
+output by orders of magnitude more).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from source_reference import assert_close, assert_matches_source, bn, make_eps_visible
 
 import paperzoo
 from paperzoo.weights import WeightLoadError
@@ -51,8 +54,7 @@ def _random_state_dict(shapes: Spec, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _bn_f(sd, name: str, x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    return F.batch_norm(x, sd[f"{name}.running_mean"], sd[f"{name}.running_var"], sd[f"{name}.weight"],
-                        sd[f"{name}.bias"], training=False, eps=eps)
+    return bn(sd, name, x, eps)  # 1e-5: the nn.BatchNorm2d default of torchvision's ShuffleNetV2 and timm's Xception
 
 
 def _save(sd: dict[str, torch.Tensor], path, fmt: str) -> None:
@@ -62,20 +64,21 @@ def _save(sd: dict[str, torch.Tensor], path, fmt: str) -> None:
         torch.save(sd, path)
 
 
-def _load_and_compare(name: str, sd, ref_forward, x, tmp_path, source: str, fmt: str, **kw):
+def _load_and_compare(name: str, sd, ref_forward, x, tmp_path, source: str, fmt: str, wrong_eps: float = 1e-3,
+                      conv_scale: float = 0.01, **kw):
+    make_eps_visible(sd, ref_forward, x, conv_scale)
     path = tmp_path / f"w.{fmt}"
     _save(sd, path, fmt)
     model = paperzoo.create_model(name, **kw).eval()
     paperzoo.load_weights(model, path, source=source)
     with torch.no_grad():
-        ours = model(x)
         ref = ref_forward(sd, x)
-    _assert_same(ours, ref)
+    assert_matches_source(model, x, ref, wrong_eps)
     return model
 
 
 def _assert_same(ours: torch.Tensor, ref: torch.Tensor) -> None:
-    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    assert_close(ours, ref)
 
 
 # ------------------------------------------------------------------------- torchvision ShuffleNetV2 layout
@@ -223,8 +226,10 @@ def timm_xception_forward(sd, x):
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
 def test_xception_timm_weights_give_same_output(tmp_path, fmt):
     sd = _random_state_dict(timm_xception_layout())
-    x = torch.randn(1, 3, 35, 41)
-    _load_and_compare("xception", sd, timm_xception_forward, x, tmp_path, "timm", fmt, num_classes=10)
+    x = torch.randn(2, 3, 35, 41)
+    # 0.1: a separable conv is two scaled convs before one BN
+    _load_and_compare("xception", sd, timm_xception_forward, x, tmp_path, "timm", fmt, conv_scale=0.1,
+                      num_classes=10)
 
 
 def test_xception_timm_layout_param_count():
@@ -365,8 +370,9 @@ def test_inception_layouts_param_counts():
 def test_inception_v3_weights_give_same_output(tmp_path, source, fmt):
     # timm's inception_v3 has no aux head by default; torchvision's file has one, dropped for our aux-less model
     sd = _random_state_dict(tv_inception_layout(aux=source == "torchvision"))
-    x = torch.randn(1, 3, 75, 83)
-    _load_and_compare("inception_v3", sd, tv_inception_forward, x, tmp_path, source, fmt, num_classes=10)
+    x = torch.randn(2, 3, 75, 83)
+    _load_and_compare("inception_v3", sd, tv_inception_forward, x, tmp_path, source, fmt, wrong_eps=1e-5,
+                      num_classes=10)
 
 
 @pytest.mark.slow  # two passes at 299x299, the size the aux head needs

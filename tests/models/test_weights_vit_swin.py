@@ -3,7 +3,9 @@ original architecture.
 
 The state dicts are built here from timm's published key layout (names and shapes written out below, not
 taken from our model), filled with random values, and the reference outputs come from functional forwards
-written here from the papers / official code, independent of paperzoo's modules. Both Swin layouts are
+written here from the papers / official code, independent of paperzoo's modules, with the sources' LayerNorm
+eps (ViT 1e-6, Swin 1e-5). The patch embeddings are shrunk so that the first LayerNorm sees a variance near
+1e-6 and another eps would change the outputs far beyond the tolerance. Both Swin layouts are
 covered: timm >= 0.9 (patch merging at the start of stages 1..3, ``head.fc``) and the official repo / older
 timm (merging at the end of stages 0..2, ``head``, stored ``relative_position_index`` and ``attn_mask``).
 """
@@ -11,6 +13,7 @@ timm (merging at the end of stages 0..2, ``head``, stored ``relative_position_in
 import pytest
 import torch
 import torch.nn.functional as F
+from source_reference import assert_matches_source
 
 import paperzoo
 from paperzoo import WeightLoadError
@@ -53,6 +56,17 @@ def _bicubic_grid(pe, old, new):
     return torch.cat([cls, img.permute(0, 2, 3, 1).reshape(1, -1, d)], 1)
 
 
+def shrink(sd, keys, factor=1e-3):
+    """Scale the tensors feeding the first LayerNorm down, so that its input variance is near its eps."""
+    for k in keys:
+        sd[k] = sd[k] * factor
+    return sd
+
+
+VIT_EMBED = ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias")
+SWIN_EMBED = ("patch_embed.proj.weight", "patch_embed.proj.bias")
+
+
 def reference_vit(sd, x, heads, patch, depth, pos_embed=None):
     """ViT Eq. 1-4 on timm-named tensors."""
     x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch)
@@ -82,7 +96,7 @@ def _vit(img_size=16):
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_vit_timm_checkpoint_gives_reference_outputs(tmp_path, suffix):
-    sd = timm_vit_state_dict()
+    sd = shrink(timm_vit_state_dict(), VIT_EMBED)
     path = tmp_path / f"vit{suffix}"
     if suffix == ".pth":
         torch.save(sd, path)
@@ -93,7 +107,8 @@ def test_vit_timm_checkpoint_gives_reference_outputs(tmp_path, suffix):
     model = paperzoo.load_weights(_vit(), path, source="timm")
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference_vit(sd, x, heads=4, patch=4, depth=2), **TOL)
+        ref = reference_vit(sd, x, heads=4, patch=4, depth=2)
+    assert_matches_source(model, x, ref, wrong_eps=1e-5)  # timm: partial(nn.LayerNorm, eps=1e-6)
 
 
 def test_vit_timm_checkpoint_at_another_size_interpolates_pos_embed(tmp_path):
@@ -176,7 +191,8 @@ def _official_shift_mask(h, w, ws, s):
 
 
 def reference_swin(sd, x, patch, c, depths, heads, window, **_):
-    """Swin Eq. 3-4 / Fig. 3-4 on timm-named tensors, following the official algorithm step by step."""
+    """Swin Eq. 3-4 / Fig. 3-4 on timm-named tensors, following the official algorithm step by step (every
+    LayerNorm with F.layer_norm's default eps, 1e-5, that of timm's nn.LayerNorm)."""
     x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch).permute(0, 2, 3, 1)
     x = F.layer_norm(x, (c,), sd["patch_embed.norm.weight"], sd["patch_embed.norm.bias"])
     dim = c
@@ -252,13 +268,14 @@ def to_old_layout(sd, depths, window):
 
 @pytest.mark.parametrize("layout", ["timm>=0.9", "official"])
 def test_swin_timm_checkpoint_gives_reference_outputs(tmp_path, layout):
-    sd = timm_swin_state_dict(**SWIN)
+    sd = shrink(timm_swin_state_dict(**SWIN), SWIN_EMBED)
     ckpt = sd if layout == "timm>=0.9" else {"model": to_old_layout(sd, SWIN["depths"], SWIN["window"])}
     torch.save(ckpt, tmp_path / "swin.pth")
     model = paperzoo.load_weights(_swin(), tmp_path / "swin.pth", source="timm")
     x = torch.randn(2, 3, 32, 32)  # 16x16 tokens, 4x4 windows; 8x8; then 4x4 = one window, not shifted
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference_swin(sd, x, **SWIN), **TOL)
+        ref = reference_swin(sd, x, **SWIN)
+    assert_matches_source(model, x, ref, wrong_eps=1e-6)  # timm: the nn.LayerNorm default, 1e-5
 
 
 def test_swin_window_change_resizes_relative_tables(tmp_path):
