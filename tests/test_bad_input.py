@@ -82,6 +82,7 @@ def test_num_classes_that_disagrees_with_the_data_is_refused(tiny_cfg, tmp_path,
     _fails_with_one_line(capsys, ["train", str(tiny_cfg), "--out-dir", str(tmp_path),
                                   "--set", f"model.args.num_classes={n}"],
                          f"model.args.num_classes: {n} disagrees with the data's 4 classes")
+    assert not any(tmp_path.iterdir())  # the run directory claimed for the run is given back
 
 
 def _write_idx(path, array):
@@ -151,6 +152,12 @@ def test_disk_full_is_one_line(monkeypatch, tiny_cfg, capsys):
 
     monkeypatch.setattr(api, "train", full)
     _fails_with_one_line(capsys, ["train", str(tiny_cfg)], "runs/x/ckpt: No space left on device")
+
+
+# ------------------------------------------------------------------------------------------------- runs
+def test_a_second_run_with_the_same_name_is_refused(trained_run, tiny_cfg, capsys):
+    _fails_with_one_line(capsys, ["train", str(tiny_cfg), "--out-dir", str(trained_run.parent), "--name", "tiny"],
+                         f"run directory {trained_run} already exists", f"--resume {trained_run}")
 
 
 # -------------------------------------------------------------------------------------- weights and pickles
