@@ -140,7 +140,6 @@ class ResNetConfig:
     drop_rate: float = 0.0  # dropout before the classifier
     drop_path_rate: float = 0.0
     zero_init_residual: bool = False
-    cifar_stem: bool = False  # Sec. 4.2: a single 3x3 conv of `width` filters, no pooling, at full resolution
     zero_pad_shortcut: bool = False  # option A shortcuts (Sec. 3.3), as the paper's CIFAR networks
 
 
@@ -154,9 +153,9 @@ class ResNet(ImageClassifier):
         w = cfg.width
         if cfg.stem_stride not in (1, 2):
             raise ValueError(f"stem_stride must be 1 or 2, got {cfg.stem_stride}")
-        if cfg.stem_stride != 1 and not (cfg.small_input or cfg.cifar_stem):
+        if cfg.stem_stride != 1 and not cfg.small_input:
             raise ValueError("stem_stride applies to the small-input stem; set small_input=True")
-        if cfg.small_input or cfg.cifar_stem:  # CIFAR-style stem: keep the resolution (or halve it)
+        if cfg.small_input:  # CIFAR-style stem (Sec. 4.2): one 3x3 conv, no pooling, full (or half) resolution
             self.conv1 = nn.Conv2d(cfg.in_chans, w, 3, cfg.stem_stride, 1, bias=False)
             self.maxpool = nn.Identity()
             self.min_input_size = (cfg.stem_stride * 2 ** (len(cfg.layers) - 1),) * 2
@@ -218,7 +217,7 @@ def _cifar_resnet(n: int, **kw) -> ResNet:
     """6n+2 layers: 3 stages of n basic blocks, 16/32/64 filters, option-A shortcuts (Sec. 4.2)."""
     kw.setdefault("width", 16)
     kw.pop("small_input", None)  # always small-input: the network is designed for 32x32 images
-    return _resnet(BasicBlock, (n, n, n), cifar_stem=True, zero_pad_shortcut=True, small_input=True, **kw)
+    return _resnet(BasicBlock, (n, n, n), zero_pad_shortcut=True, small_input=True, **kw)
 
 
 # torchvision and timm name ResNet parameters exactly as we do (conv1/bn1/layerN.i/fc; timm's SE blocks are
