@@ -17,13 +17,29 @@ instead takes a random crop of ``scale`` of the area and ``ratio`` aspect (Szege
 Convolutions", arXiv:1409.4842 Sec. 6), drawn from a generator seeded by (seed, epoch, index): reproducible
 whatever the worker count; call :meth:`ImageFolderDataset.set_epoch` each epoch (with
 ``persistent_workers=False``, the DataLoader default, workers see the new epoch).
+
+The folder is scanned once, when the dataset is built, so that a bad tree fails before training, not mid-epoch:
+
+* **Symlinked directories are not followed** (at the class level or below; one warning lists them): a link
+  can loop (the same images again and again) or point into another class (images counted under two labels).
+  Symlinked *files* are read. The root itself may be a symlink.
+* **An empty class folder is kept as a class**, with a warning: the label indices then follow the folder names
+  whatever is inside them, so two trees with the same folders (or a checkpoint and a new tree) agree on what
+  label 3 means. Remove the folder to drop the class.
+* **Every image of the split is checked** before training: Pillow's ``Image.open`` reads the header and
+  ``verify()`` checks what the format allows without decoding (PNG chunk checksums; for JPEG only the header),
+  in a thread pool. The unreadable files raise one :class:`DatasetCorruptError` naming the first of them and
+  how many there are. A file damaged past its header, or changed after the scan, still fails when it is
+  decoded, with an error naming it (``verify=False`` skips the check).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
@@ -35,29 +51,78 @@ from torch.utils.data import Dataset
 from .datasets import DatasetCorruptError, DatasetNotFoundError, ImageDataset
 from .loader import derive_seed
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "verify_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def _few(paths: Sequence[str], root: str, n: int = 3) -> str:
+    """The first ``n`` paths relative to ``root``, then how many more."""
+    shown = ", ".join(os.path.relpath(p, root) for p in paths[:n])
+    return shown + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
 def _scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted folder names) and (path, label) samples; warns about skipped links and empty classes."""
     if not os.path.isdir(root):
         raise DatasetNotFoundError(
             f"ImageFolder root {root!r} is not a directory. Expected one sub-directory per class holding "
             f"images ({', '.join(IMAGE_EXTENSIONS)})."
         )
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    entries = sorted((e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+    links = [e.path for e in entries if e.is_symlink()]
+    classes = [e.name for e in entries if not e.is_symlink()]
     samples: list[tuple[str, int]] = []
+    empty = []
     for label, c in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, c), followlinks=True):
+        n_before = len(samples)
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, c)):  # followlinks=False: see the docstring
+            links += [os.path.join(dirpath, d) for d in sorted(dirnames) if os.path.islink(os.path.join(dirpath, d))]
             dirnames.sort()
-            samples += [(os.path.join(dirpath, f), label) for f in sorted(filenames)
-                        if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+            samples += [(os.path.join(dirpath, f), label) for f in sorted(filenames) if _is_image(f)]
+        if len(samples) == n_before:
+            empty.append(c)
+    skipped = f" (not following symlinked directories ({len(links)}): {_few(links, root)})" if links else ""
     if not samples:
         raise DatasetNotFoundError(f"no images found under {root!r} (looked in {len(classes)} class folders for "
-                                   f"{', '.join(IMAGE_EXTENSIONS)})")
+                                   f"{', '.join(IMAGE_EXTENSIONS)}){skipped}")
+    if links:
+        warnings.warn(f"ImageFolder {root}: not following symlinked directories ({len(links)}; a link can loop or "
+                      f"relabel images): {_few(links, root)}", stacklevel=2)
+    if empty:
+        warnings.warn(f"ImageFolder {root}: class folders without images ({len(empty)}): {', '.join(empty[:5])}"
+                      f"{' ...' if len(empty) > 5 else ''} (kept as classes so labels follow the folder names; "
+                      "remove the folders to drop them)", stacklevel=2)
     return classes, samples
+
+
+def _check_image(path: str) -> str | None:
+    """Why ``path`` is not a readable image (None when it is): header parsed, ``verify()`` passed."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as e:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...): all mean "bad"
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def verify_images(paths: Sequence[str], root: str = "", *, threads: int = 8) -> None:
+    """Raise one :class:`DatasetCorruptError` naming the first unreadable image of ``paths`` (module docstring).
+
+    Threads overlap the file reads (a network file system is where a big folder's check spends its time).
+    """
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths) // 64 + 1))) as pool:
+        problems = list(pool.map(_check_image, paths))
+    bad = [(p, why) for p, why in zip(paths, problems) if why is not None]
+    if bad:
+        where = f" under {root}" if root else ""
+        raise DatasetCorruptError(f"{len(bad)} of {len(paths)} images{where} cannot be read, first {bad[0][0]} "
+                                  f"({bad[0][1]}); fix or remove them")
 
 
 class ImageFolderDataset(Dataset):
@@ -74,6 +139,7 @@ class ImageFolderDataset(Dataset):
         crop_pct: centre crop fraction of the resized image.
         scale, ratio: area fraction and aspect-ratio ranges of random-resized crops.
         mean, std: normalisation statistics carried for the transforms (default: ImageNet's for RGB).
+        verify: check that every image of the split opens before training (module docstring).
 
     Items are ``(uint8 tensor (C, image_size, image_size), int label)``.
     """
@@ -82,7 +148,8 @@ class ImageFolderDataset(Dataset):
                  val_fraction: float = 0.1, seed: int = 0, *, in_chans: int = 3,
                  train_crop: Literal["center", "random_resized"] = "center", crop_pct: float = 0.875,
                  scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 verify: bool = True) -> None:
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
         if in_chans not in (1, 3):
@@ -98,6 +165,8 @@ class ImageFolderDataset(Dataset):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples = all_samples if split == "all" else self._split(all_samples, val_fraction, split == "val")
         self.targets = [label for _, label in self.samples]
+        if verify:  # only this split's files: a train and a val dataset of one tree check each file once
+            verify_images([p for p, _ in self.samples], root)
         default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.5,), (0.5,))
         self.mean = tuple(mean) if mean is not None else default_mean
         self.std = tuple(std) if std is not None else default_std
