@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -52,9 +53,6 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU", "rnn_step", "lstm_step", "gru_step"]
-
-GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
-
 
 # --- one time step of each cell: gx = W_ih x_t + b (precomputed), h = h_{t-1} ----------------------------
 
@@ -96,82 +94,81 @@ def gru_step(gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, reset_aft
 
 # --- cells: one step, parameters named like nn.RNNCell / nn.LSTMCell / nn.GRUCell --------------------------
 
+State = tuple[Tensor, ...]  # (h,), or (h, c) for the LSTM
 
-class _CellBase(nn.Module):
-    def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int) -> None:
+
+class _Cell(nn.Module):
+    """One time step; a subclass gives its gate count (blocks stacked in W_ih, W_hh) and :meth:`_step`."""
+
+    gates = 1
+    has_cell_state = False  # the LSTM's c_t next to h_t
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
         super().__init__()
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
-        self.weight_ih = nn.Parameter(torch.empty(gates * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(gates * hidden_size, hidden_size))
-        self.bias_ih = nn.Parameter(torch.empty(gates * hidden_size)) if bias else None
-        self.bias_hh = nn.Parameter(torch.empty(gates * hidden_size)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
+        g = self.gates * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(g, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(g, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(g)) if bias else None
+        self.bias_hh = nn.Parameter(torch.empty(g)) if bias else None
+        bound = 1.0 / math.sqrt(hidden_size)
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
-    def _input_proj(self, x: Tensor) -> Tensor:
+    def _step(self, gx: Tensor, state: State) -> State:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, hx: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, In) or unbatched (In,); hx: h (B, H) (LSTM: (h, c)), zeros if None. Returns h' (LSTM: (h', c'))."""
         if x.dim() not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"{type(self).__name__} expects input (B, {self.input_size}) or "
                              f"({self.input_size},), got {tuple(x.shape)}")
-        return F.linear(x, self.weight_ih, self.bias_ih)
+        if hx is None:
+            zeros = x.new_zeros(*x.shape[:-1], self.hidden_size)
+            hx = (zeros, zeros) if self.has_cell_state else zeros
+        state = hx if isinstance(hx, tuple) else (hx,)
+        unbatched = x.dim() == 1
+        if unbatched:  # (In,) -> (1, In)
+            x, state = x[None], tuple(s[None] for s in state)
+        new = self._step(F.linear(x, self.weight_ih, self.bias_ih), state)
+        if unbatched:
+            new = tuple(s[0] for s in new)
+        return new if self.has_cell_state else new[0]
 
-    def _zeros(self, x: Tensor) -> Tensor:
-        return x.new_zeros(*x.shape[:-1], self.hidden_size)
 
-
-class RNNCell(_CellBase):
+class RNNCell(_Cell):
     """One Elman RNN step; ``forward(x (B, In), h (B, H)) -> h'``."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh") -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__(input_size, hidden_size, bias, 1)
+        super().__init__(input_size, hidden_size, bias)
 
-    def forward(self, x: Tensor, hx: Tensor | None = None) -> Tensor:
-        h = self._zeros(x) if hx is None else hx
-        unbatched = x.dim() == 1
-        gx = self._input_proj(x)
-        if unbatched:
-            gx, h = gx[None], h[None]
-        out = rnn_step(gx, h, self.weight_hh, self.bias_hh, relu=self.nonlinearity == "relu")
-        return out[0] if unbatched else out
+    def _step(self, gx: Tensor, state: State) -> State:
+        return (rnn_step(gx, state[0], self.weight_hh, self.bias_hh, relu=self.nonlinearity == "relu"),)
 
 
-class LSTMCell(_CellBase):
+class LSTMCell(_Cell):
     """One LSTM step; ``forward(x (B, In), (h, c)) -> (h', c')``."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
-        super().__init__(input_size, hidden_size, bias, 4)
+    gates, has_cell_state = 4, True
 
-    def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        h, c = (self._zeros(x), self._zeros(x)) if hx is None else hx
-        unbatched = x.dim() == 1
-        gx = self._input_proj(x)
-        if unbatched:
-            gx, h, c = gx[None], h[None], c[None]
-        h, c = lstm_step(gx, h, c, self.weight_hh, self.bias_hh)
-        return (h[0], c[0]) if unbatched else (h, c)
+    def _step(self, gx: Tensor, state: State) -> State:
+        return lstm_step(gx, state[0], state[1], self.weight_hh, self.bias_hh)
 
 
-class GRUCell(_CellBase):
+class GRUCell(_Cell):
     """One GRU step; ``forward(x (B, In), h (B, H)) -> h'``. See ``gru_step`` for ``reset_after``."""
+
+    gates = 3
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, reset_after: bool = True) -> None:
         self.reset_after = reset_after
-        super().__init__(input_size, hidden_size, bias, 3)
+        super().__init__(input_size, hidden_size, bias)
 
-    def forward(self, x: Tensor, hx: Tensor | None = None) -> Tensor:
-        h = self._zeros(x) if hx is None else hx
-        unbatched = x.dim() == 1
-        gx = self._input_proj(x)
-        if unbatched:
-            gx, h = gx[None], h[None]
-        out = gru_step(gx, h, self.weight_hh, self.bias_hh, self.reset_after)
-        return out[0] if unbatched else out
+    def _step(self, gx: Tensor, state: State) -> State:
+        return (gru_step(gx, state[0], self.weight_hh, self.bias_hh, self.reset_after),)
 
 
 # --- multi-layer, bidirectional stacks: parameters named like nn.RNN / nn.LSTM / nn.GRU ---------------------
@@ -184,44 +181,60 @@ class _RecurrentStack(nn.Module):
     unbatched (T, In), or a ``PackedSequence``. Returns ``(output, h_n)`` (LSTM: ``(output, (h_n, c_n))``),
     output (T, B, D*H_out), h_n (num_layers*D, B, H_out), D = 2 if bidirectional; layer-major, direction-minor
     as in PyTorch.
+
+    A subclass says what sets its recurrence apart: ``gates`` (blocks stacked in W_ih, W_hh),
+    ``has_cell_state`` (the LSTM's c_t), ``additive_hh`` (W_hh h_{t-1} + b_hh is only *added* to the
+    pre-activations, true of the RNN and LSTM but not of the GRU, whose W_hn h sits inside r ⊙ (...)), its
+    fused ``kernel`` and :meth:`_step`.
     """
 
-    mode = "RNN_TANH"
+    gates = 1
+    has_cell_state = False
+    additive_hh = True
+    kernel = staticmethod(torch._VF.rnn_tanh)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, fused: bool | None = None, reset_after: bool = True) -> None:
+                 proj_size: int = 0, fused: bool | None = None) -> None:
         super().__init__()
         if num_layers < 1 or hidden_size < 1:
             raise ValueError(f"num_layers and hidden_size must be >= 1, got {num_layers}, {hidden_size}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if proj_size and (self.mode != "LSTM" or not 0 < proj_size < hidden_size):
+        if proj_size and (not self.has_cell_state or not 0 < proj_size < hidden_size):
             raise ValueError("proj_size is only for LSTM and must satisfy 0 < proj_size < hidden_size")
-        if fused and not reset_after:
+        if fused and not self._kernel_matches():
             raise ValueError("fused kernels implement only reset_after=True (PyTorch's GRU)")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
-        self.fused = reset_after if fused is None else fused  # auto: fused whenever the kernel matches
-        self.reset_after = reset_after
+        self.fused = self._kernel_matches() if fused is None else fused  # auto: fused whenever the kernel matches
         self.num_directions = 2 if bidirectional else 1
         self.output_size = proj_size or hidden_size  # size of h_t
-        G = GATES[self.mode] * hidden_size
         self._flat_names: list[str] = []  # in the order torch's kernels expect
         for layer in range(num_layers):
             in_size = input_size if layer == 0 else self.output_size * self.num_directions
             for suffix in ("", "_reverse")[: self.num_directions]:
-                shapes = {"weight_ih": (G, in_size), "weight_hh": (G, self.output_size)}
-                if bias:
-                    shapes.update(bias_ih=(G,), bias_hh=(G,))
-                if proj_size:
-                    shapes["weight_hr"] = (proj_size, hidden_size)
-                for kind, shape in shapes.items():
-                    name = f"{kind}_l{layer}{suffix}"
-                    self.register_parameter(name, nn.Parameter(torch.empty(shape)))
-                    self._flat_names.append(name)
+                self._add_parameters(f"l{layer}{suffix}", in_size)
         self.reset_parameters()
+
+    def _add_parameters(self, key: str, in_size: int) -> None:
+        g = self.gates * self.hidden_size
+        shapes = {"weight_ih": (g, in_size), "weight_hh": (g, self.output_size)}
+        if self.bias:
+            shapes.update(bias_ih=(g,), bias_hh=(g,))
+        if self.proj_size:
+            shapes["weight_hr"] = (self.proj_size, self.hidden_size)
+        for kind, shape in shapes.items():
+            self.register_parameter(f"{kind}_{key}", nn.Parameter(torch.empty(shape)))
+            self._flat_names.append(f"{kind}_{key}")
+
+    def _kernel_matches(self) -> bool:
+        """Whether PyTorch's fused kernel computes this recurrence."""
+        return True
+
+    def _step(self, gx: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None) -> State:
+        raise NotImplementedError
 
     def reset_parameters(self) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
@@ -241,24 +254,29 @@ class _RecurrentStack(nn.Module):
 
     # -- input checks -------------------------------------------------------------------------------------
 
-    def _check(self, x: Tensor, hx, lengths) -> tuple[Tensor, Tensor | None]:
+    def _check(self, x: Tensor, states: State, lengths) -> Tensor | None:
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(f"{type(self).__name__} expects input ({'B, T' if self.batch_first else 'T, B'}, "
                              f"{self.input_size}) or unbatched (T, {self.input_size}), got {tuple(x.shape)}")
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
-        states = hx if isinstance(hx, tuple) else (hx,)
-        want = [(self.num_layers * self.num_directions, B, self.output_size)]
-        if self.mode == "LSTM":
-            want.append((self.num_layers * self.num_directions, B, self.hidden_size))
-        if hx is not None and (len(states) != len(want) or any(tuple(s.shape) != w for s, w in zip(states, want))):
+        want = self._state_shapes(B)
+        if len(states) != len(want) or any(tuple(s.shape) != w for s, w in zip(states, want)):
             raise ValueError(f"initial state has shape(s) {[tuple(s.shape) for s in states]}; expected {want}")
         if lengths is None:
-            return x, None
+            return None
         lengths = torch.as_tensor(lengths, device=x.device).long()
         if lengths.shape != (B,) or lengths.min() < 1 or lengths.max() > T:
             raise ValueError(f"lengths must be a (B,) = ({B},) tensor with values in [1, T={T}], "
                              f"got shape {tuple(lengths.shape)} and values {lengths.tolist()}")
-        return x, lengths
+        return lengths
+
+    def _state_shapes(self, batch: int) -> list[tuple[int, int, int]]:
+        """(num_layers*D, B, H_out) for h, and (num_layers*D, B, H) for the LSTM's c."""
+        n = self.num_layers * self.num_directions
+        shapes = [(n, batch, self.output_size)]
+        if self.has_cell_state:
+            shapes.append((n, batch, self.hidden_size))
+        return shapes
 
     # -- forward --------------------------------------------------------------------------------------------
 
@@ -271,79 +289,65 @@ class _RecurrentStack(nn.Module):
             x, lens = pad_packed_sequence(input, batch_first=self.batch_first)
             out, state = self.forward(x, hx, lens)
             return pack_padded_sequence(out, lens, self.batch_first, enforce_sorted=False), state
+        states = () if hx is None else hx if isinstance(hx, tuple) else (hx,)
         unbatched = input.dim() == 2
         if unbatched:  # (T, In) -> (T, 1, In) or (1, T, In); states (L*D, H) -> (L*D, 1, H)
-            input = input.unsqueeze(0 if self.batch_first else 1)
-            if hx is not None:
-                hx = tuple(s.unsqueeze(1) for s in hx) if isinstance(hx, tuple) else hx.unsqueeze(1)
-        x, lengths = self._check(input, hx, lengths)
-        if hx is None:
-            B = x.shape[0] if self.batch_first else x.shape[1]
-            zeros = x.new_zeros(self.num_layers * self.num_directions, B, self.output_size)
-            hx = (zeros, x.new_zeros(zeros.shape[:2] + (self.hidden_size,))) if self.mode == "LSTM" else zeros
+            input, states = input.unsqueeze(0 if self.batch_first else 1), tuple(s.unsqueeze(1) for s in states)
+        if not states:
+            B = input.shape[0] if self.batch_first else input.shape[1]
+            states = tuple(input.new_zeros(shape) for shape in self._state_shapes(B))
+        lengths = self._check(input, states, lengths)
         run = self._forward_fused if self.fused else self._forward_loop
-        out, state = run(x, hx, lengths)
+        out, states = run(input, states, lengths)
         if unbatched:
-            out = out.squeeze(0 if self.batch_first else 1)
-            state = tuple(s.squeeze(1) for s in state) if isinstance(state, tuple) else state.squeeze(1)
-        return out, state
+            out, states = out.squeeze(0 if self.batch_first else 1), tuple(s.squeeze(1) for s in states)
+        return out, (states if self.has_cell_state else states[0])
 
-    def _forward_loop(self, x: Tensor, hx, lengths: Tensor | None):
+    def _forward_loop(self, x: Tensor, hx: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         """The equations, one layer and direction at a time."""
         if self.batch_first:
             x = x.transpose(0, 1)  # (B, T, In) -> (T, B, In)
-        T, B = x.shape[:2]
+        T = x.shape[0]
         mask = None
         if lengths is not None:  # (T, B, 1): True while t < length of sequence b
             mask = (torch.arange(T, device=x.device)[:, None] < lengths[None, :])[..., None]
-        h0 = hx[0] if self.mode == "LSTM" else hx
-        h_n, c_n = [], []
+        finals: list[State] = []  # per layer and direction, the final (h,) or (h, c)
         for layer in range(self.num_layers):
             outs = []
             for d, suffix in enumerate(("", "_reverse")[: self.num_directions]):
                 k = layer * self.num_directions + d
-                init = (h0[k], hx[1][k]) if self.mode == "LSTM" else (h0[k],)
-                out, last = self._run_direction(x, init, f"l{layer}{suffix}", reverse=d == 1, mask=mask)
+                out, last = self._run_direction(x, tuple(s[k] for s in hx), f"l{layer}{suffix}", d == 1, mask)
                 outs.append(out)
-                h_n.append(last[0])
-                if self.mode == "LSTM":
-                    c_n.append(last[1])
+                finals.append(last)
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # (T, B, D*H)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)  # between layers, not after the last
         if self.batch_first:
             x = x.transpose(0, 1)  # (T, B, D*H) -> (B, T, D*H)
-        h_n = torch.stack(h_n)  # (L*D, B, H)
-        return x, ((h_n, torch.stack(c_n)) if self.mode == "LSTM" else h_n)
+        return x, tuple(torch.stack(s) for s in zip(*finals))  # each (L*D, B, H)
 
-    def _run_direction(self, x: Tensor, state: tuple[Tensor, ...], key: str, reverse: bool,
-                       mask: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def _run_direction(self, x: Tensor, state: State, key: str, reverse: bool,
+                       mask: Tensor | None) -> tuple[Tensor, State]:
         """One layer, one direction over x (T, B, In) -> outputs (T, B, H), final state."""
         w_ih, w_hh = getattr(self, f"weight_ih_{key}"), getattr(self, f"weight_hh_{key}")
         b_ih, b_hh = getattr(self, f"bias_ih_{key}", None), getattr(self, f"bias_hh_{key}", None)
-        if b_hh is not None and self.mode != "GRU":  # b_hh sits outside any gate product: fold it in once
+        if b_hh is not None and self.additive_hh:  # b_hh sits outside any gate product: fold it in once
             b_ih, b_hh = b_ih + b_hh, None
         T, B = x.shape[:2]
         # Input projection for every time step at once: (T*B, In) @ (In, G) -> (T, B, G)
         gx = F.linear(x.reshape(T * B, -1), w_ih, b_ih).view(T, B, -1)
         w_hr = getattr(self, f"weight_hr_{key}", None)
         h_prev: list[Tensor] | None = None
-        if self.mode != "GRU" and w_hh.requires_grad and torch.is_grad_enabled():
+        if self.additive_hh and w_hh.requires_grad and torch.is_grad_enabled():
             # W_hh's gradient for all steps in one GEMM (see _RecurrentWeightGrad); the loop uses a detached W_hh
             h_prev = [x] * T
             gx, w_hh = _RecurrentWeightGrad.apply(gx, w_hh, h_prev), w_hh.detach()
         outs: list[Tensor] = [x] * T  # placeholders, every slot is overwritten
         gxs = gx.unbind(0)
         for t in range(T - 1, -1, -1) if reverse else range(T):
-            g = gxs[t]
             if h_prev is not None:
                 h_prev[t] = state[0].detach()  # h_{t-1}, read by _RecurrentWeightGrad.backward
-            if self.mode == "LSTM":
-                new = lstm_step(g, state[0], state[1], w_hh, b_hh, w_hr)
-            elif self.mode == "GRU":
-                new = (gru_step(g, state[0], w_hh, b_hh, self.reset_after),)
-            else:
-                new = (rnn_step(g, state[0], w_hh, b_hh, relu=self.mode == "RNN_RELU"),)
+            new = self._step(gxs[t], state, w_hh, b_hh, w_hr)
             if mask is not None:  # finished sequences keep their state (and a reverse pass waits for its start)
                 m = mask[t]
                 new = tuple(torch.where(m, n, s) for n, s in zip(new, state))
@@ -353,25 +357,22 @@ class _RecurrentStack(nn.Module):
             state = new
         return torch.stack(outs), state
 
-    def _forward_fused(self, x: Tensor, hx, lengths: Tensor | None):
+    def _forward_fused(self, x: Tensor, hx: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         """The same parameters through PyTorch's fused kernels (what nn.RNN/LSTM/GRU run)."""
-        fn = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh,
-              "RNN_RELU": torch._VF.rnn_relu}[self.mode]
         weights = [getattr(self, n) for n in self._flat_names]
         args = (weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        state_in = hx if self.has_cell_state else hx[0]  # the kernels take (h, c) or h
         if lengths is None:
-            res = fn(x, hx, *args, self.batch_first)
-            return res[0], (tuple(res[1:]) if self.mode == "LSTM" else res[1])
+            res = self.kernel(x, state_in, *args, self.batch_first)
+            return res[0], tuple(res[1:])
         T = x.shape[1] if self.batch_first else x.shape[0]
         packed = pack_padded_sequence(x, lengths.cpu(), self.batch_first, enforce_sorted=False)
         sort, unsort = packed.sorted_indices, packed.unsorted_indices
-        hx = tuple(s.index_select(1, sort) for s in hx) if self.mode == "LSTM" else hx.index_select(1, sort)
-        res = fn(packed.data, packed.batch_sizes, hx, *args)
+        sorted_hx = tuple(s.index_select(1, sort) for s in hx)
+        res = self.kernel(packed.data, packed.batch_sizes, sorted_hx if self.has_cell_state else sorted_hx[0], *args)
         out, _ = pad_packed_sequence(PackedSequence(res[0], packed.batch_sizes, sort, unsort),
                                      batch_first=self.batch_first, total_length=T)
-        if self.mode == "LSTM":
-            return out, (res[1].index_select(1, unsort), res[2].index_select(1, unsort))
-        return out, res[1].index_select(1, unsort)
+        return out, tuple(s.index_select(1, unsort) for s in res[1:])
 
 
 class _RecurrentWeightGrad(torch.autograd.Function):
@@ -400,21 +401,40 @@ class RNN(_RecurrentStack):
     """Elman RNN stack, drop-in for ``nn.RNN`` (same arguments and parameter names) plus ``lengths``."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
-                 **kwargs) -> None:
+                 **kwargs: Any) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
         self.nonlinearity = nonlinearity
+        self.kernel = torch._VF.rnn_tanh if nonlinearity == "tanh" else torch._VF.rnn_relu
         super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+    def _step(self, gx: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None) -> State:
+        return (rnn_step(gx, state[0], w_hh, b_hh, relu=self.nonlinearity == "relu"),)
 
 
 class LSTM(_RecurrentStack):
     """LSTM stack, drop-in for ``nn.LSTM`` (same arguments, ``proj_size`` included) plus ``lengths``."""
 
-    mode = "LSTM"
+    gates, has_cell_state = 4, True
+    kernel = staticmethod(torch._VF.lstm)
+
+    def _step(self, gx: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None) -> State:
+        return lstm_step(gx, state[0], state[1], w_hh, b_hh, w_hr)
 
 
 class GRU(_RecurrentStack):
     """GRU stack, drop-in for ``nn.GRU`` plus ``lengths`` and ``reset_after`` (see module docstring)."""
 
-    mode = "GRU"
+    gates, additive_hh = 3, False
+    kernel = staticmethod(torch._VF.gru)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, reset_after: bool = True,
+                 **kwargs: Any) -> None:
+        self.reset_after = reset_after
+        super().__init__(input_size, hidden_size, num_layers, **kwargs)
+
+    def _kernel_matches(self) -> bool:
+        return self.reset_after  # the kernels implement PyTorch's GRU only
+
+    def _step(self, gx: Tensor, state: State, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None) -> State:
+        return (gru_step(gx, state[0], w_hh, b_hh, self.reset_after),)
