@@ -1,5 +1,7 @@
-"""Paper formulas of the shared CNN layers (h-swish, SE, channel shuffle, depthwise-separable cost)."""
+"""Paper formulas of the shared CNN layers (h-swish, SE, channel shuffle, depthwise-separable cost, stochastic
+depth and its per-block schedule)."""
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from paperzoo.layers import (
     channel_shuffle,
     channel_unshuffle,
     drop_path,
+    drop_path_rates,
     hard_sigmoid,
     hard_swish,
     make_divisible,
@@ -86,3 +89,11 @@ def test_drop_path_keeps_expectation_and_is_identity_in_eval():
     vals = torch.unique(y)
     assert len(vals) == 2 and vals[0] == 0 and abs(vals[1].item() - 1 / 0.7) < 1e-6
     assert torch.equal(drop_path(x, 0.3, training=False), x)
+
+
+def test_drop_path_schedules_grow_linearly_to_or_short_of_the_total():
+    # endpoint=True: 0 .. total (timm's ResNet / ViT / Swin); endpoint=False: total·i/n (the TF EfficientNet rule)
+    assert drop_path_rates(0.3, 4) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert drop_path_rates(0.2, 4, endpoint=False) == pytest.approx([0.0, 0.05, 0.1, 0.15])
+    assert drop_path_rates(0.2, 1) == [0.2] and drop_path_rates(0.2, 1, endpoint=False) == [0.0]
+    assert all(type(r) is float for r in drop_path_rates(0.1, 3))  # plain floats: models build on "meta"
