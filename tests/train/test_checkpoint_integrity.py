@@ -3,6 +3,10 @@ run directories (issue 13, section 4: "nothing lost")."""
 
 import json
 import multiprocessing
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,8 +177,8 @@ def test_third_party_state_dicts_load_unchecked(tmp_path):
 def test_claim_run_dir_takes_new_or_empty_directories_only(tmp_path):
     run = claim_run_dir(tmp_path / "runs" / "a", unique=False)  # parents are created
     assert run == tmp_path / "runs" / "a" and [p.name for p in run.iterdir()] == [CLAIM_MARKER]
-    with pytest.raises(RunDirExistsError, match=r"already exists \(another run holds it\); resume it with "
-                                                r"--resume .*runs/a or choose another run\.name"):
+    with pytest.raises(RunDirExistsError, match=r"already exists \(another run holds it: pid \d+ on .*\); "
+                                                r"resume it with --resume .*runs/a or choose another run\.name"):
         claim_run_dir(run, unique=False)
     (tmp_path / "runs" / "empty").mkdir()  # made by the user beforehand
     assert claim_run_dir(tmp_path / "runs" / "empty", unique=False) == tmp_path / "runs" / "empty"
@@ -198,6 +202,32 @@ def test_release_run_dir_removes_only_an_untouched_claim_of_this_process(tmp_pat
     (other / CLAIM_MARKER).write_text(json.dumps({"pid": -1}))  # claimed by another process
     release_run_dir(other)
     assert other.is_dir()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # reaped: the pid names no process now
+    return proc.pid
+
+
+def _write_claim(run_dir: Path, pid: int, host: str | None = None) -> None:
+    run_dir.mkdir()
+    claim = {"pid": pid, "host": host or socket.gethostname(), "time": "2024-01-01T00:00:00+0000"}
+    (run_dir / CLAIM_MARKER).write_text(json.dumps(claim))
+
+
+def test_the_claim_of_a_killed_run_that_wrote_nothing_is_taken_over(tmp_path):
+    dead = _dead_pid()
+    _write_claim(tmp_path / "killed", dead)
+    assert claim_run_dir(tmp_path / "killed", unique=False) == tmp_path / "killed"
+    assert json.loads((tmp_path / "killed" / CLAIM_MARKER).read_text())["pid"] == os.getpid()
+    _write_claim(tmp_path / "elsewhere", dead, host="another-host")  # its liveness cannot be checked from here
+    with pytest.raises(RunDirExistsError, match=f"pid {dead} on another-host"):
+        claim_run_dir(tmp_path / "elsewhere", unique=False)
+    _write_claim(tmp_path / "wrote", dead)
+    (tmp_path / "wrote" / "config.yaml").write_text("x: 1")  # a killed run with files: resume it instead
+    with pytest.raises(RunDirExistsError, match="--resume"):
+        claim_run_dir(tmp_path / "wrote", unique=False)
 
 
 def _claim_after_barrier(barrier, results, run_dir: str, unique: bool) -> None:
@@ -228,6 +258,13 @@ def test_processes_racing_for_one_run_name_exactly_one_wins(tmp_path):
         out = _race(tmp_path / f"run{attempt}", unique=False)
         assert out.count(str(tmp_path / f"run{attempt}")) == 1
         assert sum(o.startswith("error: ") and "already exists" in o for o in out) == len(out) - 1
+
+
+def test_processes_racing_for_the_claim_of_a_killed_run_exactly_one_wins(tmp_path):
+    for attempt in range(3):
+        _write_claim(tmp_path / f"run{attempt}", _dead_pid())
+        out = _race(tmp_path / f"run{attempt}", unique=False)
+        assert out.count(str(tmp_path / f"run{attempt}")) == 1, out
 
 
 def test_processes_racing_for_a_generated_name_each_get_their_own(tmp_path):

@@ -440,18 +440,50 @@ def latest_intact_checkpoint(ckpt_dir: str | os.PathLike) -> tuple[Path | None, 
 
 
 # ----------------------------------------------------------------------------------- run directories
-CLAIM_MARKER = ".claimed"
+CLAIM_MARKER = ".claimed"  # {"pid", "host", "time"} of the process that claimed the run directory
 
 
-def _take_marker(run_dir: Path) -> bool:
-    """Create ``run_dir/.claimed`` exclusively (``O_CREAT | O_EXCL``): True for exactly one caller."""
+def _read_claim(run_dir: Path) -> dict[str, Any] | None:
     try:
-        fd = os.open(run_dir / CLAIM_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        claim = json.loads((run_dir / CLAIM_MARKER).read_bytes())
+        return claim if isinstance(claim, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _is_stale(claim: dict[str, Any]) -> bool:
+    """A claim by a process of this host that no longer runs (killed before it wrote anything)."""
+    if claim.get("host") != socket.gethostname() or not isinstance(claim.get("pid"), int):
+        return False
+    try:
+        os.kill(claim["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def _create_exclusive(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
+    return True
+
+
+def _link_claim(run_dir: Path) -> bool:
+    """Create ``.claimed`` with its content in one step (``os.link`` fails if it exists): True for exactly
+    one of several racing processes, and a reader never sees it empty."""
+    tmp = run_dir / f"{CLAIM_MARKER}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    try:
+        os.link(tmp, run_dir / CLAIM_MARKER)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
     return True
 
 
@@ -459,19 +491,32 @@ def _try_claim(run_dir: Path) -> bool:
     try:
         os.mkdir(run_dir)
     except FileExistsError:
-        if not run_dir.is_dir() or any(run_dir.iterdir()):
+        if not run_dir.is_dir() or any(not p.name.startswith(CLAIM_MARKER) for p in run_dir.iterdir()):
             return False
-    # the marker decides races, also between a process that made the directory and one that found it empty
-    return _take_marker(run_dir)
+    claim = _read_claim(run_dir)
+    if (run_dir / CLAIM_MARKER).exists():
+        if claim is None or not _is_stale(claim):
+            return False
+        # the claim of a run killed before it wrote anything: one racer takes it over; the token stays, so
+        # that a racer that read the same stale claim a moment later cannot remove the new one
+        if not _create_exclusive(run_dir / f"{CLAIM_MARKER}.{claim['pid']}.dead"):
+            return False
+        (run_dir / CLAIM_MARKER).unlink(missing_ok=True)
+    return _link_claim(run_dir)
 
 
 def claim_run_dir(run_dir: str | os.PathLike, *, unique: bool) -> Path:
     """Claim a new run directory atomically and return it.
 
-    The directory is created with ``os.mkdir`` (create-exclusive) and then marked with a ``.claimed`` file
-    (``O_CREAT | O_EXCL``; it records pid, host and time). An existing **empty** directory (e.g. made by the
-    user beforehand) may be claimed too; the exclusive marker still lets only one of several racing
-    processes have it. A directory that holds anything, a claim marker included, is never taken.
+    The directory is created with ``os.mkdir`` (create-exclusive) and marked with a ``.claimed`` file (pid,
+    host, time) created with ``os.link``, which fails if the file exists: of several processes racing for
+    one name exactly one wins, also on NFS. Besides a new directory, one may claim:
+
+    * an existing **empty** directory (e.g. made by the user beforehand);
+    * a directory holding nothing but the claim of a process of this host that no longer runs (a run killed
+      before it wrote anything, e.g. while building its model).
+
+    Anything else (a run's files, other files, a live claim) is never taken.
 
     Args:
         unique: the name was generated (a timestamp): if it is taken, try ``<name>-2``, ``<name>-3``, ...
@@ -488,24 +533,26 @@ def claim_run_dir(run_dir: str | os.PathLike, *, unique: bool) -> Path:
                 return candidate
         raise RunDirExistsError(f"could not claim a run directory: {run_dir} and {run_dir.name}-2 ... -999 "
                                 "are all taken")
-    if (run_dir / CLAIM_MARKER).exists() or (run_dir / "config.yaml").exists():
-        raise RunDirExistsError(f"run directory {run_dir} already exists (another run holds it); resume it "
-                                f"with --resume {run_dir} or choose another run.name")
+    claim = _read_claim(run_dir)
+    if claim is not None or (run_dir / "config.yaml").exists():
+        holder = f": pid {claim.get('pid')} on {claim.get('host')} since {claim.get('time')}" if claim else ""
+        raise RunDirExistsError(f"run directory {run_dir} already exists (another run holds it{holder}); "
+                                f"resume it with --resume {run_dir} or choose another run.name")
     raise RunDirExistsError(f"run directory {run_dir} already exists and is not an empty directory; "
                             "choose another run.name")
 
 
 def release_run_dir(run_dir: str | os.PathLike) -> None:
     """Undo :func:`claim_run_dir` of this process for a run that wrote nothing (e.g. building the model or
-    the data failed): remove the directory if it holds only the claim marker. Anything else is left alone."""
+    the data failed): remove the directory if it holds only the claim. Anything else is left alone."""
     run_dir = Path(run_dir)
-    marker = run_dir / CLAIM_MARKER
     try:
-        if [p.name for p in run_dir.iterdir()] != [CLAIM_MARKER]:
+        files = list(run_dir.iterdir())
+        if any(not p.name.startswith(CLAIM_MARKER) for p in files) or (_read_claim(run_dir) or {}).get(
+                "pid") != os.getpid():
             return
-        if json.loads(marker.read_text()).get("pid") != os.getpid():
-            return
-        marker.unlink()
+        for p in files:
+            p.unlink()
         run_dir.rmdir()
-    except (OSError, ValueError):  # gone already, or written into meanwhile: keep it
+    except OSError:  # gone already, or written into meanwhile: keep it
         pass
