@@ -6,8 +6,10 @@ converter registered for the model's family and ``source``, and loads it **stric
 unexpected key, or a shape that differs, raises a ``WeightLoadError`` that names them.
 
 Each family registers its converters next to its architecture (``@register_converter("resnet", "timm")``);
-a converter maps the source's key names (and, where needed, resizes position tables) to ours. The mapping
-tables are documented in ``docs/weights.md``.
+a converter maps the source's key names (and, where needed, resizes position tables) to ours, and gives the
+model what the source's forward uses but its state dict does not record (the BatchNorm eps of the mobile
+families), so that the loaded model computes the source model's outputs. The mapping tables are in each
+family's section of ``docs/models/cnn.md`` and ``docs/models/transformers.md``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class WeightLoadError(RuntimeError):
 
 
 def register_converter(family: str, source: str) -> Callable[[Converter], Converter]:
-    """Register ``fn(state_dict, model) -> state_dict`` mapping ``source`` keys to ``family``'s keys."""
+    """Register ``fn(state_dict, model) -> state_dict`` mapping ``source`` keys to ``family``'s keys (``fn`` may
+    also set on ``model`` the source's conventions that no tensor holds, such as BatchNorm eps)."""
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
 
