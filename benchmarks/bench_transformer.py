@@ -15,9 +15,10 @@
     so that a busy machine slows both alike; we report the median, the spread (± half the min-max range, as %
     of the median) and the ratio. A third row is our model with the paper's dropout (residual + embeddings only).
 (b) Generation. Greedy decoding of ``--gen-len`` tokens (EOS disabled, so every step runs) with the KV cache
-    (one new position per step; encoder-decoder K/V computed once) and without it (the decoder re-runs the
-    whole prefix each step), for the Transformer above (source of S tokens) and a GPT (``gpt_mini``, 1-token
-    prompt), at batch 1 and 8 (``--gen-batch``). The tokens of the two runs are checked to be identical.
+    (one new position per step through paperzoo.models.fast_decode; encoder-decoder K/V computed once) and
+    without it (the model's own decoder re-runs the whole prefix each step), timed round-robin in one process,
+    for the Transformer above (source of S tokens) and a GPT (``gpt_mini``, 1-token prompt), at batch 1 and 8
+    (``--gen-batch``). The tokens of the two runs are checked to be identical.
 (c) Where a cached step's time goes (``--breakdown``): per position, the cached step against the matrix products
     it must do (the same weights, the same input widths: every Linear the step applies, including the output
     layer over the whole vocabulary), each the minimum over ``--gen-repeats`` runs so that preemption on a shared
@@ -224,6 +225,17 @@ def bench_breakdown(args: argparse.Namespace, models: dict[str, tuple[nn.Module,
     return rows
 
 
+def cpu_model() -> str:
+    """The CPU's model name as ``lscpu`` prints it (from /proc/cpuinfo), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -258,7 +270,8 @@ def main(argv: list[str] | None = None) -> str:
     load0 = os.getloadavg()[0]
     cmd = shlex.join(sys.argv if argv is None else ["benchmarks/bench_transformer.py", *argv])
     parts = [f"## Transformer benchmarks\n\nCommand: `python {cmd}`",
-             f"Machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+             f"Machine: {cpu_model()} ({platform.machine()}, {os.cpu_count()} CPUs), torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads, "
              f"load average {load0:.1f} before"]
     if args.skip != "train":
         rows = bench_training(args)

@@ -117,7 +117,7 @@ class Seq2SeqRNN(nn.Module):
                                        dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.init_proj = nn.Linear(cfg.n, cfg.n)  # W_s: s_0 = tanh(W_s ←h_1)
         self.attention = AdditiveAttention(cfg.n, 2 * cfg.n, cfg.n_attn)
-        gates = 4 if cfg.cell == "lstm" else 3
+        gates = CELLS[cfg.cell].gates  # LSTM: i, f, g, o; GRU: r, z, n
         # The decoder cell, input [E y_{i-1}; c_i]; parameters named as in nn.GRUCell / nn.LSTMCell.
         self.decoder = nn.ParameterDict({
             "weight_ih": nn.Parameter(torch.empty(gates * cfg.n, cfg.m + 2 * cfg.n)),
