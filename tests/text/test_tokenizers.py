@@ -35,6 +35,7 @@ def test_char_round_trip_and_specials():
     ids = tok.encode("Thu", add_bos=True, add_eos=True)
     assert ids[0] == BOS_ID and ids[-1] == EOS_ID and len(ids) == 5
     assert tok.decode(ids + [tok.encode("x")[0]]) == "Thu"  # stops at EOS
+    assert tok.decode(ids + ids, stop_at_eos=False) == "ThuThu"  # an LM sample runs on past EOS, specials dropped
     assert tok.decode([PAD_ID] + ids + [PAD_ID]) == "Thu"
 
 
