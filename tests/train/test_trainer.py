@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from paperzoo.data.loader import TensorLoader
 from paperzoo.train.api import resolve_config, train
-from paperzoo.train.checkpoint import list_checkpoints
+from paperzoo.train.checkpoint import RunDirExistsError, list_checkpoints
 from paperzoo.train.classification import ImageClassificationTask
 from paperzoo.train.config import load_config
+from paperzoo.train.task import Task
 from paperzoo.train.trainer import fit
 
 TINY = {
@@ -55,7 +56,7 @@ def test_run_directory_and_learning(tmp_path):
     for d in ("final", "best"):
         assert {p.name for p in (run / d).iterdir()} == {"model.safetensors", "ema.safetensors", "meta.json"}
     assert result.best["value"] == max(r["val_acc"] for r in evals)
-    with pytest.raises(ValueError, match="already holds a run"):
+    with pytest.raises(RunDirExistsError, match="already exists"):
         train(cfg)
 
 
@@ -90,8 +91,8 @@ def test_fp16_needs_a_gpu(tmp_path):
         train(_cfg(tmp_path, "fp16", train={"precision": "fp16"}))
 
 
-# ------------------------------------------------------------------------ a non-image task (Task protocol)
-class ToyRegression:
+# ------------------------------------------------------------------------ a non-image task (Task interface)
+class ToyRegression(Task):
     """y = x @ w_true on 64 random points: the loop's behaviour is checkable in closed form."""
 
     primary_metric, higher_is_better = "val_mse", False
@@ -100,11 +101,7 @@ class ToyRegression:
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(64, 4, generator=g)
         self.y = self.x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
-        self._loader = TensorLoader(self.x.view(64, 1, 2, 2), self.y, batch_size, shuffle=True, drop_last=True)
-
-    @property
-    def train_loader(self):
-        return self._loader
+        self.train_loader = TensorLoader(self.x.view(64, 1, 2, 2), self.y, batch_size, shuffle=True, drop_last=True)
 
     def build_model(self):
         torch.manual_seed(0)
@@ -121,12 +118,6 @@ class ToyRegression:
 
     def metadata(self):
         return {"task": "toy_regression"}
-
-    def state_dict(self):
-        return {"loader": self._loader.state_dict()}
-
-    def load_state_dict(self, s):
-        self._loader.load_state_dict(s["loader"])
 
 
 def _toy(tmp_path, name, batch_size=32, **train_kw):
@@ -150,9 +141,9 @@ def test_a_task_names_its_throughput_unit_and_resume_command(tmp_path, monkeypat
     """Image tasks log img_per_s and suggest `paperzoo train --resume`; a task may name its own (text: tok)."""
     import paperzoo.train.checkpoint as ckpt
     from paperzoo.train.logger import read_metrics, throughput
-    from paperzoo.train.trainer import resume_hint, throughput_key
+    from paperzoo.train.trainer import resume_hint
 
-    assert throughput_key(ToyRegression()) == "img_per_s"  # the default: attributes are optional
+    assert ToyRegression.throughput_unit == "img"  # the defaults of the Task base class
     assert resume_hint(ToyRegression(), "runs/x") == "paperzoo train --resume runs/x"
 
     class Points(ToyRegression):

@@ -1,7 +1,9 @@
 """Translation and language modelling as tasks of the shared trainer (:func:`paperzoo.train.trainer.fit`).
 
 The trainer owns the loop, run directories, checkpoints, resume, logging and progress bars; these classes only
-supply data, the loss of a batch and an evaluation (the :class:`~paperzoo.train.trainer.Task` protocol).
+supply data, the loss of a batch and an evaluation (the :class:`~paperzoo.train.task.Task` interface). A text
+config says which in its ``task`` field (``translation`` / ``language_model``), and trains through the same
+``paperzoo.train`` / ``resolve_config`` path as the image recipes.
 
 * :class:`TranslationTask`: teacher-forced cross-entropy (padding ignored, optional label smoothing); after each
   epoch the validation loss, token accuracy, and, by decoding the validation sentences, exact match, sacreBLEU
@@ -12,8 +14,8 @@ supply data, the loss of a batch and an evaluation (the :class:`~paperzoo.train.
 Both tasks log "train_acc" as the token accuracy and, through ``throughput_unit = "tok"``, "tok_per_s" as the
 (target) tokens per second; ``resume_command`` makes the trainer's hints and ``status.json`` name
 ``paperzoo translate train --resume RUN`` / ``paperzoo lm train --resume RUN``. The tokenizers are
-stored in every checkpoint's metadata; a resumed run or a loaded checkpoint is checked against them
-(:class:`~paperzoo.text.tokenizers.TokenizerMismatchError`).
+stored in every checkpoint's metadata: a resumed run reuses them (:meth:`TranslationTask.from_config`), and a
+loaded checkpoint is checked against them (:class:`~paperzoo.text.tokenizers.TokenizerMismatchError`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import DecodeConfig, TextConfig
+from paperzoo.train.task import Task, register_task
+
+from .config import DecodeConfig, TextConfig, text_config_from_dict
 from .data import LengthBatchLoader, LMCorpus, LMLoader, ParallelDataset, pad_sequences, read_parallel
 from .metrics import perplexity, translation_metrics
 from .tokenizers import (
@@ -139,12 +143,24 @@ def translate(model: nn.Module, sentences: Sequence[str], src_tok: Tokenizer, tg
     return out
 
 
-class TranslationTask:
+class _TextTask(Task):
+    """What the two text tasks share: their config type and its validation."""
+
+    config_type = TextConfig
+    throughput_unit = "tok"  # train_step's "count" is (target) tokens, padding excluded: logged as tok_per_s
+
+    @classmethod
+    def config_from_dict(cls, data: dict[str, Any]) -> TextConfig:
+        return text_config_from_dict(data)
+
+
+@register_task
+class TranslationTask(_TextTask):
     """Sequence-to-sequence translation on a registered encoder-decoder model (see the module docstring)."""
 
+    name = "translation"
     primary_metric = "val_exact_match"
     higher_is_better = True
-    throughput_unit = "tok"  # train_step's "count" is target tokens (padding excluded): logged as tok_per_s
     resume_command = "paperzoo translate train"
 
     def __init__(self, cfg: TextConfig, dist: Any = None, *, tokenizers: tuple[Tokenizer, Tokenizer] | None = None,
@@ -157,15 +173,19 @@ class TranslationTask:
         self.train_data = ParallelDataset(self.pairs["train"], self.src_tok, self.tgt_tok, **kw)
         self.val_data = ParallelDataset(self.pairs["val"], self.src_tok, self.tgt_tok, **kw)
         world, rank = self.dist.world_size, self.dist.rank
-        self._train_loader = LengthBatchLoader(self.train_data, d.batch_size // world, seed=cfg.train.seed,
-                                               device=self.dist.device, rank=rank, world_size=world)
+        self.train_loader = LengthBatchLoader(self.train_data, d.batch_size // world, seed=cfg.train.seed,
+                                              device=self.dist.device, rank=rank, world_size=world)
         self._val_loader = LengthBatchLoader(self.val_data, d.eval_batch_size, shuffle=False, device=self.dist.device)
 
-    # ---- Task protocol
-    @property
-    def train_loader(self) -> LengthBatchLoader:
-        return self._train_loader
+    @classmethod
+    def from_config(cls, cfg: TextConfig, dist: Any = None, *,
+                    resume_meta: dict[str, Any] | None = None) -> TranslationTask:
+        """The task of ``cfg``; resuming, with the run's own tokenizers (saved in its checkpoint's metadata)."""
+        toks = resume_meta["tokenizers"] if resume_meta is not None else None
+        return cls(cfg, dist, tokenizers=(tokenizer_from_dict(toks["src"]), tokenizer_from_dict(toks["tgt"]))
+                   if toks else None)
 
+    # ---- the Task interface
     def model_args(self) -> dict[str, Any]:
         return {"src_vocab_size": self.src_tok.vocab_size, "tgt_vocab_size": self.tgt_tok.vocab_size,
                 **self.cfg.model.args}
@@ -216,8 +236,7 @@ class TranslationTask:
                 "data": asdict(self.cfg.data), "decode": asdict(self.cfg.decode)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_loader": self._train_loader.state_dict(),
-                "tokenizers": [self.src_tok.fingerprint(), self.tgt_tok.fingerprint()]}
+        return {**super().state_dict(), "tokenizers": [self.src_tok.fingerprint(), self.tgt_tok.fingerprint()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         want = list(state.get("tokenizers", []))
@@ -225,15 +244,16 @@ class TranslationTask:
         if want and want != have:
             raise TokenizerMismatchError(f"cannot resume: the run was trained with tokenizers {want} (fingerprints) "
                                          f"but this task built {have}; resume with the run's own tokenizers")
-        self._train_loader.load_state_dict(state["train_loader"])
+        super().load_state_dict(state)
 
 
-class LanguageModelTask:
+@register_task
+class LanguageModelTask(_TextTask):
     """Next-token prediction on a text file with a registered decoder-only model (e.g. ``gpt_char_small``)."""
 
+    name = "language_model"
     primary_metric = "val_loss"
     higher_is_better = False
-    throughput_unit = "tok"  # train_step's "count" is predicted tokens: logged as tok_per_s
     resume_command = "paperzoo lm train"
 
     def __init__(self, cfg: TextConfig, dist: Any = None, *, tokenizer: Tokenizer | None = None) -> None:
@@ -254,15 +274,19 @@ class LanguageModelTask:
         self.tok = tokenizer
         self.corpus = LMCorpus(text, tokenizer, val_fraction=d.val_fraction)
         world, rank = self.dist.world_size, self.dist.rank
-        self._train_loader = LMLoader(self.corpus.train, d.block_size, d.batch_size // world, seed=cfg.train.seed,
-                                      device=self.dist.device, rank=rank, world_size=world)
+        self.train_loader = LMLoader(self.corpus.train, d.block_size, d.batch_size // world, seed=cfg.train.seed,
+                                     device=self.dist.device, rank=rank, world_size=world)
         self._val_loader = LMLoader(self.corpus.val, d.block_size, d.eval_batch_size, shuffle=False,
                                     device=self.dist.device)
 
-    @property
-    def train_loader(self) -> LMLoader:
-        return self._train_loader
+    @classmethod
+    def from_config(cls, cfg: TextConfig, dist: Any = None, *,
+                    resume_meta: dict[str, Any] | None = None) -> LanguageModelTask:
+        """The task of ``cfg``; resuming, with the run's own tokenizer (saved in its checkpoint's metadata)."""
+        tok = resume_meta["tokenizers"]["lm"] if resume_meta is not None else None
+        return cls(cfg, dist, tokenizer=tokenizer_from_dict(tok) if tok else None)
 
+    # ---- the Task interface
     def model_args(self) -> dict[str, Any]:
         return {"vocab_size": self.tok.vocab_size, "block_size": self.cfg.data.block_size, **self.cfg.model.args}
 
@@ -299,14 +323,14 @@ class LanguageModelTask:
                 "tokenizers": {"lm": self.tok.to_dict()}, "data": asdict(self.cfg.data)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_loader": self._train_loader.state_dict(), "tokenizers": [self.tok.fingerprint()]}
+        return {**super().state_dict(), "tokenizers": [self.tok.fingerprint()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         want = list(state.get("tokenizers", []))
         if want and want != [self.tok.fingerprint()]:
             raise TokenizerMismatchError(f"cannot resume: the run was trained with tokenizer {want[0]} but this "
                                          f"task built {self.tok.fingerprint()}")
-        self._train_loader.load_state_dict(state["train_loader"])
+        super().load_state_dict(state)
 
 
 class TextCheckpoint:
@@ -351,53 +375,16 @@ def load_text_checkpoint(path: str | Path, which: str = "best", *, device: str |
 
 
 # ------------------------------------------------------------------------------------------ Python API
-def _resume_tokenizers(run_dir: Path) -> dict[str, Tokenizer] | None:
-    """The tokenizers stored in a run's newest checkpoint (None if it has none yet)."""
-    from paperzoo.train import checkpoint as ckpt
-
-    last = ckpt.latest_checkpoint(Path(run_dir) / "checkpoints")
-    if last is None:
-        return None
-    meta = ckpt.read_meta(last / "model.safetensors")
-    return {k: tokenizer_from_dict(v) for k, v in meta["tokenizers"].items()}
-
-
-def _train_text(kind: str, config: Any, overrides: list[str] | None, resume: str | Path | None) -> Any:
-    from paperzoo.train.config import apply_overrides
-    from paperzoo.train.trainer import fit
-
-    from .config import TextConfig, load_text_config, text_config_from_dict, text_config_to_dict
-
-    if resume is not None:
-        if config is not None:
-            raise ValueError("pass either a config or resume=RUN_DIR (which uses the run's saved config)")
-        if not (Path(resume) / "config.yaml").is_file():
-            raise FileNotFoundError(f"cannot resume: {resume} is not a run directory (no config.yaml)")
-        config = Path(resume) / "config.yaml"
-    if isinstance(config, TextConfig):
-        cfg = text_config_from_dict(apply_overrides(text_config_to_dict(config), list(overrides or [])))
-    elif isinstance(config, dict):
-        cfg = text_config_from_dict(apply_overrides(dict(config), list(overrides or [])))
-    else:
-        cfg = load_text_config(config, overrides)
-    toks = _resume_tokenizers(Path(resume)) if resume is not None else None
-    if kind == "translation":
-        task: Any = TranslationTask(cfg, tokenizers=(toks["src"], toks["tgt"]) if toks else None)
-    else:
-        task = LanguageModelTask(cfg, tokenizer=toks["lm"] if toks else None)
-    return fit(cfg, task, resume=resume)
-
-
 def train_translation(config: Any = None, *, overrides: list[str] | None = None,
                       resume: str | Path | None = None) -> Any:
-    """Train a translation model with the shared trainer; returns its ``TrainResult``.
+    """:func:`paperzoo.train` for translation (a config without a ``task`` field is taken as one)."""
+    from paperzoo.train.api import train
 
-    ``config`` is a :class:`~paperzoo.text.config.TextConfig`, a nested dict or a YAML path; ``resume=RUN_DIR``
-    continues a run with its saved config and tokenizers.
-    """
-    return _train_text("translation", config, overrides, resume)
+    return train(config, overrides=overrides, resume=resume, task="translation")
 
 
 def train_lm(config: Any = None, *, overrides: list[str] | None = None, resume: str | Path | None = None) -> Any:
-    """Train a language model with the shared trainer (see :func:`train_translation`)."""
-    return _train_text("lm", config, overrides, resume)
+    """:func:`paperzoo.train` for language modelling (a config without a ``task`` field is taken as one)."""
+    from paperzoo.train.api import train
+
+    return train(config, overrides=overrides, resume=resume, task="language_model")

@@ -9,47 +9,56 @@ Example::
     report = paperzoo.evaluate(result.run_dir, tta="flip", out_dir=result.run_dir / "eval")
     print(report.metrics["accuracy"], report.metrics["macro_f1"])
 
-``config`` may be a :class:`~paperzoo.train.config.Config`, a nested dict or a YAML path; ``overrides`` are
-``section.key=value`` strings as on the command line.
+``config`` may be a config dataclass, a nested dict, a YAML path or a recipe name; its ``task`` field picks the
+task (image classification by default; ``translation``, ``language_model``, or any registered
+:class:`~paperzoo.train.task.Task`). ``overrides`` are ``section.key=value`` strings as on the command line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn as nn
-
-from .config import Config, apply_overrides, config_from_dict, config_to_dict, find_recipe, load_config
+from .config import apply_overrides, config_to_dict, find_recipe, read_config_data
 from .evaluate import EvalResult, average_checkpoints, ensemble, evaluate, predict_files
-from .trainer import Task, TrainResult, fit
+from .task import get_task
+from .trainer import TrainResult, fit
 
-__all__ = ["EvalResult", "TrainResult", "average_checkpoints", "build_optimizer_and_schedule", "ensemble",
-           "evaluate", "predict_files", "resolve_config", "train"]
+__all__ = ["EvalResult", "TrainResult", "average_checkpoints", "ensemble", "evaluate", "predict_files",
+           "resolve_config", "train"]
+
+DEFAULT_TASK = "image_classification"
 
 
-def resolve_config(config: Config | dict | str | os.PathLike | None = None,
-                   overrides: list[str] | None = None) -> Config:
-    """A validated :class:`Config` from a Config, a dict, a YAML path or a recipe name, with overrides applied."""
-    if isinstance(config, Config):
-        data = config_to_dict(config)
+def resolve_config(config: Any = None, overrides: list[str] | None = None, *, task: str | None = None) -> Any:
+    """The validated config of a task, from a config dataclass, a dict, a YAML path or a recipe name.
+
+    The config's top-level ``task`` field picks the task (:func:`paperzoo.train.task.get_task`), whose config
+    type is then built and checked: ``Config`` for image classification, ``TextConfig`` for translation and
+    language modelling, ... ``task`` names the task a config without that field is for (default
+    image_classification); a config naming another task is an error. ``overrides`` are ``section.key=value``.
+    """
+    if dataclasses.is_dataclass(config):
+        data = apply_overrides(config_to_dict(config), list(overrides or []))
     elif isinstance(config, dict):
-        data = dict(config)
-    elif config is None:
-        data = {}
-    else:  # a YAML path or a recipe name from configs/
-        return load_config(find_recipe(config), overrides)
-    return config_from_dict(apply_overrides(data, list(overrides or [])))
+        data = apply_overrides(dict(config), list(overrides or []))
+    else:  # None, a YAML path or a recipe name from configs/
+        data = read_config_data(None if config is None else find_recipe(config), overrides)
+    name = data.setdefault("task", task or DEFAULT_TASK)
+    if task is not None and name != task:
+        raise ValueError(f"the config is for task {name!r}, not {task!r}")
+    return get_task(name).config_from_dict(data)
 
 
-def train(config: Config | dict | str | os.PathLike | None = None, *, overrides: list[str] | None = None,
-          resume: str | os.PathLike | None = None, task: Task | None = None) -> TrainResult:
-    """Train a model; returns a :class:`TrainResult` (``run_dir``, ``status``, ``metrics``, ``best``).
+def train(config: Any = None, *, overrides: list[str] | None = None, resume: str | os.PathLike | None = None,
+          task: str | None = None) -> TrainResult:
+    """Train the task a config names; returns a :class:`TrainResult` (``run_dir``, ``status``, ``metrics``, ...).
 
     With ``resume=RUN_DIR`` the run's saved ``config.yaml`` is used (``config`` must then be None) and
-    training continues from its newest checkpoint; ``overrides`` still apply on top.
+    training continues from its newest intact checkpoint; ``overrides`` still apply on top. ``task``: see
+    :func:`resolve_config`.
     """
     if resume is not None:
         if config is not None:
@@ -58,23 +67,4 @@ def train(config: Config | dict | str | os.PathLike | None = None, *, overrides:
         if not run_cfg.is_file():
             raise FileNotFoundError(f"cannot resume: {resume} is not a run directory (no config.yaml)")
         config = run_cfg
-    return fit(resolve_config(config, overrides), task, resume=resume)
-
-
-def build_optimizer_and_schedule(cfg: Config, model: nn.Module, total_steps: int, steps_per_epoch: int
-                                 ) -> tuple[torch.optim.Optimizer, Any]:
-    """The optimizer (no weight decay on norms/biases) and the per-step LR schedule of ``cfg``."""
-    from .optim import build_optimizer
-    from .schedulers import build_scheduler
-
-    o, s = cfg.optim, cfg.sched
-    optimizer = build_optimizer(model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
-                                nesterov=o.nesterov, betas=tuple(o.betas))
-    scheduler = build_scheduler(
-        optimizer, s.name, total_steps=total_steps,
-        warmup_steps=round(s.warmup_epochs * steps_per_epoch), min_lr_ratio=s.min_lr_ratio,
-        step_size=round(s.step_epochs * steps_per_epoch) if s.step_epochs else None,
-        milestones=tuple(round(m * steps_per_epoch) for m in s.milestones), gamma=s.gamma, pct_start=s.pct_start)
-    return optimizer, scheduler
-
-
+    return fit(resolve_config(config, overrides, task=task), resume=resume)

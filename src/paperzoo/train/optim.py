@@ -14,11 +14,12 @@ layer scales) and for names a model lists in ``no_weight_decay()`` (e.g. ``{"pos
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-__all__ = ["build_optimizer", "no_weight_decay_names", "param_groups"]
+__all__ = ["build_optimizer", "build_optimizer_and_schedule", "no_weight_decay_names", "param_groups"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -83,3 +84,22 @@ def build_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, weight
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     raise ValueError(f"unknown optimizer {name!r}; valid choices: sgd, adamw")
+
+
+def build_optimizer_and_schedule(cfg: Any, model: nn.Module, total_steps: int, steps_per_epoch: int
+                                 ) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer and the per-step LR schedule of a config's ``optim`` and ``sched`` sections.
+
+    The schedule's epochs (warm-up, step size, milestones) are converted to optimizer steps.
+    """
+    from .schedulers import build_scheduler
+
+    o, s = cfg.optim, cfg.sched
+    optimizer = build_optimizer(model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                                nesterov=o.nesterov, betas=tuple(o.betas))
+    scheduler = build_scheduler(
+        optimizer, s.name, total_steps=total_steps,
+        warmup_steps=round(s.warmup_epochs * steps_per_epoch), min_lr_ratio=s.min_lr_ratio,
+        step_size=round(s.step_epochs * steps_per_epoch) if s.step_epochs else None,
+        milestones=tuple(round(m * steps_per_epoch) for m in s.milestones), gamma=s.gamma, pct_start=s.pct_start)
+    return optimizer, scheduler

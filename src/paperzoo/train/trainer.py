@@ -1,24 +1,28 @@
-"""The training loop: one readable function, :func:`fit`, for every task.
+"""The training loop: :func:`fit`, one loop for every :class:`~paperzoo.train.task.Task`.
 
-The loop knows nothing about images or text. A :class:`Task` supplies the model, the training batches, the
-loss of a batch and an evaluation; image classification (:mod:`paperzoo.train.classification`) is the first
-task, and the sequence models plug translation and language modelling into the same loop.
-
-Sections of :func:`fit`, top to bottom: set up (devices, DDP, seeds, run directory) -> build (task, model,
-optimizer, schedule, grad scaler, EMA) -> resume -> train (micro-steps with autocast and accumulation,
-clip, step, EMA, schedule) -> hooks after each optimizer step (NaN guard, log, checkpoint, Ctrl-C) -> hooks
-after each epoch (evaluate, best, checkpoint) -> finish (final weights, curves, status).
+The loop knows nothing about images or text: a task supplies the model, the batches, the loss of a batch and
+an evaluation. It reads top to bottom: set up (devices, determinism, the run directory) -> build (task, model,
+optimizer, schedule, grad scaler, EMA, logs) -> resume -> train, whose body is four paragraphs (micro-batches,
+the optimizer step, hooks after each step, hooks after each epoch) -> finish (final weights, curves, status).
+What the loop changes is one small dataclass, :class:`LoopState`; what it works with is another,
+:class:`RunContext`; the functions below take those two.
 
 Exact resumption: everything random is either re-derived from (seed, epoch, batch) (data order and
 augmentation, inside the task) or saved in the checkpoint (torch/CUDA/Python/NumPy RNG states, optimizer,
 schedule, scaler, EMA, loader position), and checkpoints are taken at optimizer-step boundaries. So a run
 killed at any moment and resumed from its last checkpoint replays the lost steps exactly: on CPU the final
 weights are bitwise identical to an uninterrupted run (tests/train/test_checkpoint_resume.py).
+
+Faults: Ctrl-C or SIGTERM saves a resumable checkpoint and ends the run "interrupted" (a second signal
+interrupts at once); a NaN/inf loss ends it "failed" with its last good checkpoint; a checkpoint that cannot be
+written (a full disk) raises :class:`RunFailedError` and keeps the previous one; a resume skips a newest
+checkpoint that is truncated or corrupt, saying so. Two runs cannot claim one run directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -28,7 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,52 +42,21 @@ from torch import Tensor
 from . import checkpoint as ckpt
 from . import distributed as D
 from .allocator import retain_freed_memory
-from .config import Config, config_to_dict, save_config
+from .config import config_to_dict, save_config
 from .logger import Progress, RunLogger, write_status
+from .optim import build_optimizer_and_schedule
+from .task import Task, get_task
 
-__all__ = ["NonFiniteLossError", "Task", "TrainResult", "fit", "prepare_run_dir", "resume_hint",
-           "throughput_key"]
+__all__ = ["LoopState", "NonFiniteLossError", "RunContext", "RunFailedError", "TrainResult", "fit", "resume_hint"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run is marked failed and its last good checkpoint kept."""
 
 
-class Task(Protocol):
-    """What :func:`fit` needs from a task.
-
-    ``train_loader`` yields batches for :meth:`train_step`; it has ``set_epoch(epoch)``, ``__len__`` (micro-
-    batches per epoch, this rank) and ``state_dict()`` / ``load_state_dict()`` (position within the epoch).
-    """
-
-    primary_metric: str  # key of evaluate()'s dict used to pick the best checkpoint, e.g. "val_acc"
-    higher_is_better: bool
-    # Optional (read with getattr, defaults in brackets): what ``count`` in train_step's stats counts, logged
-    # as "<unit>_per_s" ["img": img_per_s; text tasks say "tok"], and the command that resumes a run of this
-    # task, printed in hints and status.json as "<command> --resume RUN" ["paperzoo train"].
-    throughput_unit: str
-    resume_command: str
-
-    def build_model(self) -> nn.Module: ...
-
-    @property
-    def train_loader(self) -> Any: ...
-
-    def train_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss of one micro-batch and metric sums for logging, e.g. ``{"correct": t, "count": n}``."""
-        ...
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]: ...
-
-    def metadata(self) -> dict[str, Any]:
-        """Saved with every checkpoint: what is needed to use the weights (classes, normalization, ...)."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]:
-        """Resumable task state (at least the train loader's position), saved in ``state.pt``."""
-        ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+class RunFailedError(OSError):
+    """A checkpoint could not be written (e.g. a full disk): the run is marked failed, the previous checkpoint
+    kept. Raised without its chain, so that the command line shows one line."""
 
 
 @dataclass
@@ -97,29 +70,529 @@ class TrainResult:
     resume_hint: str = ""  # the command that continues the run, e.g. "paperzoo lm train --resume runs/x"
 
 
-def throughput_key(task: Any) -> str:
-    """The metrics.jsonl field of a task's training throughput: ``img_per_s``, ``tok_per_s``, ..."""
-    return f"{getattr(task, 'throughput_unit', 'img')}_per_s"
+@dataclass
+class LoopState:
+    """What the loop changes. The first six fields go into every resumable checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    in_epoch: bool = False  # epoch `epoch` has begun: the loader's position is part of the task's state
+    train_time: float = 0.0  # seconds spent training, not evaluating or saving
+    best: dict[str, Any] = field(default_factory=dict)  # {"metric", "value", "step"} of the best evaluation
+    sums: dict[str, Tensor] = field(default_factory=dict)  # metric sums since the last log record
+    # this process only
+    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    nonfinite: Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.bool))  # a NaN/inf loss seen
+    items_before: float = 0.0  # items in `sums` counted before a resume: not timed by this process
+    t_step: float = 0.0  # time.perf_counter() at the start of the current step / log interval
+    t_log: float = 0.0
 
 
-def resume_hint(task: Any, run_dir: str | os.PathLike) -> str:
+@dataclass
+class RunContext:
+    """What the loop works with, built once by :func:`_build`."""
+
+    cfg: Any  # the task's config: has the model, optim, sched, train and run sections
+    task: Task
+    dist: D.DistInfo
+    run_dir: Path
+    model: nn.Module  # the bare model: saved, evaluated, averaged by the EMA
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    ema: Any  # ModelEma or None
+    autocast: torch.autocast
+    steps_per_epoch: int
+    total_steps: int
+    logger: RunLogger
+    progress: Progress
+    train_model: nn.Module | None = None  # what the forward pass runs: the model under DDP / torch.compile
+
+
+def resume_hint(task: Task, run_dir: str | os.PathLike) -> str:
     """The command that resumes ``run_dir``, e.g. ``paperzoo translate train --resume runs/x``."""
-    return f"{getattr(task, 'resume_command', 'paperzoo train')} --resume {run_dir}"
+    return f"{task.resume_command} --resume {run_dir}"
 
 
-# ----------------------------------------------------------------------------------------------- setup
+# ---------------------------------------------------------------------------------------------- the loop
+def fit(cfg: Any, task: Task | None = None, *, resume: str | os.PathLike | None = None) -> TrainResult:
+    """Train according to ``cfg`` (or resume the run directory ``resume``) and return the outcome.
+
+    Args:
+        cfg: a task's config (see :func:`paperzoo.train.api.resolve_config`): its ``task`` field names the task,
+            and it has the ``model``, ``optim``, ``sched``, ``train`` and ``run`` sections of
+            :class:`~paperzoo.train.config.Config`.
+        task: a task object to train instead of the one ``cfg.task`` names.
+        resume: a run directory to continue from its newest intact checkpoint.
+    """
+    dist = D.setup(cfg.train.device)
+    try:
+        with _process_settings(cfg.train, dist.device):
+            run_dir, last = _locate_run(cfg, dist, resume)
+            run = _build_or_release(cfg, task, dist, run_dir, last, resumed=resume is not None)
+            return _run(run, last)
+    finally:
+        D.cleanup(dist)
+
+
+def _run(run: RunContext, last: Path | None) -> TrainResult:
+    """Resume (or start), train, finish; a crash leaves status.json "failed" with the command that resumes."""
+    s = LoopState(best={"metric": run.task.primary_metric, "value": None, "step": None},
+                  nonfinite=torch.zeros((), dtype=torch.bool, device=run.dist.device))
+    try:
+        _start(run, s, last)
+        with _stop_signals() as stop:
+            status, error = _train(run, s, stop), None
+    except NonFiniteLossError as e:
+        status, error = "failed", str(e)
+    except BaseException as e:  # a crash, a full disk or a second Ctrl-C: record it, then let it propagate
+        _mark_failed(run, s, e)
+        raise
+    finally:
+        run.progress.close()
+        run.logger.close()
+    return _finish(run, s, status, error)
+
+
+def _train(run: RunContext, s: LoopState, stop: dict[str, bool]) -> str:
+    """Optimizer steps until the last one ("done") or a stop signal ("interrupted"); a NaN/inf loss raises."""
+    accum = run.cfg.train.grad_accum
+    s.t_log = time.perf_counter()
+    while s.step < run.total_steps:
+        batches = _start_epoch(run, s)
+        for _ in range(_steps_left_in_epoch(run, s)):
+            # -- micro-batches: forward under autocast, scaled backward; DDP syncs on the last one
+            for i, batch in enumerate(itertools.islice(batches, accum)):
+                _micro_batch(run, s, batch, sync=i == accum - 1)
+            # -- one optimizer step: unscale, clip, step, schedule, EMA
+            _optimizer_step(run, s)
+            # -- hooks after each optimizer step: NaN guard, log, checkpoint, stop signal
+            if _after_step(run, s, stop):
+                return "interrupted"
+        del batches  # ends the epoch's pass (a streaming loader's workers) before evaluating
+        # -- hooks after each epoch: evaluate, keep the best, checkpoint, stop signal
+        _after_epoch(run, s)
+        if _should_stop(stop, run.dist):
+            return "interrupted"
+    return "done"
+
+
+def _start(run: RunContext, s: LoopState, last: Path | None) -> None:
+    """Resume from ``last`` (or seed this rank's random streams), then wrap the model for training."""
+    if last is not None:
+        _resume(run, s, last)
+    else:
+        torch.manual_seed(run.cfg.train.seed + run.dist.rank)  # per-rank dropout / drop-path masks
+        run.progress.message(f"run directory: {run.run_dir} ({run.total_steps} steps, "
+                             f"{run.steps_per_epoch} per epoch)")
+    run.train_model = D.wrap_model(run.model, run.dist, run.cfg.train.sync_bn)  # after the weights are loaded
+    if run.cfg.train.compile:
+        run.train_model = torch.compile(run.train_model)
+
+
+def _start_epoch(run: RunContext, s: LoopState) -> Iterator[Any]:
+    loader = run.task.train_loader
+    if not s.in_epoch:  # else the loader continues where the checkpoint left it
+        loader.set_epoch(s.epoch)
+    s.in_epoch = True
+    run.model.train()
+    s.t_step = time.perf_counter()
+    return iter(loader)
+
+
+def _steps_left_in_epoch(run: RunContext, s: LoopState) -> int:
+    # every epoch has steps_per_epoch steps (a partial accumulation group at its end is dropped)
+    return min(run.steps_per_epoch - s.step % run.steps_per_epoch, run.total_steps - s.step)
+
+
+def _micro_batch(run: RunContext, s: LoopState, batch: Any, *, sync: bool) -> None:
+    """Forward and scaled backward of one micro-batch; its loss and statistics join the log sums."""
+    no_sync = run.train_model.no_sync() if run.dist.enabled and not sync else contextlib.nullcontext()
+    with no_sync:
+        with run.autocast:
+            loss, stats = run.task.train_step(run.train_model, batch)
+        run.scaler.scale(loss / run.cfg.train.grad_accum).backward()
+    loss = loss.detach()
+    s.nonfinite |= ~torch.isfinite(loss)
+    for k, v in {"loss": loss.float(), "micro_batches": 1, **{k: v.detach() for k, v in stats.items()}}.items():
+        s.sums[k] = s.sums.get(k, 0) + v
+
+
+def _optimizer_step(run: RunContext, s: LoopState) -> None:
+    clip = run.cfg.train.grad_clip
+    if clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    s.step += 1
+    ckpt.fault_point("step")
+    now = time.perf_counter()
+    s.train_time += now - s.t_step
+    s.t_step = now
+
+
+def _after_step(run: RunContext, s: LoopState, stop: dict[str, bool]) -> bool:
+    """NaN guard, log record, periodic checkpoint and stop signal; True if the run stops here."""
+    t = run.cfg.train
+    _check_finite(run, s)
+    end_of_epoch = s.step % run.steps_per_epoch == 0 or s.step == run.total_steps
+    if s.step % t.log_every == 0 or end_of_epoch:
+        _log_train(run, s)
+    if end_of_epoch:  # the epoch's hooks checkpoint and look for a stop signal
+        return False
+    if t.checkpoint_every and s.step % t.checkpoint_every == 0:
+        _save(run, s, "step")
+        s.t_step = time.perf_counter()  # train_time counts training, not saving
+    if _should_stop(stop, run.dist):
+        _save(run, s, "step")
+        return True
+    return False
+
+
+def _after_epoch(run: RunContext, s: LoopState) -> None:
+    """Evaluate (every ``eval_every`` epochs and at the end), keep the best weights, write a checkpoint."""
+    s.epoch, s.in_epoch = s.epoch + 1, False
+    if s.epoch % run.cfg.train.eval_every == 0 or s.step == run.total_steps:
+        s.metrics = _evaluate(run, s)
+        run.logger.log({"epoch": s.epoch, "step": s.step, **s.metrics, "train_time_s": s.train_time})
+        run.progress.message(f"epoch {s.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in s.metrics.items()))
+    _save(run, s, "step", s.metrics)
+    s.t_log = time.perf_counter()  # throughput measures training only, not evaluation or saving
+
+
+# ----------------------------------------------------------------------------------------------- hooks
+def _check_finite(run: RunContext, s: LoopState) -> None:
+    """Raise :class:`NonFiniteLossError` if a loss since the last check was NaN/inf.
+
+    Checked after every step on CPU (reading the flag costs no sync), every ``log_every`` steps on GPU. Under
+    DDP this is a collective: every rank stops together, or the others would hang.
+    """
+    t = run.cfg.train
+    every = 1 if run.dist.device.type == "cpu" else t.log_every
+    if s.step % every and s.step % t.log_every and s.step != run.total_steps:
+        return
+    if D.all_reduce_sum(s.nonfinite.float(), run.dist).item() > 0:
+        when = f"step {s.step}" + (f" or in the {every - 1} steps before it" if every > 1 else "")
+        raise NonFiniteLossError(f"the training loss is NaN/inf at {when} (epoch {s.epoch + 1}); lower optim.lr, "
+                                 "set train.grad_clip or use fp32. The last good checkpoint is kept.")
+
+
+def _log_train(run: RunContext, s: LoopState) -> None:
+    """One training record: averages since the last one, learning rate, throughput, ETA."""
+    record = _train_record(s.sums, s.epoch, s.step, run.optimizer, run.dist)
+    rate_key = f"{run.task.throughput_unit}_per_s"
+    items = record.pop("items", 0) - s.items_before
+    record[rate_key] = items / max(time.perf_counter() - s.t_log, 1e-9)
+    record["train_time_s"] = s.train_time  # so curves can put training metrics against time
+    eta = (run.total_steps - s.step) * s.train_time / max(s.step, 1)
+    run.logger.log(record)
+    shown = {k: record[k] for k in ("train_loss", "train_acc", "lr", rate_key) if k in record}
+    run.progress.update(s.step, s.epoch, shown, eta)
+    s.sums, s.items_before, s.t_log = {}, 0.0, time.perf_counter()
+
+
+def _evaluate(run: RunContext, s: LoopState) -> dict[str, float]:
+    """Evaluate the model (and its EMA); save the weights as "best" if the primary metric improved."""
+    metrics = run.task.evaluate(run.model)
+    if run.ema is not None:
+        metrics.update({f"{k}_ema": v for k, v in run.task.evaluate(run.ema.module).items()})
+    value, best = metrics.get(run.task.primary_metric), s.best["value"]
+    if value is not None and (best is None or (value > best if run.task.higher_is_better else value < best)):
+        s.best.update(value=value, step=s.step)
+        _save(run, s, "best", metrics)
+    return metrics
+
+
+def _save(run: RunContext, s: LoopState, kind: str, metrics: dict[str, float] | None = None) -> None:
+    """Write a resumable checkpoint (``kind`` "step") or weights only ("best", "final"); rank 0 writes.
+
+    Every rank calls this (the RNG states are gathered). A write that fails (a full disk) raises
+    :class:`RunFailedError`; the checkpoint is renamed into place only when whole, so the previous one stays.
+    """
+    rng = _gather_rng_states(run.dist) if kind == "step" else None
+    if not run.dist.is_main:
+        return
+    path = run.run_dir / "checkpoints" / f"step_{s.step:08d}" if kind == "step" else run.run_dir / kind
+    meta = {**run.task.metadata(), "epoch": s.epoch, "step": s.step, "metrics": metrics or {},
+            "config": config_to_dict(run.cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    ema = run.ema.module.state_dict() if run.ema is not None else None
+    training_state = _training_state(run, s, rng) if kind == "step" else None
+    try:
+        ckpt.save_checkpoint(path, run.model.state_dict(), meta, ema_state=ema, training_state=training_state)
+        if kind == "step":
+            ckpt.prune_checkpoints(run.run_dir / "checkpoints", run.cfg.train.keep_last)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            ckpt.clean_temporary(path.parent)  # give back the space the partial write took
+        raise RunFailedError(f"could not write checkpoint {path}: {e.strerror or e}; the previous checkpoint "
+                             "is kept") from None
+    if kind == "step":
+        ckpt.fault_point("after_checkpoint")
+
+
+def _training_state(run: RunContext, s: LoopState, rng: Any) -> dict[str, Any]:
+    """``state.pt``: the loop state and everything else a resumed run needs to continue exactly."""
+    return {
+        "epoch": s.epoch, "step": s.step, "in_epoch": s.in_epoch, "best": s.best, "train_time": s.train_time,
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
+        "task": run.task.state_dict(), "rng": rng,
+        # one process: the pending log sums, so the first record after a resume equals the original's (under
+        # DDP each rank has its own; that record then covers the resumed steps only)
+        "log_sums": {} if run.dist.enabled else {k: torch.as_tensor(v).cpu() for k, v in s.sums.items()},
+    }
+
+
+def _should_stop(stop: dict[str, bool], dist: D.DistInfo) -> bool:
+    """All ranks stop together if any rank received a stop signal."""
+    if not dist.enabled:
+        return stop["stop"]
+    flag = torch.tensor([1.0 if stop["stop"] else 0.0], device=dist.device)
+    return bool(D.all_reduce_sum(flag, dist).item() > 0)
+
+
+def _train_record(sums: dict[str, Tensor], epoch: int, step: int, optimizer: torch.optim.Optimizer,
+                  dist: D.DistInfo) -> dict[str, Any]:
+    """Average the metric sums since the last record over micro-batches / items and all ranks."""
+    keys = sorted(sums)
+    vec = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=dist.device) for k in keys])
+    total = dict(zip(keys, D.all_reduce_sum(vec, dist).tolist()))
+    record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"]}
+    count = total.pop("count", None)
+    n_micro = total.pop("micro_batches")  # summed over ranks, like the losses
+    record["train_loss"] = total.pop("loss") / n_micro
+    record["items"] = count or 0
+    for k, v in total.items():  # e.g. "correct" -> train_acc
+        name = "train_acc" if k == "correct" else f"train_{k}"
+        record[name] = v / count if count else v
+    if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
+        record["nonfinite"] = True
+    return record
+
+
+# ------------------------------------------------------------------------------------- set up and build
+@contextlib.contextmanager
+def _process_settings(t: Any, device: torch.device) -> Iterator[None]:
+    """Threads, determinism and the allocator for the run (``t``: the train section); the caller's threads
+    and determinism are restored afterwards."""
+    if t.precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision=fp16 needs a GPU (GradScaler); on CPU use bf16 or fp32")
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS for determinism
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = t.deterministic
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not t.deterministic
+    if t.retain_memory and device.type == "cpu":
+        retain_freed_memory()  # activations reused from the heap, not page-faulted in every step
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _locate_run(cfg: Any, dist: D.DistInfo, resume: str | os.PathLike | None) -> tuple[Path, Path | None]:
+    """The run directory and the checkpoint to resume from (None: start from scratch).
+
+    A new run claims ``run.out_dir/run.name`` atomically (a generated name gets ``-2``, ``-3``, ... if taken);
+    a resumed one continues from its newest intact checkpoint. Rank 0 decides and tells the others; an error
+    is raised on every rank, so that none waits for the others forever.
+    """
+    found: tuple[str, str | None, str | None] | None = None
+    if dist.is_main:
+        try:
+            run_dir, last = _claim_run_dir(cfg) if resume is None else _resume_point(Path(resume))
+            found = (str(run_dir), None if last is None else str(last), None)
+        except (ValueError, OSError) as e:
+            if not dist.enabled:
+                raise
+            found = ("", None, f"{type(e).__name__}: {e}")
+    run_dir, last, error = D.broadcast_object(found, dist)
+    if error:
+        raise ValueError(error)
+    return Path(run_dir), None if last is None else Path(last)
+
+
+def _claim_run_dir(cfg: Any) -> tuple[Path, None]:
+    """Claim the new run's directory and write its config at once: a run killed while it builds can then be
+    resumed (from step 0) rather than leave a directory that neither starts nor resumes."""
+    dataset = getattr(getattr(cfg, "data", None), "dataset", "data")
+    name = cfg.run.name or f"{cfg.model.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # a generated name may be taken by a run started in the same second: that one gets name-2
+    run_dir = ckpt.claim_run_dir(Path(cfg.run.out_dir) / name, unique=cfg.run.name is None)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir, None
+
+
+def _resume_point(run_dir: Path) -> tuple[Path, Path | None]:
+    """The newest intact checkpoint of ``run_dir``; newer ones that fail verification are skipped, with a
+    one-line warning (none at all: the run starts again from step 0)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"cannot resume: {run_dir} is not a run directory (no config.yaml)")
+    last, skipped = ckpt.latest_intact_checkpoint(run_dir / "checkpoints")
+    if skipped:
+        then = f"resuming from {last.name}" if last is not None else "no intact checkpoint left: starting at step 0"
+        reasons = "; ".join(f"{p.name} ({reason})" for p, reason in skipped)
+        print(f"paperzoo: warning: skipped corrupt checkpoint(s) {reasons}; {then}", file=sys.stderr)
+    return run_dir, last
+
+
+def _build_or_release(cfg: Any, task: Task | None, dist: D.DistInfo, run_dir: Path, last: Path | None, *,
+                      resumed: bool) -> RunContext:
+    """:func:`_build`; if the data or the model of a new run fails to build, its directory is given back (it
+    holds only its config), so that no empty run is left behind."""
+    try:
+        return _build(cfg, task, dist, run_dir, last, resumed=resumed)
+    except BaseException:
+        if not resumed and dist.is_main:
+            (run_dir / "config.yaml").unlink(missing_ok=True)
+            ckpt.release_run_dir(run_dir)
+        raise
+
+
+def _build(cfg: Any, task: Task | None, dist: D.DistInfo, run_dir: Path, last: Path | None, *,
+           resumed: bool) -> RunContext:
+    """Task, model, optimizer, schedule, grad scaler, EMA; then the run's config, status and logs on disk."""
+    _seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights
+    resume_meta = ckpt.read_meta(last / "model.safetensors") if last is not None else None
+    if task is None:
+        task = get_task(cfg.task).from_config(cfg, dist, resume_meta=resume_meta)
+    model = task.build_model().to(dist.device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    steps_per_epoch, total_steps = _schedule_length(cfg.train, len(task.train_loader))
+    optimizer, scheduler = build_optimizer_and_schedule(cfg, model, total_steps, steps_per_epoch)
+    ema = None
+    if cfg.train.ema:
+        from .ema import ModelEma
+
+        ema = ModelEma(model, decay=cfg.train.ema_decay)
+    if dist.is_main:
+        ckpt.clean_temporary(run_dir)
+        ckpt.clean_temporary(run_dir / "checkpoints")
+        if resumed:  # with the overrides of this resume, now that they are known to build
+            save_config(cfg, run_dir / "config.yaml")
+        write_status(run_dir, "running", pid=os.getpid())
+    resume_step = resume_meta["step"] if resume_meta is not None else 0  # later records are redone: dropped
+    return RunContext(
+        cfg=cfg, task=task, dist=dist, run_dir=run_dir, model=model, optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16"), ema=ema,
+        autocast=torch.autocast(dist.device.type, dtype=torch.bfloat16 if cfg.train.precision == "bf16"
+                                else torch.float16, enabled=cfg.train.precision != "fp32"),
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        logger=RunLogger(run_dir, enabled=dist.is_main, tensorboard=cfg.run.tensorboard,
+                         resume_step=resume_step if resumed else None),
+        progress=Progress(total_steps, cfg.run.progress if dist.is_main else "off"))
+
+
+def _schedule_length(t: Any, batches_per_epoch: int) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps) for the train section ``t``."""
+    steps_per_epoch = batches_per_epoch // t.grad_accum
+    if steps_per_epoch < 1:
+        raise ValueError(f"an epoch has {batches_per_epoch} batch(es), fewer than train.grad_accum="
+                         f"{t.grad_accum}; lower data.batch_size or grad_accum")
+    total = t.epochs * steps_per_epoch
+    return steps_per_epoch, min(total, t.max_steps) if t.max_steps else total
+
+
+def _resume(run: RunContext, s: LoopState, last: Path) -> None:
+    """Load checkpoint ``last`` into the model, optimizer, schedule, scaler, EMA, task, loop state and RNG."""
+    from paperzoo.weights import load_state_dict_checked
+
+    state = ckpt.load_training_state(last)
+    load_state_dict_checked(run.model, ckpt.read_weights(last / "model.safetensors"), what=str(last))
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.task.load_state_dict(state["task"])
+    s.epoch, s.step, s.in_epoch = state["epoch"], state["step"], state["in_epoch"]
+    s.best, s.train_time = dict(state["best"]), state["train_time"]
+    # a log interval cut by the interruption goes on; its items were counted before, not timed here
+    s.sums = {k: torch.as_tensor(v).to(run.dist.device) for k, v in state.get("log_sums", {}).items()}
+    s.items_before = float(s.sums["count"]) if "count" in s.sums else 0.0
+    _set_rng_state(_this_rank(state["rng"], run.dist))
+    run.progress.message(f"resumed {run.run_dir} from {last.name} (epoch {s.epoch + 1}, step {s.step}/"
+                         f"{run.total_steps})")
+
+
+def _finish(run: RunContext, s: LoopState, status: str, error: str | None) -> TrainResult:
+    """Final weights (a finished run), learning curves and status.json."""
+    if status == "done":
+        if not s.metrics:  # e.g. resumed a finished run
+            s.metrics = run.task.evaluate(run.model)
+        _save(run, s, "final", s.metrics)
+    if run.dist.is_main:
+        if run.cfg.run.plots:
+            from paperzoo.viz.curves import plot_run_curves  # matplotlib loads only when plotting
+
+            plot_run_curves(run.run_dir, run.run_dir / "curves.png")
+        info: dict[str, Any] = {"step": s.step, "total_steps": run.total_steps, "metrics": s.metrics,
+                                "best": s.best}
+        if error:
+            info["error"] = error
+        if status == "interrupted":
+            info["resume"] = resume_hint(run.task, run.run_dir)
+        write_status(run.run_dir, status, **info)
+    D.barrier(run.dist)
+    if error:
+        run.progress.message(f"run failed: {error}")
+    return TrainResult(run_dir=run.run_dir, status=status, metrics=s.metrics, best=s.best, step=s.step,
+                       train_time_s=s.train_time, resume_hint=resume_hint(run.task, run.run_dir))
+
+
+def _mark_failed(run: RunContext, s: LoopState, e: BaseException) -> None:
+    """status.json says "failed" (rank 0). If even that write fails (a full disk), the error in flight is
+    what the user sees, not a second one."""
+    if run.dist.is_main:
+        with contextlib.suppress(OSError):
+            write_status(run.run_dir, "failed", step=s.step, error=f"{type(e).__name__}: {e}",
+                         resume=resume_hint(run.task, run.run_dir))
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[dict[str, bool]]:
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM (what cluster schedulers and ``kill`` send) into a flag that
+    the loop checks after each step; the previous handlers are back at once, so a second signal interrupts."""
+    stop = {"stop": False}
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def handler(signum: int, frame: Any) -> None:
+        stop["stop"] = True
+        restore()
+
+    try:
+        for sig in signals:
+            signal.signal(sig, handler)
+        installed = True
+    except ValueError:  # not the main thread: signals behave as usual
+        installed = False
+    try:
+        yield stop
+    finally:
+        if installed:
+            restore()
+
+
+# ------------------------------------------------------------------------------------------ random state
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _configure_determinism(deterministic: bool, device: torch.device) -> None:
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by cuBLAS for determinism
-        torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
 
 
 def _rng_state() -> dict[str, Any]:
@@ -130,6 +603,26 @@ def _rng_state() -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
     }
+
+
+def _gather_rng_states(dist: D.DistInfo) -> Any:
+    """This process's RNG states; under DDP every rank's (a list), so that each resumes its own dropout stream."""
+    rng = _rng_state()
+    if not dist.enabled:
+        return rng
+    gathered: list[Any] = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, rng)
+    return gathered
+
+
+def _this_rank(rng: Any, dist: D.DistInfo) -> dict[str, Any]:
+    """This rank's entry of the saved RNG states (one dict, or a list with one per rank of the saving run)."""
+    if not isinstance(rng, list):
+        return rng
+    if len(rng) != dist.world_size:
+        print(f"paperzoo: warning: resuming a {len(rng)}-process run with {dist.world_size} process(es): the "
+              "data shards and random streams differ from the original run", file=sys.stderr)
+    return rng[dist.rank % len(rng)]
 
 
 def _set_rng_state(s: dict[str, Any]) -> None:
@@ -143,341 +636,3 @@ def _set_rng_state(s: dict[str, Any]) -> None:
 
 def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-def prepare_run_dir(cfg: Config, resume: str | os.PathLike | None = None) -> Path:
-    """The run directory: ``resume`` if given, else ``run.out_dir/run.name`` (a new one if name is unset)."""
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"cannot resume: {run_dir} is not a run directory (no config.yaml)")
-        return run_dir
-    dataset = getattr(getattr(cfg, "data", None), "dataset", "data")
-    name = cfg.run.name or f"{cfg.model.name}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.out_dir) / name
-    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoints").exists():
-        raise ValueError(f"run directory {run_dir} already holds a run; resume it with --resume {run_dir} "
-                         "or choose another run.name")
-    return run_dir
-
-
-@contextlib.contextmanager
-def _catch_sigint() -> Iterator[dict[str, bool]]:
-    """Turn the first Ctrl-C into a flag the loop checks after each step; a second one interrupts at once."""
-    flag = {"stop": False}
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-        signal.signal(signal.SIGINT, previous)
-
-    try:
-        signal.signal(signal.SIGINT, handler)
-        installed = True
-    except ValueError:  # not the main thread: Ctrl-C behaves as usual
-        installed = False
-    try:
-        yield flag
-    finally:
-        if installed:
-            signal.signal(signal.SIGINT, previous)
-
-
-# ---------------------------------------------------------------------------------------------- the loop
-def fit(cfg: Config, task: Task | None = None, *, resume: str | os.PathLike | None = None) -> TrainResult:
-    """Train according to ``cfg`` (or resume the run directory ``resume``) and return the outcome.
-
-    Args:
-        cfg: the full configuration (see :mod:`paperzoo.train.config`). Other tasks may pass their own
-            dataclass as long as it has the ``model`` (``name``), ``optim``, ``sched``, ``train`` and ``run``
-            sections of :class:`~paperzoo.train.config.Config` (e.g. ``paperzoo.text.config.TextConfig``).
-        task: defaults to image classification built from ``cfg``.
-        resume: a run directory to continue from its newest complete checkpoint.
-    """
-    # ---- set up: devices, DDP, seeds, run directory
-    from .api import build_optimizer_and_schedule
-
-    dist = D.setup(cfg.train.device)
-    threads_before, det_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    _configure_determinism(cfg.train.deterministic, dist.device)
-    if cfg.train.retain_memory and dist.device.type == "cpu":
-        retain_freed_memory()  # activations reused from the heap, not page-faulted in every step
-    if cfg.train.precision == "fp16" and dist.device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs a GPU (GradScaler); on CPU use bf16 or fp32")
-    run_dir = Path(D.broadcast_object(str(prepare_run_dir(cfg, resume)) if dist.is_main else None, dist))
-    _seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights
-
-    # ---- build: task, model, optimizer, schedule, scaler, EMA
-    if task is None:
-        from .classification import ImageClassificationTask
-
-        task = ImageClassificationTask(cfg, dist)
-    model = task.build_model().to(dist.device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = task.train_loader
-    accum = cfg.train.grad_accum
-    steps_per_epoch = len(loader) // accum
-    if steps_per_epoch < 1:
-        raise ValueError(f"an epoch has {len(loader)} batch(es), fewer than train.grad_accum={accum}; "
-                         "lower data.batch_size or grad_accum")
-    total_steps = cfg.train.epochs * steps_per_epoch
-    if cfg.train.max_steps:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    optimizer, scheduler = build_optimizer_and_schedule(cfg, model, total_steps, steps_per_epoch)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
-    ema = None
-    if cfg.train.ema:
-        from .ema import ModelEma
-
-        ema = ModelEma(model, decay=cfg.train.ema_decay)
-    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16 if cfg.train.precision == "bf16"
-                              else torch.float16, enabled=cfg.train.precision != "fp32")
-
-    # the run directory is created once the data and model are known to build (no empty runs left behind)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.clean_temporary(run_dir)
-        ckpt.clean_temporary(run_dir / "checkpoints")
-        save_config(cfg, run_dir / "config.yaml")
-        write_status(run_dir, "running", pid=os.getpid())
-
-    # ---- resume from the newest complete checkpoint (or start fresh if there is none yet)
-    epoch, step, in_epoch, train_time = 0, 0, False, 0.0
-    log_sums: dict[str, Tensor] = {}
-    best: dict[str, Any] = {"metric": task.primary_metric, "value": None, "step": None}
-    last = ckpt.latest_checkpoint(run_dir / "checkpoints") if resume is not None else None
-    if last is not None:
-        from paperzoo.weights import load_state_dict_checked
-
-        state = ckpt.load_training_state(last)
-        load_state_dict_checked(model, ckpt.read_weights(last / "model.safetensors"), what=str(last))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        task.load_state_dict(state["task"])
-        epoch, step, in_epoch = state["epoch"], state["step"], state["in_epoch"]
-        best, train_time = dict(state["best"]), state["train_time"]
-        log_sums = dict(state.get("log_sums", {}))  # a log interval cut by the interruption goes on
-        rng = state["rng"]  # one entry per rank of the saving run (a list under DDP)
-        if isinstance(rng, list):
-            if len(rng) != dist.world_size:
-                progress_note = (f"resuming a {len(rng)}-process run with {dist.world_size} process(es): the data "
-                                 "shards and random streams differ from the original run")
-                print(f"paperzoo: warning: {progress_note}", file=sys.stderr)
-            rng = rng[dist.rank % len(rng)]
-        _set_rng_state(rng)
-    else:
-        torch.manual_seed(cfg.train.seed + dist.rank)  # per-rank dropout / drop-path masks
-    train_model = D.wrap_model(model, dist, cfg.train.sync_bn)
-    if cfg.train.compile:
-        train_model = torch.compile(train_model)
-
-    logger = RunLogger(run_dir, enabled=dist.is_main, tensorboard=cfg.run.tensorboard,
-                       resume_step=step if resume is not None else None)
-    progress = Progress(total_steps, cfg.run.progress if dist.is_main else "off")
-    if last is not None:
-        progress.message(f"resumed {run_dir} from {last.name} (epoch {epoch + 1}, step {step}/{total_steps})")
-    else:
-        progress.message(f"run directory: {run_dir} ({total_steps} steps, {steps_per_epoch} per epoch)")
-
-    def save(kind: str, metrics: dict[str, float] | None = None) -> None:
-        """Hook: write a resumable checkpoint ("step") or weights only ("best", "final"); rank 0 only."""
-        rng = _rng_state()
-        if dist.enabled:  # every rank's RNG state, so that each resumes its own dropout stream
-            gathered: list[Any] = [None] * dist.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-            rng = gathered
-        if not dist.is_main:
-            return
-        meta = {**task.metadata(), "epoch": epoch, "step": step, "metrics": metrics or {},
-                "config": config_to_dict(cfg), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        ema_sd = ema.module.state_dict() if ema is not None else None
-        if kind == "step":
-            training_state = {
-                "epoch": epoch, "step": step, "in_epoch": in_epoch, "best": best, "train_time": train_time,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "task": task.state_dict(), "rng": rng,
-                # one process: the pending log sums, so the first record after a resume equals the original's
-                # (under DDP each rank has its own; that record then covers the resumed steps only)
-                "log_sums": {} if dist.enabled else {k: torch.as_tensor(v).cpu() for k, v in sums.items()},
-            }
-            ckpt.save_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}", model.state_dict(), meta,
-                                 ema_state=ema_sd, training_state=training_state)
-            ckpt.prune_checkpoints(run_dir / "checkpoints", cfg.train.keep_last)
-            ckpt.fault_point("after_checkpoint")
-        else:
-            ckpt.save_checkpoint(run_dir / kind, model.state_dict(), meta, ema_state=ema_sd)
-
-    def evaluate() -> dict[str, float]:
-        """Hook: evaluate the model (and its EMA) and keep the best weights."""
-        metrics = task.evaluate(model)
-        if ema is not None:
-            metrics.update({f"{k}_ema": v for k, v in task.evaluate(ema.module).items()})
-        value = metrics.get(task.primary_metric)
-        if value is not None and (best["value"] is None
-                                  or (value > best["value"] if task.higher_is_better else value < best["value"])):
-            best.update(value=value, step=step)
-            save("best", metrics)
-        return metrics
-
-    # ---- train
-    status, final_metrics, error = "done", {}, None
-    # metric sums since the last log record; saved with a checkpoint so that a resumed run logs the same values
-    sums: dict[str, Tensor] = {k: torch.as_tensor(v).to(dist.device) for k, v in log_sums.items()}
-    rate_key = throughput_key(task)
-    items_before = float(sums["count"]) if "count" in sums else 0.0  # counted before the resume: not timed here
-    nonfinite = torch.zeros((), dtype=torch.bool, device=dist.device)
-    check_every = 1 if dist.device.type == "cpu" else cfg.train.log_every  # a CPU check costs no sync
-    t_log = time.perf_counter()
-    try:
-        with _catch_sigint() as interrupt:
-            while step < total_steps:
-                if not in_epoch:
-                    loader.set_epoch(epoch)
-                in_epoch, micro = True, 0
-                model.train()
-                t_step = time.perf_counter()
-                for batch in loader:
-                    # -- one micro-batch: forward under autocast, scaled backward; DDP syncs on the last one
-                    sync = (micro + 1) % accum == 0
-                    ctx = train_model.no_sync() if dist.enabled and not sync else contextlib.nullcontext()
-                    with ctx:
-                        with autocast:
-                            loss, stats = task.train_step(train_model, batch)
-                        scaler.scale(loss / accum).backward()
-                    nonfinite |= ~torch.isfinite(loss.detach())
-                    sums["loss"] = sums.get("loss", 0) + loss.detach().float()
-                    sums["micro_batches"] = sums.get("micro_batches", 0) + 1
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0) + v.detach()
-                    micro += 1
-                    if not sync:
-                        continue
-                    # -- one optimizer step: unscale, clip, step, schedule, EMA
-                    if cfg.train.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    if ema is not None:
-                        ema.update(model)
-                    step += 1
-                    ckpt.fault_point("step")
-                    now = time.perf_counter()
-                    train_time += now - t_step
-                    t_step = now
-
-                    # -- hooks after each optimizer step: NaN guard, log, checkpoint, Ctrl-C
-                    if step % check_every == 0 or step % cfg.train.log_every == 0 or step == total_steps:
-                        # a collective in DDP: every rank must stop together, or the others would hang
-                        if D.all_reduce_sum(nonfinite.float(), dist).item() > 0:
-                            when = f"step {step}" + (f" or in the {check_every - 1} steps before it"
-                                                     if check_every > 1 else "")
-                            raise NonFiniteLossError(
-                                f"the training loss is NaN/inf at {when} (epoch {epoch + 1}); lower optim.lr, set "
-                                "train.grad_clip or use fp32. The last good checkpoint is kept.")
-                    end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
-                    if step % cfg.train.log_every == 0 or end_of_epoch:
-                        record = _train_record(sums, epoch, step, optimizer, dist)
-                        items, items_before = record.pop("items", 0) - items_before, 0.0
-                        record[rate_key] = items / max(time.perf_counter() - t_log, 1e-9)
-                        record["train_time_s"] = train_time  # so curves can put training metrics against time
-                        eta = (total_steps - step) * train_time / max(step, 1)
-                        logger.log(record)
-                        progress.update(step, epoch, {k: record[k] for k in ("train_loss", "train_acc", "lr",
-                                                                             rate_key) if k in record}, eta)
-                        sums, t_log = {}, time.perf_counter()
-                    if end_of_epoch:
-                        break
-                    if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
-                        save("step")
-                        t_step = time.perf_counter()  # train_time counts training, not saving
-                    if _should_stop(interrupt["stop"], dist):
-                        save("step")
-                        status = "interrupted"
-                        break
-                if status == "interrupted":
-                    break
-                # -- hooks after each epoch: evaluate, keep best, checkpoint
-                epoch, in_epoch = epoch + 1, False
-                if epoch % cfg.train.eval_every == 0 or step == total_steps:
-                    metrics = evaluate()
-                    logger.log({"epoch": epoch, "step": step, **metrics, "train_time_s": train_time})
-                    progress.message(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                    final_metrics = metrics
-                save("step", final_metrics)
-                t_log = time.perf_counter()  # throughput measures training only, not evaluation or saving
-                if _should_stop(interrupt["stop"], dist):
-                    status = "interrupted"
-                    break
-    except NonFiniteLossError as e:
-        status, error = "failed", str(e)
-    except BaseException as e:  # a crash or a second Ctrl-C: record it, then let it propagate
-        if dist.is_main:
-            write_status(run_dir, "failed", step=step, error=f"{type(e).__name__}: {e}",
-                         resume=resume_hint(task, run_dir))
-        raise
-    finally:
-        progress.close()
-        logger.close()
-
-    # ---- finish: final weights, learning curves, status
-    if status == "done":
-        if not final_metrics:  # e.g. resumed a finished run
-            final_metrics = task.evaluate(model)
-        save("final", final_metrics)
-    if dist.is_main:
-        if cfg.run.plots:
-            from paperzoo.viz.curves import plot_run_curves  # matplotlib loads only when plotting
-
-            plot_run_curves(run_dir, run_dir / "curves.png")
-        info: dict[str, Any] = {"step": step, "total_steps": total_steps, "metrics": final_metrics, "best": best}
-        if error:
-            info["error"] = error
-        if status == "interrupted":
-            info["resume"] = resume_hint(task, run_dir)
-        write_status(run_dir, status, **info)
-    D.barrier(dist)
-    D.cleanup(dist)
-    torch.set_num_threads(threads_before)  # leave the caller's process as it was
-    torch.use_deterministic_algorithms(det_before)
-    if error:
-        progress.message(f"run failed: {error}")
-    return TrainResult(run_dir=run_dir, status=status, metrics=final_metrics, best=best, step=step,
-                       train_time_s=train_time, resume_hint=resume_hint(task, run_dir))
-
-
-def _should_stop(local: bool, dist: D.DistInfo) -> bool:
-    """All ranks stop together if any rank received Ctrl-C."""
-    if not dist.enabled:
-        return local
-    flag = torch.tensor([1.0 if local else 0.0], device=dist.device)
-    return bool(D.all_reduce_sum(flag, dist).item() > 0)
-
-
-def _train_record(sums: dict[str, Tensor], epoch: int, step: int, optimizer: torch.optim.Optimizer,
-                  dist: D.DistInfo) -> dict[str, Any]:
-    """Average the metric sums since the last record over micro-batches / items and all ranks."""
-    keys = sorted(sums)
-    vec = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=dist.device) for k in keys])
-    vec = D.all_reduce_sum(vec, dist).tolist()
-    total = dict(zip(keys, vec))
-    record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"]}
-    count = total.pop("count", None)
-    n_micro = total.pop("micro_batches")  # summed over ranks, like the losses
-    record["train_loss"] = total.pop("loss") / n_micro
-    record["items"] = count or 0
-    for k, v in total.items():  # e.g. "correct" -> train_acc
-        name = "train_acc" if k == "correct" else f"train_{k}"
-        record[name] = v / count if count else v
-    if not all(math.isfinite(v) for v in record.values() if isinstance(v, float)):
-        record["nonfinite"] = True
-    return record
