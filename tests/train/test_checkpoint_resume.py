@@ -110,6 +110,58 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path, referen
     assert_bitwise_equal(_weights(reference), _weights(run))
 
 
+def test_sigterm_from_outside_saves_a_checkpoint_exits_130_and_resumes_exactly(tmp_path, reference):
+    """What a cluster scheduler or `kill` sends: handled like Ctrl-C, at whatever step it arrives."""
+    cfg, run = _write_cfg(tmp_path), tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "paperzoo", "train", str(cfg), "--out-dir", str(tmp_path),
+                             "--name", "run"], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    for line in proc.stderr:  # progress lines: "epoch 1 step 2/8 | ..."
+        err.append(line)
+        if " step 2/8 " in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    err += proc.stderr.readlines()
+    assert proc.wait(timeout=300) == 130, "".join(err)
+    assert "Traceback" not in "".join(err) and f"resume with: paperzoo train --resume {run}" in "".join(err)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    assert list_checkpoints(run / "checkpoints")[-1].name == f"step_{status['step']:08d}"
+    r = _train(["--resume", str(run)])
+    assert r.returncode == 0, r.stderr
+    assert_bitwise_equal(_weights(reference), _weights(run))
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "state.pt"])
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path, reference, damaged):
+    cfg, run = _write_cfg(tmp_path), tmp_path / "run"
+    r = _train([str(cfg), "--out-dir", str(tmp_path), "--name", "run"], fault="step:7")  # checkpoints 4 and 6
+    assert r.returncode == -signal.SIGKILL
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    assert newest.name == "step_00000006"
+    f = newest / damaged
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a torn write
+    r = _train(["--resume", str(run)])
+    assert r.returncode == 0, r.stderr
+    warning = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "step_00000006" in warning[0] and "resuming from step_00000004" in warning[0]
+    assert "resumed" in r.stderr and "from step_00000004" in r.stderr
+    assert_bitwise_equal(_weights(reference), _weights(run))  # replayed from step 4: the same weights
+
+
+def test_two_runs_started_together_with_one_name_do_not_both_write_it(tmp_path):
+    cfg = _write_cfg(tmp_path)
+    cmd = [sys.executable, "-m", "paperzoo", "train", str(cfg), "--out-dir", str(tmp_path), "--name", "same",
+           "--set", "train.epochs=1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    refused = next(err for rc, err in results if rc == 2)
+    assert "already exists" in refused and "Traceback" not in refused
+    assert json.loads((tmp_path / "same" / "status.json").read_text())["status"] == "done"
+
+
 def test_checkpoint_contents(reference):
     ckpts = list_checkpoints(reference / "checkpoints")
     assert [p.name for p in ckpts] == ["step_00000006", "step_00000008"]  # keep_last=2 pruned 2 and 4
