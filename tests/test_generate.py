@@ -290,6 +290,10 @@ def test_sampling_respects_filters_and_temperature():
     cold = first(temperature=0.2)  # P^(1/0.2): A dominates
     assert (cold == A).float().mean().item() > 0.9
     assert torch.equal(first(temperature=0.0), torch.full((400,), A))  # temperature 0 = greedy
+    for bad, match in [({"temperature": -0.5}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+                       ({"top_k": -1}, "top_k"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p")]:
+        with pytest.raises(ValueError, match=match):
+            first(**bad)
 
 
 def test_generate_argument_errors():

@@ -48,7 +48,7 @@ def gnmt_length_penalty(length: Tensor | int, alpha: float) -> Tensor:
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """Keep the ``k`` largest logits of each row (ties at the k-th value are kept), set the rest to -inf."""
-    if k <= 0 or k >= logits.shape[-1]:
+    if k >= logits.shape[-1]:
         return logits
     kth = logits.topk(k, dim=-1).values[..., -1:]  # (B, 1)
     return logits.masked_fill(logits < kth, float("-inf"))
@@ -86,7 +86,14 @@ def sample(model: StepModel, state: DecodingState, start_tokens: Tensor, *, max_
            top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None, pad_id: int = 0,
            generator: torch.Generator | None = None) -> Tensor:
     """Ancestral sampling from softmax(logits / temperature), optionally restricted to the top-k tokens and/or
-    the top-p nucleus (top-k first, as is usual). ``temperature=0`` is greedy. Returns (B, T ≤ max_len)."""
+    the top-p nucleus (top-k first, as is usual). ``temperature=0`` is greedy; ``top_k`` 0 or None keeps every
+    token. Returns (B, T ≤ max_len)."""
+    if not temperature >= 0.0:  # also refuses NaN
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = no top-k filter), got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     tokens, out = start_tokens, []
     finished = torch.zeros_like(start_tokens, dtype=torch.bool)
     for _ in range(max_len):
