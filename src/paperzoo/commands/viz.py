@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--layer", type=int, default=-1, help="block index (default: the last)")
     q.add_argument("--size", type=int, help="input side for a model name (default: its input size)")
     q.add_argument("--max-heads", type=int, default=12)
+    q.add_argument("--per-head-scale", action="store_true",
+                   help="stretch each head to its own maximum (default: all heads share one colour scale)")
     q.add_argument("-o", "--out", default="attention.png")
     q.set_defaults(func=_attention)
 
@@ -79,7 +81,8 @@ def _attention(args: argparse.Namespace) -> int:
     from paperzoo.viz.inputs import load_model_and_image
 
     model, x, raw = load_model_and_image(args.model, args.image, size=args.size)
-    return _done(plot_attention(model, x, raw, args.out, layer=args.layer, max_heads=args.max_heads))
+    return _done(plot_attention(model, x, raw, args.out, layer=args.layer, max_heads=args.max_heads,
+                                per_head_scale=args.per_head_scale))
 
 
 def _posenc(args: argparse.Namespace) -> int:

@@ -5,16 +5,22 @@
 * Attention rollout (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", arXiv:2005.00928, Sec. 3):
   with residual connections, each layer's token mixing is approximated by A' = 0.5·mean_heads(A) + 0.5·I,
   rows renormalised; rollout = A'_L · ... · A'_1, and its [CLS] row says how much each patch contributed.
+  Its assumptions (equal residual/attention mixing, heads averaged, values, MLPs and norms ignored) make it a
+  picture of attention flow, not an attribution of the prediction: the caption says so on every figure.
 * Swin: a block's window attention, averaged over the queries of each window, gives per head how much
   attention each token receives inside its window; the windows are put back together, the cyclic shift is
   undone and padding cropped, giving one map per head over the block's feature map. (Rollout does not apply:
   the windows and patch merging change the token set from stage to stage.)
+
+Heads share one colour scale (0 to the largest weight shown), so a faint head looks faint; ``per_head_scale``
+stretches each head to its own maximum instead, and the figure then says that the heads are not comparable.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .common import new_figure, save_figure
+
+ROLLOUT_CAVEAT = ("Rollout (Abnar & Zuidema 2020) multiplies, layer by layer, 0.5·I + 0.5·(attention averaged "
+                  "over heads): it assumes the residual path and attention mix equally, averages the heads away, "
+                  "ignores the values, MLPs and norms, and shows how attention flows, not which pixels caused the "
+                  "prediction (it is not an attribution).")
+SWIN_CAVEAT = ("Swin: attention each token receives from the queries of its own window, averaged over them; "
+               "windows attend independently (shifted windows in every second block), so compare values within "
+               "a window. No rollout: windows and patch merging change the tokens from stage to stage.")
 
 
 def attention_rollout(maps: Sequence[Tensor], prefix: int = 1) -> Tensor:
@@ -40,24 +54,38 @@ def attention_rollout(maps: Sequence[Tensor], prefix: int = 1) -> Tensor:
     return roll.mean(1)  # no [CLS]: average over query tokens
 
 
-def _vit_head_maps(model: nn.Module, x: Tensor, layer: int) -> tuple[Tensor, Tensor, tuple[int, int]]:
+def _layer_index(layer: int, depth: int) -> int:
+    """``layer`` (negative counts from the end) as a 0-based block index, checked."""
+    if not -depth <= layer < depth:
+        raise ValueError(f"layer {layer} out of range: the model has {depth} blocks (0..{depth - 1}, or -1 for "
+                         "the last)")
+    return layer % depth
+
+
+def _vit_head_maps(model: nn.Module, x: Tensor, layer: int) -> tuple[Tensor, Tensor, str]:
+    """(per-head maps (heads, gh, gw), rollout (gh, gw), the layer's label)."""
     maps = model.attention_maps(x)  # L x (B, heads, T, T)
-    if not -len(maps) <= layer < len(maps):
-        raise ValueError(f"layer {layer} out of range: the model has {len(maps)} blocks")
+    idx = _layer_index(layer, len(maps))
     prefix = model.num_prefix_tokens
     with torch.no_grad():
         gh, gw = model.patch_embed(x).shape[1:3]  # (B, gh, gw, D): the patch grid of this input
-    a = maps[layer][0]  # (heads, T, T)
-    per_head = a[:, 0, prefix:] if prefix else a[:, :, :].mean(1)  # (heads, N)
+    a = maps[idx][0]  # (heads, T, T)
+    per_head = a[:, 0, prefix:] if prefix else a.mean(1)  # (heads, N)
     rollout = attention_rollout(maps, prefix)[0]  # (N,)
-    return per_head.reshape(-1, gh, gw), rollout.reshape(gh, gw), (gh, gw)
+    return per_head.reshape(-1, gh, gw), rollout.reshape(gh, gw), f"layer {idx} (of 0–{len(maps) - 1})"
 
 
-def _swin_head_maps(model: nn.Module, x: Tensor, layer: int) -> Tensor:
+def _swin_stage(depths: Sequence[int], idx: int) -> int:
+    """The 1-based stage that block ``idx`` (0-based over all stages) belongs to."""
+    ends = torch.tensor(list(depths)).cumsum(0)
+    return int((ends <= idx).sum()) + 1
+
+
+def _swin_head_maps(model: nn.Module, x: Tensor, layer: int) -> tuple[Tensor, str]:
+    """(per-head maps (heads, H, W) of the block's feature map, the layer's label)."""
     maps = model.attention_maps(x)
-    if not -len(maps) <= layer < len(maps):
-        raise ValueError(f"layer {layer} out of range: the model has {len(maps)} blocks")
-    m = maps[layer]
+    idx = _layer_index(layer, len(maps))
+    m = maps[idx]
     w = m.weights[0]  # (nWh, nWw, heads, N, N)
     nwh, nww, heads, n, _ = w.shape
     wh, ww = m.window
@@ -65,53 +93,79 @@ def _swin_head_maps(model: nn.Module, x: Tensor, layer: int) -> Tensor:
     received = received.view(nwh, nww, heads, wh, ww).permute(2, 0, 3, 1, 4)  # (heads, nWh, wh, nWw, ww)
     full = received.reshape(heads, nwh * wh, nww * ww)  # (heads, Hp, Wp): windows put back together
     full = torch.roll(full, shifts=m.shift, dims=(1, 2))  # undo the cyclic shift
-    return full[:, : m.size[0], : m.size[1]]  # crop the padding: (heads, H, W)
+    windows = "shifted windows" if any(m.shift) else "regular windows"
+    label = (f"layer {idx} (of 0–{len(maps) - 1}; stage {_swin_stage(model.cfg.depths, idx)}, {windows})")
+    return full[:, : m.size[0], : m.size[1]], label  # crop the padding: (heads, H, W)
 
 
-def _overlay(ax, image: Tensor, heat: Tensor, title: str):
+def _show_image(ax, image: Tensor, gray: bool = False) -> None:
+    img = image.permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
+    if gray or img.shape[-1] == 1:
+        ax.imshow(img.mean(-1), cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img)
+    ax.set(xticks=[], yticks=[])
+
+
+def _overlay(ax, image: Tensor, heat: Tensor, title: str, vmax: float):
+    """``heat`` stretched over ``image`` on the colour scale [0, vmax]."""
     h, w = image.shape[1:]
     up = F.interpolate(heat[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    img = image.permute(1, 2, 0).numpy()  # (C, H, W) -> (H, W, C)
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
-    im = ax.imshow(up.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    _show_image(ax, image, gray=True)  # a gray backdrop: the only colours are the scale's
+    im = ax.imshow(up.numpy(), cmap="viridis", alpha=0.6, vmin=0, vmax=vmax)
     ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
     return im
 
 
 def plot_attention(model: nn.Module, x: Tensor, image: Tensor, path: str | os.PathLike, layer: int = -1,
-                   max_heads: int = 12) -> Path:
-    """Per-head maps of ``layer`` (and, for ViT, the rollout) over ``image`` (C, H, W) in [0, 1]."""
+                   max_heads: int = 12, per_head_scale: bool = False) -> Path:
+    """Per-head maps of ``layer`` (and, for ViT, the rollout) over ``image`` (C, H, W) in [0, 1].
+
+    Args:
+        layer: 0-based block index over the whole model (negative counts from the end).
+        max_heads: draw at most this many heads (the first ones).
+        per_head_scale: stretch each head to its own maximum (shapes stand out, magnitudes are lost); by
+            default all heads share one scale, 0 to the largest weight drawn.
+    """
     if not hasattr(model, "attention_maps"):
         raise ValueError(f"{type(model).__name__} has no attention maps (use a ViT or Swin model)")
     is_swin = hasattr(model.cfg, "window_size")
     if is_swin:
-        heads, rollout = _swin_head_maps(model, x, layer), None
+        (heads, label), rollout = _swin_head_maps(model, x, layer), None
     else:
-        heads, rollout, _ = _vit_head_maps(model, x, layer)
+        heads, rollout, label = _vit_head_maps(model, x, layer)
     heads = heads[:max_heads]
     panels = 1 + len(heads) + (rollout is not None)
     cols = min(panels, 5)
     rows = math.ceil(panels / cols)
-    fig, axes = new_figure(cols, rows, size=(3.0 * cols + 1, 3.0 * rows + 0.6))
+    fig, axes = new_figure(cols, rows, size=(3.2 * cols + 1.2, 3.0 * rows + 1.6), layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    ax0 = axes.flat[0]
-    ax0.axis("on")
-    img = image.permute(1, 2, 0).numpy()
-    ax0.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
-    ax0.set(title="input", xticks=[], yticks=[])
+    flat = list(axes.flat)
+    flat[0].axis("on")
+    _show_image(flat[0], image)
+    flat[0].set_title("input", fontsize=9)
+    shared = heads.max().clamp(min=1e-12).item()
+    short = label.split(" (")[0]
     im = None
     for k, hm in enumerate(heads):
-        ax = axes.flat[1 + k]
-        ax.axis("on")
-        im = _overlay(ax, image, hm / hm.max().clamp(min=1e-12), f"layer {layer}, head {k}")
+        flat[1 + k].axis("on")
+        scaled = hm / hm.max().clamp(min=1e-12) if per_head_scale else hm
+        im = _overlay(flat[1 + k], image, scaled, f"{short}, head {k}", 1.0 if per_head_scale else shared)
+    what = "mean attention received in its window" if is_swin else "attention weight from [CLS]"
+    head_axes = flat[1: 1 + len(heads)]
+    fig.colorbar(im, ax=head_axes, shrink=0.8,
+                 label="fraction of each head's own max" if per_head_scale else what)
     if rollout is not None:
-        ax = axes.flat[1 + len(heads)]
+        ax = flat[1 + len(heads)]
         ax.axis("on")
-        im = _overlay(ax, image, rollout / rollout.max().clamp(min=1e-12), "attention rollout (all layers)")
-    fig.colorbar(im, ax=list(axes.flat), shrink=0.6, label="attention (normalised per panel)")
+        im_r = _overlay(ax, image, rollout, "attention rollout (all layers)", rollout.max().clamp(min=1e-12).item())
+        fig.colorbar(im_r, ax=ax, shrink=0.8, label="rollout score (own scale)")
     kind = "Swin window attention received" if is_swin else "ViT [CLS] attention"
-    fig.suptitle(f"{kind}: {getattr(model, 'model_name', '') or type(model).__name__}")
+    name = getattr(model, "model_name", "") or type(model).__name__
+    scale = ("each head on its OWN colour scale: colours are not comparable across heads" if per_head_scale
+             else "heads share one colour scale")
+    fig.suptitle(f"{kind}: {name}, {label}\n{scale}", fontsize=11)
+    caveat = SWIN_CAVEAT if is_swin else ROLLOUT_CAVEAT
+    fig.supxlabel(textwrap.fill(caveat, width=int(14 * (3.2 * cols + 1.2))), fontsize=8, color="0.25")
     return save_figure(fig, path)
