@@ -20,6 +20,8 @@ import torch
 from paperzoo.registry import create_model
 from paperzoo.text.tasks import LanguageModelTask, train_lm, train_translation
 from paperzoo.train import checkpoint as ckpt
+from paperzoo.train.api import resolve_config
+from paperzoo.train.api import train as train_any
 from paperzoo.train.config import find_recipe
 
 # 96 pairs / 16 = 6 optimizer steps per epoch, 2 epochs: evaluation + checkpoint after steps 6 and 12
@@ -51,8 +53,8 @@ def _run(kind, tmp_path, name, *, fault=None, resume=False, monkeypatch):
         monkeypatch.delenv("PAPERZOO_FAULT", raising=False)
     monkeypatch.setattr(ckpt, "_FAULT_COUNTS", {})
     train = train_lm if kind == "lm" else train_translation
-    if resume:
-        return train(resume=tmp_path / name)
+    if resume:  # the generic path: the run's config.yaml names its task, its checkpoint holds the tokenizers
+        return train_any(resume=tmp_path / name)
     recipe = find_recipe("lm_fortunes" if kind == "lm" else "translate_en_ko")
     extra = {"lm": _lm_overrides(tmp_path), "translation": TRANSLATE,
              # validation decoded by sampling: the evaluation draws from the global torch generator
@@ -120,6 +122,16 @@ def test_lm_checkpoint_after_evaluation_carries_the_rollover(references):
     assert state["epoch"] == 1 and state["step"] == 7 and not state["in_epoch"]
     assert state["task"]["train_loader"] == {"epoch": 0, "batch": 7, "seed": 0}
     assert state["best"]["step"] == 7 and state["log_sums"] == {}
+
+
+def test_text_recipes_name_their_task_and_resolve_like_image_recipes():
+    from paperzoo.text.config import TextConfig
+
+    lm, mt = resolve_config("lm_fortunes"), resolve_config("translate_en_ko")
+    assert isinstance(lm, TextConfig) and lm.task == "language_model" and mt.task == "translation"
+    assert resolve_config({"model": {"name": "resnet18"}}).task == "image_classification"  # the default
+    with pytest.raises(ValueError, match="is for task 'translation', not 'language_model'"):
+        train_lm(find_recipe("translate_en_ko"))
 
 
 def _build(name, **args):
