@@ -41,3 +41,20 @@ def test_font_for_picks_a_font_that_covers_korean_or_warns_what_to_install(monke
     monkeypatch.setattr(common, "_FONT_CACHE", {})
     monkeypatch.setattr(common, "_charmap", lambda path: set(range(0x11000)) if path == cjk.fname else set(range(128)))
     assert common.font_for([hangul]) in {f.name for f in font_manager.fontManager.ttflist if f.fname == cjk.fname}
+
+
+def test_font_for_finds_a_font_installed_after_matplotlib_cached_its_font_list(monkeypatch, tmp_path):
+    import shutil
+
+    from matplotlib import font_manager
+
+    from paperzoo.viz import common
+
+    new = tmp_path / "NewHangul.ttf"  # stands for a font installed since (a copy under a path matplotlib lacks)
+    shutil.copy(font_manager.findfont(font_manager.FontProperties()), new)
+    monkeypatch.setattr(common, "_FONT_CACHE", {})
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", list(font_manager.fontManager.ttflist))
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [str(new)])
+    monkeypatch.setattr(common, "_charmap", lambda path: set(range(0x11000)) if path == str(new) else set(range(128)))
+    assert common.font_for(["2018년 4월"]) == "DejaVu Sans"  # the copy's family name, found outside the cache
+    assert str(new) in {f.fname for f in font_manager.fontManager.ttflist}

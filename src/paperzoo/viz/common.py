@@ -40,13 +40,29 @@ def _charmap(font_path: str) -> set[int]:
 _FONT_CACHE: dict[frozenset[int], str | None] = {}
 
 
+def _newly_installed_font(needed: frozenset[int]) -> str | None:
+    """A system font that covers ``needed`` but is missing from matplotlib's font list, added to it.
+
+    Matplotlib caches its font list (~/.cache/matplotlib) the first time it runs and does not rescan, so a
+    font installed afterwards (``make fonts``) would stay invisible until that cache is deleted by hand.
+    """
+    from matplotlib import font_manager
+
+    known = {f.fname for f in font_manager.fontManager.ttflist}
+    for path in sorted(font_manager.findSystemFonts()):
+        if path not in known and needed <= _charmap(path):
+            font_manager.fontManager.addfont(path)
+            return font_manager.FontProperties(fname=path).get_name()
+    return None
+
+
 def font_for(texts: list[str]) -> str | None:
     """The family name of an installed font that has a glyph for every character of ``texts``, or None.
 
     Matplotlib's default font (DejaVu Sans) has no Hangul or CJK glyphs, so a Korean translation would be drawn
-    as empty boxes: this finds a font that covers the labels (e.g. Noto Sans CJK, Debian's fonts-noto-cjk),
-    preferring the default when it suffices. Returns None, with a warning that says what to install, when none
-    does.
+    as empty boxes: this finds a font that covers the labels (e.g. NanumGothic, Debian's fonts-nanum, which
+    ``make fonts`` installs), preferring the default when it suffices, and looks past matplotlib's cached font
+    list for fonts installed since. Returns None, with a warning that says what to install, when none does.
     """
     from matplotlib import font_manager
 
@@ -57,11 +73,11 @@ def font_for(texts: list[str]) -> str | None:
     # matplotlib's "Last Resort" font maps every code point to a placeholder box: it covers nothing really
     entries = sorted((f for f in font_manager.fontManager.ttflist if not f.name.startswith("Last Resort")),
                      key=lambda f: (f.fname != default, f.name))
-    found = next((f.name for f in entries if needed <= _charmap(f.fname)), None)
+    found = next((f.name for f in entries if needed <= _charmap(f.fname)), None) or _newly_installed_font(needed)
     if found is None:
         missing = "".join(sorted({chr(c) for c in needed - _charmap(default)}))[:20]
         warnings.warn(f"no installed font has glyphs for {missing!r}; they will show as boxes. Install a font "
-                      "that covers them (Debian: apt install fonts-noto-cjk) and delete matplotlib's font cache "
-                      "(~/.cache/matplotlib) to see them.", stacklevel=2)
+                      "that covers them (`make fonts`, or Debian: apt install fonts-nanum or fonts-noto-cjk).",
+                      stacklevel=2)
     _FONT_CACHE[needed] = found
     return found
