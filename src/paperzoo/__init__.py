@@ -5,6 +5,7 @@ Quick start::
     import paperzoo
     paperzoo.list_models("resnet*")
     model = paperzoo.create_model("resnet18", num_classes=10, in_chans=1, small_input=True)
+    trained = paperzoo.load_run("runs/NAME", which="best")  # architecture + weights + .classes, eval mode
 """
 
 from .flops import count_flops, count_params
@@ -21,6 +22,7 @@ __all__ = [
     "create_model",
     "get_entry",
     "list_models",
+    "load_run",
     "load_weights",
     "register_model",
     "train",
@@ -33,7 +35,7 @@ __all__ = [
 # The training API is imported on first use, so ``import paperzoo`` stays fast. ``paperzoo.train`` is the
 # training package itself, made callable (see paperzoo/train/__init__.py): paperzoo.train(config) trains.
 _LAZY = {"evaluate": "evaluate", "ensemble": "ensemble", "average_checkpoints": "average_checkpoints",
-         "predict": "predict_files"}
+         "predict": "predict_files", "load_run": "load_run"}
 
 
 def __getattr__(name: str):

@@ -136,15 +136,23 @@ def convert_state_dict(model: nn.Module, sd: StateDict, source: str) -> StateDic
     return fn(dict(sd), model)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "paperzoo", strict: bool = True) -> nn.Module:
+def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "paperzoo", strict: bool = True,
+                 which: str = "final") -> nn.Module:
     """Load ``path`` into ``model`` (in place) and return it.
 
     Args:
+        path: a weights file (``.safetensors``, ``.pth``, ``.pt``), or a paperzoo run or checkpoint directory.
         source: key layout of the file: ``"paperzoo"``, ``"torchvision"`` or ``"timm"``.
         strict: raise on missing/unexpected keys (shape mismatches always raise).
+        which: for a run directory, its ``final``, ``best`` or ``last`` weights (see
+            :func:`paperzoo.train.checkpoint.find_checkpoint`).
     """
     if source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    if Path(path).is_dir():
+        from paperzoo.train.checkpoint import find_checkpoint
+
+        path = find_checkpoint(path, which)
     sd = convert_state_dict(model, read_state_dict(path), source)
     load_state_dict_checked(model, sd, strict=strict, what=f"{path} (source={source})")
     return model

@@ -7,6 +7,7 @@
 * :func:`average_checkpoints` - averages the *weights* of checkpoints of one architecture (e.g. the last few
   of a run, "checkpoint averaging" as in Vaswani et al. arXiv:1706.03762 Sec. 6.1) into a new checkpoint.
 * :func:`predict_files` - top-k labels with probabilities for image files.
+* :func:`load_run` - the one-call reload: the trained model of a run, ready to call.
 
 TTA views are made on [0, 1] images before normalisation: ``flip`` adds the horizontal mirror, ``shift``
 adds four translations by ~1/14 of the size (2 px at 28x28) with zero fill, like the training crop; with both,
@@ -33,7 +34,7 @@ from .allocator import retain_freed_memory
 
 __all__ = [
     "EvalResult", "LoadedCheckpoint", "TTA_MODES", "average_checkpoints", "classification_metrics", "ensemble",
-    "evaluate", "load_checkpoint", "predict_files", "predict_probs", "tta_views", "write_report",
+    "evaluate", "load_checkpoint", "load_run", "predict_files", "predict_probs", "tta_views", "write_report",
 ]
 
 TTA_MODES = ("flip", "shift")
@@ -75,6 +76,48 @@ def load_checkpoint(path: str | os.PathLike, *, which: str = "final", ema: bool 
     model = build_model_from_meta(meta)
     load_state_dict_checked(model, ckpt.read_weights(weights, ema=ema), what=str(weights))
     return LoadedCheckpoint(model.to(device).eval(), meta, weights)
+
+
+TEXT_TASKS = ("translation", "language_model")
+
+
+def load_run(path: str | os.PathLike, *, which: str = "final", ema: bool = False,
+             device: str | torch.device = "cpu") -> nn.Module:
+    """The trained model of a run directory, checkpoint directory or ``.safetensors`` file, in one call.
+
+    The architecture is rebuilt from the checkpoint's metadata (model name and arguments) and the weights are
+    loaded strictly. Works for image classifiers and for translation / language-model runs.
+
+    Args:
+        which: for a run directory, ``final`` (default, as ``paperzoo eval``; an unfinished run gives its
+            newest checkpoint), ``best`` (best validation score) or ``last`` (newest resumable checkpoint).
+        ema: load the EMA weights (runs trained with ``train.ema=true``).
+        device: where to put the model.
+
+    Returns:
+        The model, in eval mode on ``device``, carrying what is needed to use it: ``model.meta`` (the
+        checkpoint's metadata: model name and arguments, dataset, config, and for image classifiers the input
+        size and the ``normalization`` mean/std that inputs must get, as ``predict_probs`` applies it) and
+        ``model.checkpoint`` (the weights file). Image classifiers also have ``model.classes`` (the class names
+        in output order); text models ``model.tokenizers`` ({"src", "tgt"} or {"lm"}).
+    """
+    weights = ckpt.find_checkpoint(path, which)
+    meta = ckpt.read_meta(weights)
+    if meta.get("task") in TEXT_TASKS:
+        from paperzoo.text.tasks import load_text_checkpoint
+        from paperzoo.weights import load_state_dict_checked
+
+        text = load_text_checkpoint(weights, device=device)
+        model = text.model
+        if ema:  # the text loader reads the plain weights; the EMA copy sits beside them
+            load_state_dict_checked(model, ckpt.read_weights(weights, ema=True), what=f"{weights} (EMA)")
+        model.tokenizers = text.tokenizers
+    else:  # an image classifier, or one clear error naming the checkpoint's task
+        loaded = load_checkpoint(weights, ema=ema, device=device)
+        model = loaded.model
+        model.classes = loaded.classes
+    model.meta, model.checkpoint = meta, weights
+    return model
 
 
 # ------------------------------------------------------------------------------------------------- data
