@@ -1,5 +1,5 @@
 """The training loop: run directory contents, learning, NaN guard, accumulation, clipping, precision, EMA,
-determinism, and the Task protocol with a non-image task (what the sequence models plug in)."""
+determinism, and the Task interface with a non-image task (what the sequence models plug in)."""
 
 import json
 import math
