@@ -1,15 +1,19 @@
 """Evaluation, TTA, ensembles, weight averaging and prediction on a tiny trained run."""
 
+import io
 import json
+import sys
 
 import pytest
 import torch
 from PIL import Image
 
+from paperzoo.cli import main
 from paperzoo.train.api import train
 from paperzoo.train.checkpoint import read_meta, read_weights, save_checkpoint
 from paperzoo.train.classification import make_synthetic
 from paperzoo.train.evaluate import (
+    EvalProgress,
     average_checkpoints,
     classification_metrics,
     ensemble,
@@ -100,6 +104,50 @@ def test_ensemble(run, tmp_path):
     bad = _random_checkpoint(run, tmp_path / "bad", name="resnet18", classes=["w", "x", "y", "z"])
     with pytest.raises(ValueError, match="trained on classes"):
         ensemble([run.run_dir, bad])
+
+
+def test_ensemble_reports_each_members_own_score_beside_the_ensembles(run, tmp_path, capsys):
+    other = _random_checkpoint(run, tmp_path / "r34")
+    res = ensemble([run.run_dir, other], weights=[2, 1]).metrics
+    alone = [evaluate(p).metrics for p in (run.run_dir, other)]
+    assert [m["weight"] for m in res["members"]] == [2, 1]
+    for member, single in zip(res["members"], alone):
+        assert member["checkpoint"] == single["checkpoints"][0]
+        assert {k: member[k] for k in ("accuracy", "top5", "macro_f1", "nll")} == pytest.approx(
+            {k: single[k] for k in ("accuracy", "top5", "macro_f1", "nll")})
+    assert "members" not in alone[0]  # a single model has no members table
+    capsys.readouterr()
+    assert main(["ensemble", str(run.run_dir), str(other), "--out", str(tmp_path / "ens")]) == 0
+    table = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    assert table[0].split() == ["model", "weight", "accuracy", "top5", "macro_f1", "nll"]
+    assert [row.split()[0] for row in table[2:5]] == [single["checkpoints"][0] for single in alone] + ["ensemble"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_eval_progress_is_one_rewritten_line_on_a_terminal_and_silent_elsewhere(run, monkeypatch, capsys):
+    term = _Terminal()
+    bar = EvalProgress(40, batch_size=16, stream=term)
+    for n in (16, 16, 8):
+        bar.update(n)
+    bar.close()
+    out = term.getvalue()
+    assert "\n" not in out and out.count("\r") == 3 + 2 and out.endswith("\r")  # rewritten in place, then erased
+    assert "eval 16/40 images (40 %)" in out and "eval 40/40 images (100 %), ETA 0 s" in out
+    pipe = io.StringIO()  # not a terminal: CI logs and files get only the results
+    EvalProgress(40, batch_size=16, stream=pipe).update(16)
+    single = _Terminal()
+    EvalProgress(16, batch_size=16, stream=single).update(16)  # one batch: nothing to follow
+    assert pipe.getvalue() == "" and single.getvalue() == ""
+    monkeypatch.setattr("sys.stderr", _Terminal())
+    evaluate(run.run_dir, batch_size=16, progress=True)
+    assert "eval 64/64 images" in sys.stderr.getvalue()
+    monkeypatch.setattr("sys.stderr", _Terminal())
+    assert main(["eval", str(run.run_dir), "--batch-size", "16", "--quiet", "--out", str(run.run_dir / "q")]) == 0
+    assert sys.stderr.getvalue() == ""
 
 
 def test_average_checkpoints(run, tmp_path):

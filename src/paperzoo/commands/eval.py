@@ -25,6 +25,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="auto = as the checkpoint was trained (bf16 autocast + channels_last for such runs)")
     p.add_argument("--out", help="report directory (default: <run or checkpoint>/eval-<options>)")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress line on stderr (it is shown only on a terminal anyway)")
 
 
 def default_out(path: str, args: argparse.Namespace, prefix: str = "eval") -> Path:
@@ -39,7 +41,14 @@ def print_result(result, fmt: str) -> None:  # noqa: ANN001 - EvalResult
     if fmt == "json":
         print(json.dumps(m, indent=2))
         return
-    print(render([result.summary()], ["n", "accuracy", "top5", "macro_f1", "nll"], "table"))
+    scores = ["accuracy", "top5", "macro_f1", "nll"]
+    if "members" in m:  # an ensemble: each member alone, then the ensemble, on the same images
+        rows = [{"model": r["checkpoint"], **r} for r in m["members"]]
+        rows.append({"model": "ensemble", **result.summary()})
+        print(render(rows, ["model", "weight", *scores], "table"))
+        print(f"({m['n']:,} images)")
+    else:
+        print(render([result.summary()], ["n", *scores], "table"))
     print()
     print(render(m["per_class"], ["class", "accuracy", "precision", "f1", "support"], "table"))
     if result.out_dir is not None:
@@ -61,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out(args.path, args)
     result = evaluate(args.path, which=args.which, ema=args.ema, split=args.split, tta=args.tta,
                       dataset=args.dataset, root=args.data_dir, batch_size=args.batch_size, device=args.device,
-                      limit=args.limit, out_dir=out, precision=args.precision)
+                      limit=args.limit, out_dir=out, precision=args.precision, progress=not args.quiet)
     print_result(result, args.format)
     return 0

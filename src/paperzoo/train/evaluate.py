@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,9 +123,10 @@ def load_run(path: str | os.PathLike, *, which: str = "final", ema: bool = False
 
 
 # ------------------------------------------------------------------------------------------------- data
-def _eval_batches(meta: dict[str, Any], split: str, *, root: str | None, dataset: str | None,
-                  batch_size: int, limit: int | None = None) -> tuple[list[str], Iterator[tuple[Tensor, Tensor]]]:
-    """Class names and an iterator of ([0, 1] float images (B, C, H, W), labels) of the split to evaluate."""
+def _eval_batches(meta: dict[str, Any], split: str, *, root: str | None, dataset: str | None, batch_size: int,
+                  limit: int | None = None) -> tuple[list[str], int, Iterator[tuple[Tensor, Tensor]]]:
+    """Class names, the number of images and an iterator of ([0, 1] float images (B, C, H, W), labels) of the
+    split to evaluate."""
     from .classification import load_split
 
     d = dict(meta.get("dataset") or {})
@@ -142,7 +145,7 @@ def _eval_batches(meta: dict[str, Any], split: str, *, root: str | None, dataset
             for x, y in dl:
                 yield (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()), y
 
-        return list(ds.classes), stream()
+        return list(ds.classes), len(idx), stream()
     if name is None:
         raise ValueError("the checkpoint does not name its dataset; pass dataset= (CLI: --dataset)")
     ds = load_split(name, "test" if split == "test" else "train", root=root,
@@ -158,7 +161,7 @@ def _eval_batches(meta: dict[str, Any], split: str, *, root: str | None, dataset
             j = min(i + batch_size, n)
             yield ds.images[i:j].float() / 255.0, ds.labels[i:j]
 
-    return list(ds.classes), batches()
+    return list(ds.classes), n, batches()
 
 
 def tta_views(x: Tensor, modes: Sequence[str] = ()) -> list[Tensor]:
@@ -179,6 +182,7 @@ def tta_views(x: Tensor, modes: Sequence[str] = ()) -> list[Tensor]:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+SCORES = ("accuracy", "top5", "macro_f1", "nll")  # the scalar metrics, as tables show them
 
 
 def _inference_settings(meta: dict[str, Any], precision: str) -> tuple[bool, bool]:
@@ -261,28 +265,69 @@ def write_report(metrics: dict[str, Any], classes: Sequence[str], out_dir: str |
     return [out / n for n in ("metrics.json", "per_class.csv", "confusion.csv", "confusion.png")]
 
 
+class EvalProgress:
+    """``eval 2,560/10,000 images (26 %), ETA 14 s``, rewritten in place on a terminal's stderr.
+
+    Silent when the stream is not a terminal (CI logs, files, ``| tee``: a result table is all they need) or
+    for a single batch.
+    """
+
+    def __init__(self, total: int, batch_size: int, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.on = total > batch_size and getattr(self.stream, "isatty", lambda: False)()
+
+    def update(self, images: int) -> None:
+        self.done += images
+        if not self.on:
+            return
+        left = (time.perf_counter() - self.start) / self.done * (self.total - self.done)
+        self.stream.write(f"\reval {self.done:,}/{self.total:,} images ({100 * self.done / self.total:.0f} %), "
+                          f"ETA {left:.0f} s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.on:
+            self.stream.write("\r" + " " * 60 + "\r")  # leave the terminal line clean for the result table
+            self.stream.flush()
+
+
 # --------------------------------------------------------------------------------------- entry points
 def _run(members: list[tuple[LoadedCheckpoint, float]], *, split: str, root: str | None, dataset: str | None,
          tta: Sequence[str], batch_size: int, device: str | torch.device, limit: int | None,
-         out_dir: str | os.PathLike | None, precision: str = "auto") -> EvalResult:
+         out_dir: str | os.PathLike | None, precision: str = "auto", progress: bool = False) -> EvalResult:
     if torch.device(device).type == "cpu":
         retain_freed_memory()  # TTA views of large batches: reuse freed blocks (allocator.py)
     first = members[0][0]
-    classes, batches = _eval_batches(first.meta, split, root=root, dataset=dataset, batch_size=batch_size,
-                                     limit=limit)
+    classes, n, batches = _eval_batches(first.meta, split, root=root, dataset=dataset, batch_size=batch_size,
+                                        limit=limit)
     for m, _ in members:
         if m.classes != classes:
             raise ValueError(f"{m.path} was trained on classes {m.classes}, the data has {classes}")
     total_w = sum(w for _, w in members)
-    all_probs, all_labels = [], []
+    member_probs: list[list[Tensor]] = [[] for _ in members]  # (B, K) per batch, per member
+    all_labels = []
+    bar = EvalProgress(n, batch_size) if progress else None
     for x, y in batches:
-        p = sum(w * predict_probs(m.model, x, m.meta, tta, device, precision) for m, w in members) / total_w
-        all_probs.append(p.cpu())
+        for i, (m, _) in enumerate(members):
+            member_probs[i].append(predict_probs(m.model, x, m.meta, tta, device, precision).cpu())
         all_labels.append(y.cpu())
-    metrics = classification_metrics(torch.cat(all_probs), torch.cat(all_labels), classes)
+        if bar is not None:
+            bar.update(len(y))
+    if bar is not None:
+        bar.close()
+    labels = torch.cat(all_labels)
+    probs = [torch.cat(p) for p in member_probs]
+    ensemble_probs = sum(w * p for p, (_, w) in zip(probs, members)) / total_w
+    metrics = classification_metrics(ensemble_probs, labels, classes)
     metrics.update(split=split, tta=list(tta), precision=precision,
                    checkpoints=[str(m.path) for m, _ in members],
                    weights=[w for _, w in members])
+    if len(members) > 1:  # each member alone, to see what the ensemble adds
+        metrics["members"] = [
+            {"checkpoint": str(m.path), "weight": w,
+             **{k: v for k, v in classification_metrics(p, labels, classes).items() if k in SCORES}}
+            for p, (m, w) in zip(probs, members)]
     result = EvalResult(metrics)
     if out_dir is not None:
         result.out_dir = Path(out_dir)
@@ -301,7 +346,7 @@ def _parse_tta(tta: str | Sequence[str] | None) -> list[str]:
 def evaluate(path: str | os.PathLike, *, which: str = "final", ema: bool = False, split: str = "test",
              tta: str | Sequence[str] | None = None, dataset: str | None = None, root: str | None = None,
              batch_size: int = 256, device: str = "cpu", limit: int | None = None,
-             out_dir: str | os.PathLike | None = None, precision: str = "auto") -> EvalResult:
+             out_dir: str | os.PathLike | None = None, precision: str = "auto", progress: bool = False) -> EvalResult:
     """Evaluate one checkpoint (run dir, checkpoint dir or .safetensors) on a split of its dataset.
 
     Args:
@@ -313,18 +358,24 @@ def evaluate(path: str | os.PathLike, *, which: str = "final", ema: bool = False
         limit: only the first ``limit`` images (quick checks).
         out_dir: write ``metrics.json``, ``per_class.csv``, ``confusion.csv`` and ``confusion.png`` there.
         precision: ``auto`` (as trained: bf16 autocast and channels_last for such runs), ``fp32`` or ``bf16``.
+        progress: a one-line progress on stderr while evaluating, when stderr is a terminal.
     """
     member = load_checkpoint(path, which=which, ema=ema, device=device)
     return _run([(member, 1.0)], split=split, root=root, dataset=dataset, tta=_parse_tta(tta),
-                batch_size=batch_size, device=device, limit=limit, out_dir=out_dir, precision=precision)
+                batch_size=batch_size, device=device, limit=limit, out_dir=out_dir, precision=precision,
+                progress=progress)
 
 
 def ensemble(paths: Sequence[str | os.PathLike], *, weights: Sequence[float] | None = None, which: str = "final",
              ema: bool = False, split: str = "test", tta: str | Sequence[str] | None = None,
              dataset: str | None = None, root: str | None = None, batch_size: int = 256, device: str = "cpu",
              limit: int | None = None, out_dir: str | os.PathLike | None = None,
-             precision: str = "auto") -> EvalResult:
-    """Evaluate the (weighted) average of the class probabilities of several checkpoints."""
+             precision: str = "auto", progress: bool = False) -> EvalResult:
+    """Evaluate the (weighted) average of the class probabilities of several checkpoints.
+
+    Takes :func:`evaluate`'s options. With two or more checkpoints, ``metrics["members"]`` holds each one's own
+    scores (accuracy, top5, macro_f1, nll) on the same images, beside the ensemble's.
+    """
     if not paths:
         raise ValueError("ensemble needs at least one checkpoint")
     weights = list(weights) if weights is not None else [1.0] * len(paths)
@@ -332,7 +383,7 @@ def ensemble(paths: Sequence[str | os.PathLike], *, weights: Sequence[float] | N
         raise ValueError(f"need one non-negative weight per checkpoint ({len(paths)}), got {weights}")
     members = [(load_checkpoint(p, which=which, ema=ema, device=device), w) for p, w in zip(paths, weights)]
     return _run(members, split=split, root=root, dataset=dataset, tta=_parse_tta(tta), batch_size=batch_size,
-                device=device, limit=limit, out_dir=out_dir, precision=precision)
+                device=device, limit=limit, out_dir=out_dir, precision=precision, progress=progress)
 
 
 def average_checkpoints(paths: Sequence[str | os.PathLike], out: str | os.PathLike, *, which: str = "final",
