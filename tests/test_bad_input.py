@@ -248,16 +248,22 @@ def test_debug_shows_the_traceback_and_still_exits_2(tiny_cfg, capsys, monkeypat
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_a_bug_keeps_its_traceback(monkeypatch, tiny_cfg):
-    """A TypeError inside the library is not bad input: it must not be hidden behind one line."""
+@pytest.mark.parametrize("bug", [TypeError("unsupported operand type(s)"), KeyError("val_acc")])
+def test_a_bug_keeps_its_traceback(monkeypatch, tiny_cfg, bug):
+    """A TypeError or a bare KeyError inside the library is not bad input: it must not hide behind one line."""
     import paperzoo.train.api as api
 
     def buggy(*args, **kwargs):
-        raise TypeError("unsupported operand type(s)")
+        raise bug
 
     monkeypatch.setattr(api, "train", buggy)
-    with pytest.raises(TypeError):
+    with pytest.raises(type(bug)):
         main(["train", str(tiny_cfg)])
+
+
+def test_an_unknown_model_is_one_line(tiny_cfg, capsys):
+    _fails_with_one_line(capsys, ["train", str(tiny_cfg), "--model", "resnet19"],
+                         "unknown model 'resnet19'. Did you mean: resnet18")
 
 
 def test_from_a_shell_an_error_is_one_line_and_status_2(tmp_path):

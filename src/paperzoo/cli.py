@@ -40,25 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad input rather than a bug in paperzoo.
 
-    ``ValueError`` covers paperzoo's ConfigError, TokenizerMismatchError and data-format errors as well as
-    ``UnicodeDecodeError``; ``OSError`` covers missing files (and paperzoo's CheckpointError and
-    DatasetNotFoundError), permissions, a directory where a file belongs, a full disk and images PIL cannot
-    identify; ``UnpicklingError`` is a pickle that ``weights_only`` loading refused.
+    ``ValueError`` covers paperzoo's ConfigError, TokenizerMismatchError, RunDirExistsError and data-format
+    errors as well as ``UnicodeDecodeError``; ``OSError`` covers missing files (and paperzoo's CheckpointError,
+    DatasetNotFoundError and the trainer's RunFailedError), permissions, a directory where a file belongs, a
+    full disk and images PIL cannot identify; ``UnpicklingError`` is a pickle that was refused. A bare
+    ``KeyError`` or ``TypeError`` is a bug, not bad input.
     """
     import pickle
 
     import yaml
 
+    from paperzoo.registry import UnknownModelError
     from paperzoo.weights import WeightLoadError
 
-    return ValueError, KeyError, OSError, pickle.UnpicklingError, yaml.YAMLError, WeightLoadError
+    return ValueError, OSError, UnknownModelError, pickle.UnpicklingError, yaml.YAMLError, WeightLoadError
 
 
 def describe(e: BaseException) -> str:
     """One line saying what went wrong, naming the file where there is one."""
-    if isinstance(e, KeyError) and e.args:
-        msg = str(e.args[0])
-    elif isinstance(e, OSError) and e.strerror and e.filename is not None:
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
         msg = f"{e.filename}: {e.strerror}"  # e.g. "x.png: Is a directory", without the "[Errno 21]"
     elif isinstance(e, OSError) and e.strerror:
         msg = e.strerror  # e.g. "No space left on device"

@@ -6,16 +6,26 @@ registry-wide tests can iterate over the whole zoo.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import re
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["Paper", "ModelEntry", "register_model", "create_model", "list_models", "get_entry"]
+__all__ = ["PORTABLE_ARGS", "Paper", "ModelEntry", "UnknownModelError", "register_model", "create_model", "list_models",
+           "get_entry", "model_arg_names", "model_config_type", "resolve_model_args"]
+
+
+class UnknownModelError(KeyError):
+    """No model is registered under that name (a ``KeyError``, so ``except KeyError`` still catches it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError would show the message quoted
 
 
 @dataclass(frozen=True)
@@ -105,14 +115,15 @@ def _ensure_loaded() -> None:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """Return the registry entry of ``name``; unknown names raise ``KeyError`` listing close matches."""
+    """Return the registry entry of ``name``; unknown names raise :class:`UnknownModelError` listing close
+    matches."""
     _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown model {name!r}.{hint} See `paperzoo models` for the full list.") from None
+        raise UnknownModelError(f"unknown model {name!r}.{hint} See `paperzoo models` for the full list.") from None
 
 
 def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, **overrides: Any) -> nn.Module:
@@ -125,10 +136,15 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, **ove
         **overrides: fields of the family's config dataclass, e.g. ``small_input=True``, ``drop_rate=0.2``.
     """
     entry = get_entry(name)
-    if entry.kind == "image":
-        model = entry.builder(num_classes=num_classes, in_chans=in_chans, **overrides)
-    else:
-        model = entry.builder(**overrides)
+    kwargs = {"num_classes": num_classes, "in_chans": in_chans, **overrides} if entry.kind == "image" else overrides
+    try:
+        model = entry.builder(**kwargs)
+    except TypeError as e:  # a field the variant's builder sets itself, e.g. alpha of mobilenetv2_100
+        fixed = re.search(r"multiple values for keyword argument '(\w+)'", str(e))
+        if fixed is None:
+            raise
+        raise ValueError(f"model.args.{fixed[1]}: {name} sets {fixed[1]!r} itself (it defines the variant); "
+                         f"pick another variant (paperzoo models --family {entry.family})") from None
     model.model_name = name  # lets load_weights / checkpoints find the family without a lookup table
     model.model_family = entry.family
     return model
@@ -157,3 +173,68 @@ def _natural_key(name: str) -> list:
 def list_families() -> list[str]:
     _ensure_loaded()
     return sorted({e.family for e in _REGISTRY.values()})
+
+
+# ------------------------------------------------------------------------------------------ model arguments
+#: arguments whose meaning every image family shares: kept when a recipe written for one family trains another
+PORTABLE_ARGS = ("small_input", "drop_rate", "drop_path_rate")
+
+
+def model_config_type(name: str) -> type:
+    """The config dataclass whose fields :func:`create_model`'s overrides fill, e.g. ``DenseNetConfig``.
+
+    Read from the type hints: a builder returns its model class, whose ``__init__`` takes ``cfg: <Config>``.
+    """
+    builder = get_entry(name).builder
+    model_cls = typing.get_type_hints(builder)["return"]
+    return typing.get_type_hints(model_cls.__init__)["cfg"]
+
+
+def model_arg_names(name: str) -> list[str]:
+    """The arguments model ``name`` takes (its config dataclass's fields), e.g. ``["block_layers", "k", ...]``."""
+    return [f.name for f in dataclasses.fields(model_config_type(name))]
+
+
+def resolve_model_args(name: str, args: dict[str, Any], *, explicit: Collection[str] = (),
+                       written_for: str | None = None) -> tuple[dict[str, Any], str | None]:
+    """The arguments of ``args`` that model ``name`` takes, and a line naming those dropped (or None).
+
+    Args:
+        name: the model to build.
+        args: ``model.args`` of a config.
+        explicit: keys the user gave for this run (``--set model.args.k=v``): they are never dropped.
+        written_for: the model a recipe wrote the other keys for, when the run trains another one (``--model``).
+            Within the same family (same config dataclass) every key carries over; to another family only
+            :data:`PORTABLE_ARGS` do, because the others mean something else or nothing there (ResNet's
+            ``width`` is a channel count, EfficientNet's a multiplier).
+
+    Raises:
+        ValueError: a key the model cannot take that was explicit, or written for this same family: one line
+            listing the arguments it takes.
+    """
+    valid = model_arg_names(name)
+    same_family = written_for is None or _config_type_or_none(written_for) is model_config_type(name)
+    kept = {k: v for k, v in args.items()
+            if k in explicit or same_family or (k in PORTABLE_ARGS and k in valid)}
+    bad = [k for k in kept if k not in valid]
+    if bad:
+        close = difflib.get_close_matches(bad[0], valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"model.args: {name} takes no {', '.join(map(repr, bad))}{hint}; its arguments: "
+                         f"{', '.join(valid)}")
+    dropped = [f"{k}={v!r} ({name} takes no {k!r})" if k not in valid else f"{k}={v!r}"
+               for k, v in args.items() if k not in kept]
+    if not dropped:
+        return kept, None
+    carried = [f"{k}={v!r}" for k, v in kept.items() if k not in explicit]
+    note = (f"model {name}: dropped {', '.join(dropped)}, set by the recipe for {written_for} (only "
+            f"{', '.join(PORTABLE_ARGS)} carry over to another family)" + (f"; kept {', '.join(carried)}"
+                                                                           if carried else ""))
+    return kept, note
+
+
+def _config_type_or_none(name: str) -> type | None:
+    try:
+        return model_config_type(name)
+    except KeyError:  # not a registered model (UnknownModelError): nothing carries over as same-family
+        return None
