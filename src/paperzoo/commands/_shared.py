@@ -1,8 +1,9 @@
 """What the training commands share: ``paperzoo train``, ``paperzoo translate train`` and ``paperzoo lm train``.
 
-Each of them is ``add_training_args`` + ``run_training(args, resolve, train)``: the same CONFIG / ``--set`` /
-``--resume`` / ``--print-config`` arguments, the same result lines and the same exit status (0 done,
-1 failed, 130 interrupted with a resumable checkpoint).
+Each of them is ``add_training_args`` + ``run_training(args, task)``: the same CONFIG / ``--set`` /
+``--resume`` / ``--print-config`` arguments, the same path through ``paperzoo.train.api`` (``resolve_config`` /
+``train``, the task named by the command or else by the config), the same result lines and the same exit
+status (0 done, 1 failed, 130 interrupted with a resumable checkpoint).
 """
 
 from __future__ import annotations
@@ -89,25 +90,27 @@ def print_result(result: Any) -> None:
         print(f"resume with: {result.resume_hint}", file=sys.stderr)
 
 
-def run_training(args: argparse.Namespace, resolve: Callable[[Any, list[str]], Any],
-                 train: Callable[..., Any]) -> int:
+def run_training(args: argparse.Namespace, task: str | None = None) -> int:
     """Resolve CONFIG / ``--resume``, then print the config or train; returns the exit status.
 
-    Args:
-        resolve: ``(config path, overrides) -> validated config`` (e.g. ``paperzoo.train.api.resolve_config``).
-        train: ``(config, *, overrides, resume) -> TrainResult`` (e.g. ``paperzoo.train.api.train``).
+    ``task`` (e.g. "translation"): the task the command trains, which a config must name if it names one;
+    None lets the config choose (image classification when it names none).
     """
+    import functools
+
     import yaml
 
+    from paperzoo.train import api
     from paperzoo.train.config import config_to_dict
 
+    resolve = functools.partial(api.resolve_config, task=task)
     overrides = overrides_of(args)
     config, resume = resolve_config_and_resume(args.config, args.resume, overrides, resolve)
     if args.print_config:
         cfg = resolve(config if config is not None else Path(resume) / "config.yaml", overrides)
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
         return 0
-    result = train(config, overrides=overrides, resume=resume)
+    result = api.train(config, overrides=overrides, resume=resume, task=task)
     print_result(result)
     return EXIT_CODES[result.status]
 

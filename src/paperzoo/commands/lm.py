@@ -16,10 +16,7 @@ from ._shared import add_training_args, load_text_run, run_training
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from paperzoo.text.config import load_text_config
-    from paperzoo.text.tasks import train_lm
-
-    return run_training(args, load_text_config, train_lm)
+    return run_training(args, task="language_model")
 
 
 def _load(args: argparse.Namespace) -> Any:

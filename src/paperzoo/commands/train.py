@@ -21,6 +21,4 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paperzoo.train.api import resolve_config, train
-
-    return run_training(args, resolve_config, train)
+    return run_training(args)  # the config names its task (image classification by default)

@@ -30,10 +30,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from paperzoo.text.config import load_text_config
-    from paperzoo.text.tasks import train_translation
-
-    return run_training(args, load_text_config, train_translation)
+    return run_training(args, task="translation")
 
 
 def _decode_overrides(args: argparse.Namespace, meta: dict[str, Any]) -> dict[str, Any]:
