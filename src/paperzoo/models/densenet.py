@@ -136,6 +136,7 @@ class DenseNetConfig:
 
 class DenseNet(ImageClassifier):
     """DenseNet-BC for ImageNet (Table 1); CIFAR-style stem with ``small_input``."""
+    classifier, first_conv = ("fc",), "stem.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
 
     def __init__(self, cfg: DenseNetConfig) -> None:
         super().__init__()

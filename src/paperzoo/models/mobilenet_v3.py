@@ -136,6 +136,7 @@ def se_width(exp: int) -> int:
 
 class MobileNetV3(ImageClassifier):
     """MobileNet V3: stem, one bneck per table row (``blocks[i]``), last conv, pool, hidden FC + h-swish, FC."""
+    classifier, first_conv = ("classifier",), "stem.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
 
     def __init__(self, cfg: MobileNetV3Config) -> None:
         super().__init__()

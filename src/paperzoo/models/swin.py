@@ -272,6 +272,7 @@ class SwinStage(nn.Module):
 
 class SwinTransformer(ImageClassifier):
     """Swin Transformer (Fig. 3a)."""
+    classifier, first_conv = ("head",), "patch_embed.proj"  # replaced / adapted when fine-tuning (ImageClassifier)
 
     def __init__(self, cfg: SwinConfig) -> None:
         super().__init__()
