@@ -21,12 +21,11 @@ from paperzoo.train.config import (
     TrainConfig,
     build_config,
     check_fields,
-    config_to_dict,
     read_config_data,
 )
 
 __all__ = ["TextDataConfig", "TokenizerConfig", "TextLossConfig", "DecodeConfig", "TextConfig",
-           "load_text_config", "text_config_from_dict", "text_config_to_dict"]
+           "load_text_config", "text_config_from_dict"]
 
 
 @dataclass
@@ -126,10 +125,6 @@ class TextConfig:
 def text_config_from_dict(data: dict | None) -> TextConfig:
     """Build and validate a :class:`TextConfig` (missing keys take their defaults; each section checks its ranges)."""
     return build_config(TextConfig, data or {})
-
-
-def text_config_to_dict(cfg: TextConfig) -> dict:
-    return config_to_dict(cfg)  # dataclasses.asdict + tuples as lists: works for any config dataclass
 
 
 def load_text_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TextConfig:
