@@ -230,6 +230,13 @@ def test_translate_input_that_is_not_utf8_names_the_file(tmp_path, capsys):
                          f"{src} is not UTF-8 text")
 
 
+def test_a_training_corpus_that_is_not_utf8_names_the_file(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes("Un caf\xe9 noir.\n".encode("latin-1") * 50)
+    _fails_with_one_line(capsys, ["lm", "train", "lm_fortunes", "--out-dir", str(tmp_path / "runs"),
+                                  "--set", f"data.train={corpus}"], f"{corpus} is not UTF-8 text")
+
+
 # ---------------------------------------------------------------------------------- hyper-parameter search
 def test_tune_search_space_with_a_yaml_error(tmp_path, capsys):
     space = tmp_path / "space.yaml"
