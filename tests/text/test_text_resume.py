@@ -6,10 +6,10 @@ uninterrupted run, and log the same training records. Tiny models (d_model 16) o
 AdamW so that a wrong dropout mask, batch, LR or optimizer state would show.
 
 Why the earlier "resume after an evaluation differs by ~5e-3" was no resume bug: two fresh runs with the same seed
-already differed, because ``Transformer._init_weights`` (models/transformer.py) initialises the two embeddings
+already differed, because ``Transformer._init_weights`` (models/transformer.py) initialised the two embeddings
 by iterating a ``set`` of modules, whose order follows their ``id()``: which embedding receives the first random
-draw changes from one construction to the next. The resume tests below use a shared vocabulary (one embedding),
-whose initialisation is deterministic; ``test_transformer_init_is_seed_deterministic`` records the bug itself.
+draw changed from one construction to the next (it now iterates them in order;
+``test_transformer_init_is_seed_deterministic`` holds the fix). The resume tests below use a shared vocabulary.
 """
 
 import json
