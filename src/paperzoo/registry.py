@@ -140,7 +140,7 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, **ove
     try:
         model = entry.builder(**kwargs)
     except TypeError as e:  # a field the variant's builder sets itself, e.g. alpha of mobilenetv2_100
-        fixed = re.search(r"multiple values for keyword argument '(\w+)'", str(e))
+        fixed = re.search(r"multiple values for (?:keyword )?argument '(\w+)'", str(e))
         if fixed is None:
             raise
         raise ValueError(f"model.args.{fixed[1]}: {name} sets {fixed[1]!r} itself (it defines the variant); "
@@ -222,15 +222,14 @@ def resolve_model_args(name: str, args: dict[str, Any], *, explicit: Collection[
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"model.args: {name} takes no {', '.join(map(repr, bad))}{hint}; its arguments: "
                          f"{', '.join(valid)}")
-    dropped = [f"{k}={v!r} ({name} takes no {k!r})" if k not in valid else f"{k}={v!r}"
+    portable = f"only {', '.join(PORTABLE_ARGS)} carry over to another family"
+    dropped = [f"{k}={v!r} ({f'{name} takes no {k!r}' if k not in valid else portable})"
                for k, v in args.items() if k not in kept]
     if not dropped:
         return kept, None
     carried = [f"{k}={v!r}" for k, v in kept.items() if k not in explicit]
-    note = (f"model {name}: dropped {', '.join(dropped)}, set by the recipe for {written_for} (only "
-            f"{', '.join(PORTABLE_ARGS)} carry over to another family)" + (f"; kept {', '.join(carried)}"
-                                                                           if carried else ""))
-    return kept, note
+    note = f"model {name}: dropped {', '.join(dropped)}, set by the recipe for {written_for}"
+    return kept, note + (f"; kept {', '.join(carried)}" if carried else "")
 
 
 def _config_type_or_none(name: str) -> type | None:

@@ -16,8 +16,10 @@ task (image classification by default; ``translation``, ``language_model``, or a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +43,44 @@ def resolve_config(config: Any = None, overrides: list[str] | None = None, *, ta
     image_classification); a config naming another task is an error. ``overrides`` are ``section.key=value``.
     """
     if dataclasses.is_dataclass(config):
-        data = apply_overrides(config_to_dict(config), list(overrides or []))
+        base = config_to_dict(config)
     elif isinstance(config, dict):
-        data = apply_overrides(dict(config), list(overrides or []))
+        base = copy.deepcopy(config)
     else:  # None, a YAML path or a recipe name from configs/
-        data = read_config_data(None if config is None else find_recipe(config), overrides)
+        base = read_config_data(None if config is None else find_recipe(config))
+    data = apply_overrides(copy.deepcopy(base), list(overrides or []))
     name = data.setdefault("task", task or DEFAULT_TASK)
     if task is not None and name != task:
         raise ValueError(f"the config is for task {name!r}, not {task!r}")
-    return get_task(name).config_from_dict(data)
+    task_type = get_task(name)
+    _resolve_model_args(data, base, list(overrides or []), task_type)
+    return task_type.config_from_dict(data)
+
+
+def _resolve_model_args(data: dict, base: dict, overrides: list[str], task_type: Any) -> None:
+    """Fit ``data``'s ``model.args`` to its model (:func:`paperzoo.registry.resolve_model_args`): when the
+    overrides switch the model (``--model``), the arguments the recipe wrote for its own model that the new one
+    does not take are dropped with a line on stderr; an argument given in the overrides that the model cannot
+    take is an error. Models outside the registry (a task's own) are left to their task."""
+    from paperzoo.registry import UnknownModelError, get_entry, resolve_model_args
+
+    model, base_model = data.get("model"), base.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("args", {}), dict):
+        return  # the config's validation reports it
+    default = task_type.config_type().model.name
+    new = model.get("name") or default
+    old = (base_model.get("name") if isinstance(base_model, dict) else None) or default
+    try:
+        get_entry(new)
+    except UnknownModelError:
+        return
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    explicit = set(model.get("args", {})) if "model.args" in keys else \
+        {k.split(".", 2)[2] for k in keys if k.startswith("model.args.")}
+    model["args"], note = resolve_model_args(new, model.get("args", {}), explicit=explicit,
+                                             written_for=old if old != new else None)
+    if note:
+        print(f"paperzoo: {note}", file=sys.stderr)
 
 
 def train(config: Any = None, *, overrides: list[str] | None = None, resume: str | os.PathLike | None = None,
