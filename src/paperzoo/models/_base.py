@@ -21,15 +21,16 @@ class ImageClassifier(nn.Module):
     min_input_size: tuple[int, int] = (1, 1)
     #: set by ``create_model``; used in error messages and by ``load_weights``.
     model_name: str = ""
-    #: module names of the classifier head and of the first convolution (timm's ``pretrained_cfg`` has the same
-    #: two): fine-tuning (:func:`paperzoo.weights.load_pretrained`) re-initialises the head when the number of
-    #: classes differs and adapts the first convolution's filters when ``in_chans`` does. Each family sets them.
-    classifier: tuple[str, ...] = ()
-    first_conv: str = ""
+    #: module names of the classifier head and of the first convolution (timm's ``pretrained_cfg`` names the
+    #: same two, as ``classifier`` and ``first_conv``): fine-tuning (:func:`paperzoo.weights.load_pretrained`)
+    #: re-initialises the head when the number of classes differs and adapts the first convolution's filters
+    #: when ``in_chans`` does. Each family sets them.
+    head_names: tuple[str, ...] = ()
+    first_conv_name: str = ""
 
     def head_keys(self) -> list[str]:
         """The state-dict keys of the classifier head (empty when ``num_classes=0`` made it an identity)."""
-        return [k for k in self.state_dict() if any(k.startswith(m + ".") for m in self.classifier)]
+        return [k for k in self.state_dict() if any(k.startswith(m + ".") for m in self.head_names)]
 
     def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

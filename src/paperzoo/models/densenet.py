@@ -136,7 +136,7 @@ class DenseNetConfig:
 
 class DenseNet(ImageClassifier):
     """DenseNet-BC for ImageNet (Table 1); CIFAR-style stem with ``small_input``."""
-    classifier, first_conv = ("fc",), "stem.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("fc",), "stem.conv"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: DenseNetConfig) -> None:
         super().__init__()

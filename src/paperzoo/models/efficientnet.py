@@ -133,7 +133,7 @@ class EfficientNetConfig:
 
 class EfficientNet(ImageClassifier):
     """EfficientNet: stem, seven MBConv stages (``stages[i][j]``), 1x1 head conv, pool, dropout, FC."""
-    classifier, first_conv = ("classifier",), "stem.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("classifier",), "stem.conv"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: EfficientNetConfig) -> None:
         super().__init__()

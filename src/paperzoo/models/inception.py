@@ -223,7 +223,7 @@ class InceptionV3Config:
 
 class InceptionV3(ImageClassifier):
     """Inception-v3 (Table 1 of arXiv:1512.00567, as released)."""
-    classifier, first_conv = ("fc",), "Conv2d_1a_3x3.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("fc",), "Conv2d_1a_3x3.conv"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: InceptionV3Config) -> None:
         super().__init__()
@@ -243,7 +243,7 @@ class InceptionV3(ImageClassifier):
             self.add_module(name, block(in_chs) if arg is None else block(in_chs, arg))
         self.AuxLogits = InceptionAux(768, cfg.num_classes, cfg.small_input) if cfg.aux_logits else None
         if cfg.aux_logits:  # the aux classifier predicts the classes too: fine-tuning replaces it with fc
-            self.classifier = ("fc", "AuxLogits.fc")
+            self.head_names = ("fc", "AuxLogits.fc")
         self.num_features = 2048
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(cfg.drop_rate)

@@ -78,7 +78,7 @@ class MobileNetV1Config:
 
 class MobileNetV1(ImageClassifier):
     """MobileNet V1: a 3x3 stem conv and 13 depthwise separable layers (Table 1), avg pool, FC."""
-    classifier, first_conv = ("classifier",), "stem.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("classifier",), "stem.conv"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: MobileNetV1Config) -> None:
         super().__init__()

@@ -73,7 +73,7 @@ class MobileNetV2Config:
 
 class MobileNetV2(ImageClassifier):
     """MobileNet V2: stem, the inverted-residual stages of Table 2 (``stages[i][j]``), 1x1 head conv, FC."""
-    classifier, first_conv = ("classifier",), "stem.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("classifier",), "stem.conv"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: MobileNetV2Config) -> None:
         super().__init__()

@@ -136,7 +136,7 @@ def se_width(exp: int) -> int:
 
 class MobileNetV3(ImageClassifier):
     """MobileNet V3: stem, one bneck per table row (``blocks[i]``), last conv, pool, hidden FC + h-swish, FC."""
-    classifier, first_conv = ("classifier",), "stem.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("classifier",), "stem.conv"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: MobileNetV3Config) -> None:
         super().__init__()

@@ -145,7 +145,7 @@ class ResNetConfig:
 
 class ResNet(ImageClassifier):
     """ResNet (Table 1 of the paper); SE-ResNet when ``cfg.se_ratio`` is set."""
-    classifier, first_conv = ("fc",), "conv1"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("fc",), "conv1"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: ResNetConfig) -> None:
         super().__init__()

@@ -84,7 +84,7 @@ class SASAResNetConfig:
 
 class SASAResNet(ImageClassifier):
     """Conv stem + attention bottleneck stages (Table 1, "Conv-stem + Attention")."""
-    classifier, first_conv = ("fc",), "conv1"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("fc",), "conv1"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: SASAResNetConfig) -> None:
         super().__init__()

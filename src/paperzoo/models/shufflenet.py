@@ -139,7 +139,7 @@ class ShuffleNetV1Config:
 
 class ShuffleNetV1(ImageClassifier):
     """ShuffleNet V1 (Table 1 of arXiv:1707.01083)."""
-    classifier, first_conv = ("fc",), "conv1.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("fc",), "conv1.conv"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: ShuffleNetV1Config) -> None:
         super().__init__()
@@ -229,7 +229,7 @@ class ShuffleNetV2Config:
 
 class ShuffleNetV2(ImageClassifier):
     """ShuffleNet V2 (Table 5 of arXiv:1807.11164)."""
-    classifier, first_conv = ("fc",), "conv1.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("fc",), "conv1.conv"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: ShuffleNetV2Config) -> None:
         super().__init__()

@@ -272,7 +272,7 @@ class SwinStage(nn.Module):
 
 class SwinTransformer(ImageClassifier):
     """Swin Transformer (Fig. 3a)."""
-    classifier, first_conv = ("head",), "patch_embed.proj"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("head",), "patch_embed.proj"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: SwinConfig) -> None:
         super().__init__()

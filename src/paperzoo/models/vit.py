@@ -84,7 +84,7 @@ class Block(nn.Module):
 
 class VisionTransformer(ImageClassifier):
     """ViT (Sec. 3.1, Fig. 1). ``forward_features`` returns the normalised tokens (B, 1 + N, D)."""
-    classifier, first_conv = ("head",), "patch_embed.proj"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("head",), "patch_embed.proj"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()

@@ -111,7 +111,7 @@ class XceptionConfig:
 
 class Xception(ImageClassifier):
     """Xception (Fig. 5 of arXiv:1610.02357)."""
-    classifier, first_conv = ("fc",), "conv1.conv"  # replaced / adapted when fine-tuning (ImageClassifier)
+    head_names, first_conv_name = ("fc",), "conv1.conv"  # what fine-tuning replaces / adapts
 
     def __init__(self, cfg: XceptionConfig) -> None:
         super().__init__()
