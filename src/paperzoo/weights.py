@@ -10,6 +10,11 @@ a converter maps the source's key names (and, where needed, resizes position tab
 model what the source's forward uses but its state dict does not record (the BatchNorm eps of the mobile
 families), so that the loaded model computes the source model's outputs. The mapping tables are in each
 family's section of ``docs/models/cnn.md`` and ``docs/models/transformers.md``.
+
+``load_pretrained(model, path, source=...)`` starts fine-tuning: the same, except that the classifier head is
+re-initialised when the checkpoint's is for another number of classes and the first convolution adapted when
+it was trained on another number of input channels (each model names both layers); it returns a line per
+layer so changed. Everything else still loads strictly.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = ["WeightLoadError", "register_converter", "read_state_dict", "convert_state_dict", "load_weights",
-           "fill_bn_counters", "SOURCES"]
+           "load_pretrained", "adapt_to_model", "adapt_input_conv", "fill_bn_counters", "SOURCES"]
 
 StateDict = dict[str, Tensor]
 Converter = Callable[[StateDict, nn.Module], StateDict]
@@ -136,6 +141,18 @@ def convert_state_dict(model: nn.Module, sd: StateDict, source: str) -> StateDic
     return fn(dict(sd), model)
 
 
+def _read_converted(model: nn.Module, path: str | os.PathLike, source: str, which: str) -> tuple[StateDict, Path]:
+    """The state dict of a weights file or a run / checkpoint directory, in ``model``'s key layout."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    path = Path(path)
+    if path.is_dir():
+        from paperzoo.train.checkpoint import find_checkpoint
+
+        path = Path(find_checkpoint(path, which))
+    return convert_state_dict(model, read_state_dict(path), source), path
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "paperzoo", strict: bool = True,
                  which: str = "final") -> nn.Module:
     """Load ``path`` into ``model`` (in place) and return it.
@@ -146,16 +163,88 @@ def load_weights(model: nn.Module, path: str | os.PathLike, source: str = "paper
         strict: raise on missing/unexpected keys (shape mismatches always raise).
         which: for a run directory, its ``final``, ``best`` or ``last`` weights (see
             :func:`paperzoo.train.checkpoint.find_checkpoint`).
-    """
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
-    if Path(path).is_dir():
-        from paperzoo.train.checkpoint import find_checkpoint
 
-        path = find_checkpoint(path, which)
-    sd = convert_state_dict(model, read_state_dict(path), source)
+    To start fine-tuning from weights trained for other classes or channels, use :func:`load_pretrained`.
+    """
+    sd, path = _read_converted(model, path, source, which)
     load_state_dict_checked(model, sd, strict=strict, what=f"{path} (source={source})")
     return model
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, source: str = "paperzoo",
+                    which: str = "final") -> list[str]:
+    """Start fine-tuning ``model`` from ``path``: :func:`load_weights` after :func:`adapt_to_model`.
+
+    The classifier head is re-initialised where the checkpoint's does not fit (another number of classes)
+    and the first convolution adapted where it was trained on another number of input channels; every other
+    key must load strictly (a missing or unexpected key, or another shape, raises :class:`WeightLoadError`).
+
+    Returns:
+        one line per layer that was not loaded as it is in the checkpoint (empty when all of it fits).
+    """
+    sd, path = _read_converted(model, path, source, which)
+    sd, changes = adapt_to_model(model, sd)
+    load_state_dict_checked(model, sd, strict=True, what=f"{path} (source={source})")
+    return changes
+
+
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """A first convolution's filters ``(O, I, kh, kw)`` for ``in_chans`` input channels instead of ``I``.
+
+    One channel: the sum of the ``I`` filters. A gray image ``g`` shown to the source as ``I`` equal channels
+    gives ``sum_c W_c * g = (sum_c W_c) * g``, so the adapted model's outputs on ``g`` are the source's on the
+    replicated image. Otherwise the filters are repeated (``I, 2I, ...`` channels, cut at ``in_chans``) and
+    scaled by ``I / in_chans``, which keeps the response to an image with equal channels. The same rules as
+    timm's ``adapt_input_conv`` (which sums in groups of 3 when ``I > 3`` and only repeats from ``I = 3``).
+    """
+    o, i = weight.shape[:2]
+    if in_chans == i:
+        return weight
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)  # (O, 1, kh, kw)
+    else:
+        w = w.repeat(1, -(-in_chans // i), 1, 1)[:, :in_chans] * (i / in_chans)  # (O, in_chans, kh, kw)
+    return w.to(weight.dtype)
+
+
+def adapt_to_model(model: nn.Module, sd: StateDict) -> tuple[StateDict, list[str]]:
+    """Fit a converted checkpoint's classifier head and first convolution to ``model``.
+
+    The layers are those the model names in ``head_names`` and ``first_conv_name``
+    (:class:`paperzoo.models._base.ImageClassifier`); a model without them gets ``sd`` back unchanged.
+
+    * a classifier module whose checkpoint tensors are absent or of another shape keeps the model's own
+      (initial) values: re-initialised; checkpoint head tensors that a head-less model (``num_classes=0``)
+      lacks are dropped;
+    * a first-convolution weight with another number of input channels goes through :func:`adapt_input_conv`.
+
+    Returns:
+        the adapted state dict and one line per changed layer.
+    """
+    own, sd, changes = model.state_dict(), dict(sd), []
+    for module in getattr(model, "head_names", ()):
+        prefix = module + "."
+        mine = sorted(k for k in own if k.startswith(prefix))
+        theirs = sorted(k for k in sd if k.startswith(prefix))
+        if mine == theirs and all(sd[k].shape == own[k].shape for k in mine):
+            continue  # the head fits (same classes): loaded as it is
+        w = prefix + "weight"
+        was = f"checkpoint {tuple(sd[w].shape)}" if w in sd else "not in the checkpoint"
+        for k in theirs:
+            del sd[k]
+        sd.update({k: own[k] for k in mine})
+        changes.append(f"{module}: re-initialised ({was}, model {tuple(own[w].shape)})" if w in own
+                       else f"{module}: dropped from the checkpoint (the model has no classifier)")
+    first = getattr(model, "first_conv_name", "")
+    key = first + ".weight"
+    if first and key in sd and key in own and sd[key].dim() == 4 and sd[key].shape[1] != own[key].shape[1] \
+            and sd[key].shape[0] == own[key].shape[0]:
+        i, c = sd[key].shape[1], own[key].shape[1]
+        sd[key] = adapt_input_conv(sd[key], c)
+        how = "summed" if c == 1 else f"repeated, scaled by {i}/{c}"
+        changes.append(f"{first}: adapted from {i} to {c} input channels ({how})")
+    return sd, changes
 
 
 def load_state_dict_checked(model: nn.Module, sd: StateDict, strict: bool = True, what: str = "state dict") -> None:

@@ -13,6 +13,7 @@ and the "best" checkpoint is then chosen on it too: report the final weights, no
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -74,9 +75,19 @@ class ImageClassificationTask(Task):
     primary_metric = "val_acc"
     higher_is_better = True
 
+    #: set by from_config: the run resumes from a checkpoint, so build_model skips model.pretrained
+    resuming = False
+
     @classmethod
     def config_from_dict(cls, data: dict[str, Any]) -> Config:
         return config_from_dict(data)  # also checks the fields against each other
+
+    @classmethod
+    def from_config(cls, cfg: Config, dist: DistInfo | None = None, *,
+                    resume_meta: dict[str, Any] | None = None) -> ImageClassificationTask:
+        task = cls(cfg, dist)
+        task.resuming = resume_meta is not None
+        return task
 
     def __init__(self, cfg: Config, dist: DistInfo | None = None) -> None:
         from paperzoo.data.loader import TensorLoader
@@ -152,10 +163,14 @@ class ImageClassificationTask(Task):
         from paperzoo.registry import create_model
 
         model = create_model(self.cfg.model.name, **self.model_args())
-        if self.cfg.model.pretrained:
-            from paperzoo.weights import load_weights
+        m = self.cfg.model
+        if m.pretrained and not self.resuming:  # a resumed run loads its own checkpoint over the model
+            from paperzoo.weights import load_pretrained
 
-            load_weights(model, self.cfg.model.pretrained, self.cfg.model.pretrained_source)
+            changes = load_pretrained(model, m.pretrained, m.pretrained_source)
+            if self.dist.is_main:  # the layers that did not load as they are, one line each
+                print(f"paperzoo: starting from {m.pretrained} ({m.pretrained_source} weights)"
+                      + "".join(f"\npaperzoo:   {line}" for line in changes), file=sys.stderr)
         return model
 
     def _check_low_res(self) -> None:

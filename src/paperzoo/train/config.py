@@ -158,10 +158,12 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
+    #: fine-tuning: learning rate of every parameter outside the classifier head, as a multiple of lr
+    backbone_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
         check_fields(self, "optim", lr="positive", weight_decay="non_negative", momentum="fraction",
-                     betas="fraction")
+                     betas="fraction", backbone_lr_mult="positive")
 
 
 @dataclass
@@ -204,6 +206,8 @@ class TrainConfig:
     keep_last: int = 2  # resumable checkpoints kept (the best weights are kept separately)
     log_every: int = 50  # optimizer steps between log lines / metric records
     retain_memory: bool = True  # CPU: glibc keeps freed blocks for reuse, no page faults per step (allocator.py)
+    #: modules not trained (fine-tuning): module paths such as conv1 or layer1, or backbone (all but the head)
+    freeze: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_fields(self, "train", epochs="count", max_steps="count", grad_accum="count", grad_clip="positive",
