@@ -189,6 +189,9 @@ class SchedConfig:
 class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs when smaller)
+    #: seconds of training (evaluation and checkpoints not counted): without max_steps, a short throughput probe
+    #: sets epochs / max_steps so that the schedule ends inside it; training stops at the budget in any case
+    time_budget_s: float | None = None
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float | None = None  # max global grad norm
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16 autocast (CPU/GPU); fp16 + GradScaler (GPU)
@@ -210,9 +213,9 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_fields(self, "train", epochs="count", max_steps="count", grad_accum="count", grad_clip="positive",
-                     ema_decay="fraction", threads="count", eval_every="count", checkpoint_every="count",
-                     keep_last="count", log_every="count")
+        check_fields(self, "train", epochs="count", max_steps="count", time_budget_s="positive", grad_accum="count",
+                     grad_clip="positive", ema_decay="fraction", threads="count", eval_every="count",
+                     checkpoint_every="count", keep_last="count", log_every="count")
 
 
 @dataclass

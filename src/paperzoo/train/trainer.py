@@ -13,6 +13,13 @@ schedule, scaler, EMA, loader position), and checkpoints are taken at optimizer-
 killed at any moment and resumed from its last checkpoint replays the lost steps exactly: on CPU the final
 weights are bitwise identical to an uninterrupted run (tests/train/test_checkpoint_resume.py).
 
+Time budget: with ``train.time_budget_s`` (and no ``max_steps``) a short throughput probe, on a copy of the
+model, sets ``epochs`` / ``max_steps`` so that the whole schedule (a one-cycle or cosine decay included) fits in
+the budget; the numbers go into the run's config.yaml, so a resume keeps the schedule. Whatever the probe said,
+training stops once the budget is spent (a collective under DDP), with the final evaluation and weights as at the
+end of any run. The budget counts training time as the loop does (``train_time_s``): evaluation and checkpoints
+are not in it.
+
 Faults: Ctrl-C or SIGTERM saves a resumable checkpoint and ends the run "interrupted" (a second signal
 interrupts at once); a NaN/inf loss ends it "failed" with its last good checkpoint; a checkpoint that cannot be
 written (a full disk) raises :class:`RunFailedError` and keeps the previous one; a resume skips a newest
@@ -22,6 +29,8 @@ checkpoint that is truncated or corrupt, saying so. Two runs cannot claim one ru
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import itertools
 import math
 import os
@@ -66,6 +75,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # final evaluation
     best: dict[str, Any] = field(default_factory=dict)  # {"metric", "value", "step"}
     step: int = 0
+    steps_per_epoch: int = 0
     train_time_s: float = 0.0
     resume_hint: str = ""  # the command that continues the run, e.g. "paperzoo lm train --resume runs/x"
 
@@ -166,9 +176,11 @@ def _train(run: RunContext, s: LoopState, stop: dict[str, bool]) -> str:
                 _micro_batch(run, s, batch, sync=i == accum - 1)
             # -- one optimizer step: unscale, clip, step, schedule, EMA
             _optimizer_step(run, s)
-            # -- hooks after each optimizer step: NaN guard, log, checkpoint, stop signal
+            # -- hooks after each optimizer step: budget, NaN guard, log, checkpoint, stop signal
             if _after_step(run, s, stop):
                 return "interrupted"
+            if s.step == run.total_steps:  # the last step, which a spent time budget can bring forward
+                break
         del batches  # ends the epoch's pass (a streaming loader's workers) before evaluating
         # -- hooks after each epoch: evaluate, keep the best, checkpoint, stop signal
         _after_epoch(run, s)
@@ -183,8 +195,9 @@ def _start(run: RunContext, s: LoopState, last: Path | None) -> None:
         _resume(run, s, last)
     else:
         torch.manual_seed(run.cfg.train.seed + run.dist.rank)  # per-rank dropout / drop-path masks
-        run.progress.message(f"run directory: {run.run_dir} ({run.total_steps} steps, "
-                             f"{run.steps_per_epoch} per epoch)")
+        budget = run.cfg.train.time_budget_s
+        run.progress.message(f"run directory: {run.run_dir} ({run.total_steps} steps, {run.steps_per_epoch} per "
+                             f"epoch{f', a {budget:g} s budget' if budget else ''})")
     run.train_model = D.wrap_model(run.model, run.dist, run.cfg.train.sync_bn)  # after the weights are loaded
     if run.cfg.train.compile:
         run.train_model = torch.compile(run.train_model)
@@ -237,8 +250,12 @@ def _optimizer_step(run: RunContext, s: LoopState) -> None:
 
 
 def _after_step(run: RunContext, s: LoopState, stop: dict[str, bool]) -> bool:
-    """NaN guard, log record, periodic checkpoint and stop signal; True if the run stops here."""
+    """Time budget, NaN guard, log record, periodic checkpoint and stop signal; True if the run stops here
+    (interrupted). A spent budget makes this step the last one (``run.total_steps``)."""
     t = run.cfg.train
+    if s.step < run.total_steps and _budget_spent(run, s):
+        run.total_steps = run.progress.total = s.step  # the last step: the epoch's hooks evaluate and save
+        run.progress.message(f"time budget of {t.time_budget_s:g} s spent at step {s.step}: stopping")
     _check_finite(run, s)
     end_of_epoch = s.step % run.steps_per_epoch == 0 or s.step == run.total_steps
     if s.step % t.log_every == 0 or end_of_epoch:
@@ -280,6 +297,20 @@ def _check_finite(run: RunContext, s: LoopState) -> None:
         when = f"step {s.step}" + (f" or in the {every - 1} steps before it" if every > 1 else "")
         raise NonFiniteLossError(f"the training loss is NaN/inf at {when} (epoch {s.epoch + 1}); lower optim.lr, "
                                  "set train.grad_clip or use fp32. The last good checkpoint is kept.")
+
+
+def _budget_spent(run: RunContext, s: LoopState) -> bool:
+    """``train.time_budget_s`` is used up (under DDP on any rank; asked every ``log_every`` steps there, since
+    asking is a collective)."""
+    budget = run.cfg.train.time_budget_s
+    if not budget:
+        return False
+    if not run.dist.enabled:
+        return s.train_time >= budget
+    if s.step % run.cfg.train.log_every:
+        return False
+    flag = torch.tensor([1.0 if s.train_time >= budget else 0.0], device=run.dist.device)
+    return bool(D.all_reduce_sum(flag, run.dist).item() > 0)
 
 
 def _log_train(run: RunContext, s: LoopState) -> None:
@@ -468,6 +499,11 @@ def _build(cfg: Any, task: Task | None, dist: D.DistInfo, run_dir: Path, last: P
     model = task.build_model().to(dist.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16 if cfg.train.precision == "bf16"
+                              else torch.float16, enabled=cfg.train.precision != "fp32")
+    probed = bool(cfg.train.time_budget_s and not cfg.train.max_steps)
+    if probed:
+        cfg = _fit_schedule_to_budget(cfg, task, model, dist, autocast)
     steps_per_epoch, total_steps = _schedule_length(cfg.train, len(task.train_loader))
     optimizer, scheduler = build_optimizer_and_schedule(cfg, model, total_steps, steps_per_epoch)
     ema = None
@@ -478,16 +514,14 @@ def _build(cfg: Any, task: Task | None, dist: D.DistInfo, run_dir: Path, last: P
     if dist.is_main:
         ckpt.clean_temporary(run_dir)
         ckpt.clean_temporary(run_dir / "checkpoints")
-        if resumed:  # with the overrides of this resume, now that they are known to build
+        if resumed or probed:  # with the overrides of this resume / the probed length, now that they build
             save_config(cfg, run_dir / "config.yaml")
         write_status(run_dir, "running", pid=os.getpid())
     resume_step = resume_meta["step"] if resume_meta is not None else 0  # later records are redone: dropped
     return RunContext(
         cfg=cfg, task=task, dist=dist, run_dir=run_dir, model=model, optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16"), ema=ema,
-        autocast=torch.autocast(dist.device.type, dtype=torch.bfloat16 if cfg.train.precision == "bf16"
-                                else torch.float16, enabled=cfg.train.precision != "fp32"),
-        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        autocast=autocast, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         logger=RunLogger(run_dir, enabled=dist.is_main, tensorboard=cfg.run.tensorboard,
                          resume_step=resume_step if resumed else None),
         progress=Progress(total_steps, cfg.run.progress if dist.is_main else "off"))
@@ -501,6 +535,64 @@ def _schedule_length(t: Any, batches_per_epoch: int) -> tuple[int, int]:
                          f"{t.grad_accum}; lower data.batch_size or grad_accum")
     total = t.epochs * steps_per_epoch
     return steps_per_epoch, min(total, t.max_steps) if t.max_steps else total
+
+
+#: share of the time budget the probed schedule is planned to fill: the rest absorbs the loop's own overhead
+#: (logging, the NaN guard) and a machine that runs a little slower than during the probe
+BUDGET_FILL = 0.95
+
+
+def _fit_schedule_to_budget(cfg: Any, task: Task, model: nn.Module, dist: D.DistInfo,
+                            autocast: torch.autocast) -> Any:
+    """``cfg`` with ``train.epochs`` / ``max_steps`` set so that the run's steps fill ``train.time_budget_s``.
+
+    The seconds per optimizer step come from :func:`_probe_step_time`; under DDP rank 0's measurement is used by
+    every rank, so that all build the same schedule.
+    """
+    t = cfg.train
+    step_s = D.broadcast_object(_probe_step_time(cfg, task, model, dist, autocast), dist)
+    steps = max(1, int(BUDGET_FILL * t.time_budget_s / step_s))
+    steps_per_epoch, _ = _schedule_length(t, len(task.train_loader))
+    epochs = -(-steps // steps_per_epoch)
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, epochs=epochs, max_steps=steps))
+
+
+def _probe_step_time(cfg: Any, task: Task, model: nn.Module, dist: D.DistInfo, autocast: torch.autocast) -> float:
+    """Seconds per optimizer step, timed on a copy of the model with its own optimizer, after one warm-up step,
+    for 5 % of the budget (0.2-10 s, at least 3 steps). The run's weights and random streams are left as they
+    were, and the loader starts its first epoch afresh afterwards (its position is set by ``set_epoch``)."""
+    t = cfg.train
+    rng = _rng_state()
+    probe = copy.deepcopy(model).train()
+    optimizer, _ = build_optimizer_and_schedule(cfg, probe, 1000, 1000)
+    loader = task.train_loader
+    loader.set_epoch(0)
+    batches = iter(loader)
+
+    def step() -> None:
+        nonlocal batches
+        for _ in range(t.grad_accum):
+            batch = next(batches, None)
+            if batch is None:  # a short epoch: start it again
+                batches = iter(loader)
+                batch = next(batches)
+            with autocast:
+                loss, _ = task.train_step(probe, batch)
+            (loss / t.grad_accum).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dist.device.type == "cuda":
+            torch.cuda.synchronize(dist.device)
+
+    step()  # warm-up: allocations, kernel selection
+    seconds, n, t0 = min(10.0, max(0.2, t.time_budget_s / 20)), 0, time.perf_counter()
+    while n < 3 or time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    elapsed = time.perf_counter() - t0
+    del batches, probe, optimizer
+    _set_rng_state(rng)
+    return elapsed / n
 
 
 def _resume(run: RunContext, s: LoopState, last: Path) -> None:
@@ -547,7 +639,8 @@ def _finish(run: RunContext, s: LoopState, status: str, error: str | None) -> Tr
     if error:
         run.progress.message(f"run failed: {error}")
     return TrainResult(run_dir=run.run_dir, status=status, metrics=s.metrics, best=s.best, step=s.step,
-                       train_time_s=s.train_time, resume_hint=resume_hint(run.task, run.run_dir))
+                       steps_per_epoch=run.steps_per_epoch, train_time_s=s.train_time,
+                       resume_hint=resume_hint(run.task, run.run_dir))
 
 
 def _mark_failed(run: RunContext, s: LoopState, e: BaseException) -> None:
