@@ -265,5 +265,5 @@ def load_state_dict_checked(model: nn.Module, sd: StateDict, strict: bool = True
                         + (" ..." if len(unexpected) > 20 else ""))
     if problems:
         name = getattr(model, "model_name", "") or type(model).__name__
-        raise WeightLoadError(f"cannot load {what} into {name}:\n" + "\n".join(problems))
+        raise WeightLoadError(f"cannot load {what} into {name}\n" + "\n".join(problems))  # the CLI joins with "; "
     model.load_state_dict(sd, strict=strict)
