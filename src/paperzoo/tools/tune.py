@@ -1,6 +1,8 @@
 """Hyper-parameter search with Optuna over any training-config key.
 
-A search space is a YAML file::
+A search space is a YAML file, given by path or by name: ``paperzoo tune fashion_mnist`` finds
+``configs/tune/fashion_mnist.yaml`` in the working directory, else among the spaces shipped with the package
+(:func:`find_search_space`, as ``paperzoo train`` finds recipes)::
 
     base: fashion_mnist_default        # a recipe name or a config path
     metric: val_acc                    # optional; default: the task's primary metric
@@ -13,11 +15,16 @@ A search space is a YAML file::
       train.epochs:       {type: int, low: 3, high: 8}
       model.name:         {type: categorical, choices: [resnet20, resnet32]}
 
-Trials select on a validation split held out from the training set (``data.val_fraction`` is set to 0.1 when
-the base recipe has none), so the test set stays untouched. Each trial sets its sampled values on the base
-config, trains with the shared trainer and reports the validation metric after every epoch; the TPE sampler
-proposes values and the median pruner stops trials that fall behind the median of earlier trials at the same
-epoch.
+Each trial's config is the base recipe, then the space's ``fixed`` overrides, then the command's ``--set``
+overrides, then the trial's sampled values. Trials select on a validation split held out from the training set
+(``data.val_fraction`` is set to 0.1 when the base recipe has none; a space or ``--set`` that makes it 0 is
+refused), so the test set stays untouched. Each trial trains with the shared trainer and reports the validation
+metric after every epoch; the TPE sampler proposes values and the median pruner stops trials that fall behind
+the median of earlier trials at the same epoch.
+
+Everything of a study lands in one directory, ``<out_dir>/tune-<study>/`` (:func:`study_dir`): the trial runs
+``trial_0000/``, ``trial_0001/``, ... (ordinary run directories), the SQLite database ``study.db`` (unless
+``--storage`` names another), ``trials.csv``, ``best_config.yaml`` and the two plots.
 
 Storage is a database URL (SQLite file by default). Any number of workers may run ``paperzoo tune`` against
 the same URL and study name at once: Optuna hands each worker distinct trials, and a study can be resumed by
@@ -41,7 +48,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SearchSpace", "ParamSpec", "load_search_space", "open_study", "run_study", "export_results"]
+__all__ = ["SearchSpace", "ParamSpec", "find_search_space", "load_search_space", "open_study", "run_study",
+           "export_results", "study_dir"]
 
 PARAM_TYPES = ("float", "log_float", "int", "log_int", "categorical")
 
@@ -67,11 +75,13 @@ class ParamSpec:
 
 @dataclass
 class SearchSpace:
-    base: str
+    base: str  # recipe name or config path
     params: list[ParamSpec]
     metric: str | None = None
     direction: str | None = None
-    fixed: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)  # the space's overrides of the base recipe
+    overrides: list[str] = field(default_factory=list)  # the command's --set, applied after `fixed`
+    name: str = "study"  # the file's stem: the default study name
 
 
 def _spec(key: str, raw: Any) -> ParamSpec:
@@ -94,12 +104,31 @@ def _spec(key: str, raw: Any) -> ParamSpec:
     return spec
 
 
-def load_search_space(path: str | os.PathLike) -> SearchSpace:
+def find_search_space(name: str | os.PathLike) -> Path:
+    """A search-space path, or the name of one (``fashion_mnist`` or with ``.yaml``) in ``./configs/tune/`` (a
+    user's own) or in the package's ``paperzoo/configs/tune/``: found from any working directory."""
+    from paperzoo.train.config import RECIPE_DIR
+
+    p = Path(name)
+    if p.is_file():
+        return p
+    stem = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
+    dirs = list(dict.fromkeys([Path.cwd() / "configs" / "tune", RECIPE_DIR / "tune"]))
+    for d in dirs:
+        if (d / stem).is_file():
+            return d / stem
+    known = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.yaml")})
+    raise FileNotFoundError(f"search space {str(name)!r} not found (looked for the file and for {stem} in "
+                            f"{', '.join(str(d) for d in dirs)}); search spaces: {', '.join(known) or 'none'}")
+
+
+def load_search_space(name: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
+    """Read and check a search space (a path or a name, :func:`find_search_space`); ``overrides``: ``--set``
+    KEY=VALUE pairs for the base recipe. Every key is checked against the config before any trial runs."""
+    from paperzoo.train.classification import eval_split
     from paperzoo.train.config import read_yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"search space not found: {p}")
+    p = find_search_space(name)
     raw = read_yaml(p) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: expected a mapping with base, params, ...")
@@ -112,8 +141,15 @@ def load_search_space(path: str | os.PathLike) -> SearchSpace:
     if raw.get("direction") not in (None, "maximize", "minimize"):
         raise ValueError(f"{p}: direction must be maximize or minimize")
     space = SearchSpace(base=str(raw["base"]), params=[_spec(k, v) for k, v in raw["params"].items()],
-                        metric=raw.get("metric"), direction=raw.get("direction"), fixed=list(raw.get("fixed", [])))
-    _trial_config(space, {s.key: _any_value(s) for s in space.params}, None)  # validate keys against the config
+                        metric=raw.get("metric"), direction=raw.get("direction"), fixed=list(raw.get("fixed", [])),
+                        overrides=list(overrides), name=p.stem)
+    searched = {s.key for s in space.params} & {o.split("=", 1)[0].strip() for o in space.overrides}
+    if searched:
+        raise ValueError(f"--set {', '.join(sorted(searched))}: searched by {p.name}; set only other keys")
+    cfg = _trial_config(space, {s.key: _any_value(s) for s in space.params}, None)  # checks every key
+    if eval_split(cfg) == "test":
+        raise ValueError(f"{p.name}: data.val_fraction is 0 after the space's fixed values and --set; trials "
+                         "select on a validation split held out from the training set, never on the test set")
     return space
 
 
@@ -138,14 +174,14 @@ def _set(data: dict, key: str, value: Any) -> None:
 
 
 def _trial_config(space: SearchSpace, values: dict[str, Any], run_name: str | None, out_dir: str | None = None):
-    """The base config with the fixed overrides and the trial's values applied (validated)."""
+    """The base config with the fixed overrides, the --set overrides and the trial's values applied (validated)."""
     from paperzoo.train.config import apply_overrides, config_from_dict
 
     data = _base_dict(space)
     if not (data.get("data") or {}).get("val_fraction"):
         # select hyper-parameters on a held-out part of the training set, never on the test set
         _set(data, "data.val_fraction", 0.1)
-    data = apply_overrides(data, list(space.fixed))
+    data = apply_overrides(data, [*space.fixed, *space.overrides])
     for key, value in values.items():
         _set(data, key, value)
     if run_name is not None:
@@ -217,14 +253,30 @@ def open_study(space: SearchSpace, *, study_name: str, storage: str, seed: int |
             sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps),
         )
-        study.set_user_attr("search_space", yaml.safe_dump({"base": space.base, "fixed": space.fixed}))
+        recipe = yaml.safe_dump({"base": space.base, "fixed": space.fixed, "set": space.overrides})
+        before = study.user_attrs.get("search_space")
+        if before is not None and before != recipe and study.trials:  # its trials trained another config
+            raise ValueError(f"study {study_name!r} in {storage} was run with another base recipe or --set "
+                             f"({' '.join(before.split())}); give another --study to start a new one")
+        study.set_user_attr("search_space", recipe)
     return study
 
 
+def study_dir(out_dir: str | os.PathLike, study_name: str) -> Path:
+    """Where a study's trial runs, database and results go: ``<out_dir>/tune-<study>``."""
+    return Path(out_dir) / f"tune-{study_name}"
+
+
+def trial_run_name(number: int) -> str:
+    """The run directory of trial ``number`` inside the study directory: ``trial_0007``."""
+    return f"trial_{number:04d}"
+
+
 def run_study(space: SearchSpace, *, study_name: str, storage: str, n_trials: int | None = None,
-              timeout: float | None = None, out_dir: str = "runs/tune", seed: int | None = None,
+              timeout: float | None = None, out_dir: str | os.PathLike = "runs/tune", seed: int | None = None,
               n_startup_trials: int = 5, n_warmup_steps: int = 1):
-    """Create or resume the study and run trials in this process until ``n_trials`` or ``timeout``."""
+    """Create or resume the study and run trials in this process until ``n_trials`` or ``timeout``; trial
+    ``n`` trains in ``out_dir/trial_000n`` (``out_dir``: the study's directory, :func:`study_dir`)."""
     import optuna
 
     from paperzoo.train.classification import ImageClassificationTask
@@ -236,9 +288,10 @@ def run_study(space: SearchSpace, *, study_name: str, storage: str, n_trials: in
 
     def objective(trial: optuna.Trial) -> float:
         values = {s.key: s.suggest(trial) for s in space.params}
-        cfg = _trial_config(space, values, f"{study_name}-trial{trial.number:04d}", out_dir)
+        cfg = _trial_config(space, values, trial_run_name(trial.number), str(out_dir))
         task = ImageClassificationTask(cfg, DistInfo())
         metric = space.metric or task.primary_metric
+        study.set_user_attr("metric", metric)  # named on the plots' axes
         result = fit(cfg, _ReportingTask(task, trial, metric))
         trial.set_user_attr("run_dir", str(result.run_dir))
         if result.status != "done" or metric not in result.metrics:
@@ -254,11 +307,9 @@ def run_study(space: SearchSpace, *, study_name: str, storage: str, n_trials: in
 
 def export_results(study, space: SearchSpace, out: str | os.PathLike) -> dict[str, Path]:
     """Write the best config (ready-to-run YAML), the trials table (CSV) and the two plots into ``out``."""
-    import optuna
     from optuna.trial import TrialState
 
     from paperzoo.train.config import config_to_dict
-    from paperzoo.viz.common import save_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,24 +333,60 @@ def export_results(study, space: SearchSpace, out: str | os.PathLike) -> dict[st
     files["best_config"] = out / "best_config.yaml"
     files["best_config"].write_text(text)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from optuna.visualization import matplotlib as ovm
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-    ax = ovm.plot_optimization_history(study)
-    ax.set_title(f"Optimization history: {study.study_name}")
-    files["history"] = save_figure(ax.figure, out / "optimization_history.png")
+    metric = space.metric or study.user_attrs.get("metric", "objective")
+    files["history"] = _plot_history(study, metric, out / "optimization_history.png")
     if len(complete) >= 2 and len(space.params) >= 1:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "importances will be equal" on tiny studies
-                ax = ovm.plot_param_importances(study)
-            ax.set_title(f"Hyper-parameter importance: {study.study_name}")
-            files["importance"] = save_figure(ax.figure, out / "param_importances.png")
+            files["importance"] = _plot_importances(study, metric, out / "param_importances.png")
         except (RuntimeError, ValueError) as e:  # e.g. all trials sampled the same values
             print(f"param importance plot skipped: {e}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return files
+
+
+# Both plots are drawn here rather than by optuna.visualization.matplotlib, whose figures stack two titles and
+# cut long parameter names and legends off: one title naming the study, the metric on the axis, the config keys
+# in full.
+def _plot_history(study, metric: str, path: Path) -> Path:
+    """Each finished trial's value against its number, and the best value so far."""
+    from optuna.trial import TrialState
+
+    from paperzoo.viz.common import new_figure, save_figure
+
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    xs, ys = [t.number for t in done], [t.value for t in done]
+    pick = max if study.direction.name == "MAXIMIZE" else min
+    best = [pick(ys[: i + 1]) for i in range(len(ys))]
+    fig, axes = new_figure(1, size=(7, 4.5))
+    ax = axes[0, 0]
+    ax.plot(xs, ys, "o", label="trial")
+    ax.step(xs, best, where="post", color="tab:red", label=f"best so far ({study.direction.name.lower()})")
+    ax.set(title=f"Optimization history: study {study.study_name!r}", xlabel="trial", ylabel=metric)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _plot_importances(study, metric: str, path: Path) -> Path:
+    """The PED-ANOVA importance (Watanabe et al. 2023; Optuna's default, needs no scikit-learn) of each parameter
+    for ``metric``, as horizontal bars."""
+    import optuna
+
+    from paperzoo.viz.common import new_figure, save_figure
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "importances will be equal" on tiny studies
+        importance = optuna.importance.get_param_importances(  # normalised to sum 1, largest first
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    names = list(importance)[::-1]  # largest at the top
+    fig, axes = new_figure(1, size=(7, 1.6 + 0.45 * len(names)))
+    ax = axes[0, 0]
+    ax.barh(names, [importance[n] for n in names], color="tab:blue")
+    for y, n in enumerate(names):
+        ax.text(importance[n], y, f" {importance[n]:.2f}", va="center", fontsize=9)
+    n_done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)  # what the importance uses
+    ax.set(title=f"Hyper-parameter importance: study {study.study_name!r} ({n_done} complete trials)",
+           xlabel=f"importance for {metric} (PED-ANOVA; sums to 1)", xlim=(0, 1.1 * max([*importance.values(), 0.01])))
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
