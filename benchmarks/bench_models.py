@@ -1,7 +1,7 @@
 """Time inference and a training step of registered image models and record the table with its command.
 
     python benchmarks/bench_models.py                          # small-input suite, 32x32, batch 64
-    python benchmarks/bench_models.py resnet18 'mobilenet*' --dtype bf16 --channels-last
+    python benchmarks/bench_models.py resnet18 'mobilenet*' --precision bf16 --channels-last
     python benchmarks/bench_models.py --suite default --batch 8  # reference configs at their default size
 
 Writes benchmarks/results/<name>.md (header with machine, threads and measured matmul GFLOP/s, the exact
@@ -45,10 +45,10 @@ def main() -> int:
         opts = ["--small-input", *opts]
     if "--batch" not in opts:
         opts = ["--batch", "64" if args.suite == "small" else "8", *opts]
-    tag = args.suite + ("_" + opts[opts.index("--dtype") + 1] if "--dtype" in opts else "")
+    tag = args.suite + ("_" + opts[opts.index("--precision") + 1] if "--precision" in opts else "")
     out = Path(args.out or Path(__file__).parent / "results" / f"models_{tag}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["bench", *models, *opts, "--format", "json", "--output", str(out.with_suffix(".json"))]
+    argv = ["bench", *models, *opts, "--format", "json", "--out", str(out.with_suffix(".json"))]
     rc = cli_main(argv)
     if rc != 0:
         return rc

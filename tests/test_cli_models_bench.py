@@ -54,7 +54,7 @@ def test_matmul_gflops_is_positive():
 def test_bench_cli_writes_csv_and_plot(tmp_path, capsys):
     out, png = tmp_path / "b.csv", tmp_path / "b.png"
     rc = main(["bench", "resnet18", "--small-input", "--size", "16", "--batch", "2", "--warmup", "0",
-               "--repeats", "1", "--format", "csv", "--output", str(out), "--plot", str(png)])
+               "--repeats", "1", "--format", "csv", "--out", str(out), "--plot", str(png)])
     assert rc == 0
     assert out.read_text().splitlines()[0].startswith("name,params")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

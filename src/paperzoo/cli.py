@@ -18,6 +18,7 @@ import sys
 import traceback
 
 import paperzoo.commands as _commands
+from paperzoo.commands._shared import show_defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"{_commands.__name__}.{info.name}").register(sub)
+    show_defaults(parser)  # every command's help shows the defaults of its options
     return parser
 
 

@@ -172,7 +172,7 @@ def test_checkpoint_contents(reference):
     assert meta["model"] == {"name": "resnet18", "args": {"num_classes": 4, "in_chans": 1, "small_input": True,
                                                            "width": 4, "drop_rate": 0.1}}
     assert meta["classes"] == ["class0", "class1", "class2", "class3"] and meta["input_size"] == [1, 8, 8]
-    assert meta["normalization"] == {"mean": [0.5], "std": [0.3]} and "val_acc" in meta["metrics"]
+    assert meta["normalization"] == {"mean": [0.5], "std": [0.3]} and "test_acc" in meta["metrics"]
     assert set(meta["versions"]) == {"paperzoo", "torch", "python"}
     # the safetensors header carries the same metadata, so a lone weights file is self-describing
     lone = reference / "lone.safetensors"

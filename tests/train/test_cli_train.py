@@ -42,7 +42,7 @@ def test_train_prints_the_run_and_saves_the_resolved_config(trained, capsys):
 def test_train_output(cfg_path, tmp_path, capsys):
     assert main(["train", str(cfg_path), "--out-dir", str(tmp_path), "--name", "x", "--epochs", "1"]) == 0
     out, err = capsys.readouterr()
-    assert f"run: {tmp_path / 'x'}" in out and "status: done" in out and "val_acc:" in out
+    assert f"run: {tmp_path / 'x'}" in out and "status: done" in out and "test_acc:" in out
     assert "epoch 1 step 2/4 | train_loss" in err  # plain progress lines when stderr is not a TTY
 
 

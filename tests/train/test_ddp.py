@@ -86,13 +86,13 @@ def test_two_process_ddp_matches_one_process(tmp_path):
             for name in ("single", "ddp")}
     assert [r["step"] for r in recs["ddp"]] == [r["step"] for r in recs["single"]]  # one writer, no duplicates
     for a, b in zip(recs["single"], recs["ddp"]):
-        for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_acc_ema"):
+        for k in ("train_loss", "train_acc", "test_loss", "test_acc", "test_acc_ema"):
             if k in a:
                 assert abs(a[k] - b[k]) < 1e-5, (k, a, b)
     # every validation image counted exactly once over the two ranks (96 = 48 + 48, batches of 10)
     status = json.loads((ddp / "status.json").read_text())
     assert status["status"] == "done"
-    assert status["metrics"]["val_acc"] == json.loads((single / "status.json").read_text())["metrics"]["val_acc"]
+    assert status["metrics"]["test_acc"] == json.loads((single / "status.json").read_text())["metrics"]["test_acc"]
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
 
 

@@ -65,7 +65,7 @@ def test_tta_views():
 def test_evaluate_matches_the_trainer_and_writes_the_report(run, tmp_path):
     res = evaluate(run.run_dir, out_dir=tmp_path / "eval")
     m = res.metrics
-    assert m["n"] == 64 and m["accuracy"] == pytest.approx(run.metrics["val_acc"], abs=1e-9)
+    assert m["n"] == 64 and m["accuracy"] == pytest.approx(run.metrics["test_acc"], abs=1e-9)
     assert m["top5"] == 1.0 and 0 <= m["macro_f1"] <= 1
     assert {p.name for p in (tmp_path / "eval").iterdir()} == {"metrics.json", "per_class.csv", "confusion.csv",
                                                                 "confusion.png"}
@@ -74,7 +74,7 @@ def test_evaluate_matches_the_trainer_and_writes_the_report(run, tmp_path):
     assert sum(sum(map(int, r.split(",")[1:])) for r in rows[1:]) == 64
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"] == m["accuracy"]
     ema = evaluate(run.run_dir, ema=True)
-    assert ema.metrics["accuracy"] == pytest.approx(run.metrics["val_acc_ema"], abs=1e-9)
+    assert ema.metrics["accuracy"] == pytest.approx(run.metrics["test_acc_ema"], abs=1e-9)
     assert evaluate(run.run_dir, which="best").metrics["accuracy"] == pytest.approx(run.best["value"])
     tta = evaluate(run.run_dir, tta="flip,shift", limit=16)
     assert tta.metrics["n"] == 16 and tta.metrics["tta"] == ["flip", "shift"]
@@ -200,7 +200,7 @@ def test_evaluate_runs_a_bf16_checkpoint_as_trained_and_fp32_on_request(bf16_run
     fp32 differs from it only by bf16 rounding."""
     auto = evaluate(bf16_run.run_dir, precision="auto", limit=64)
     fp32 = evaluate(bf16_run.run_dir, precision="fp32", limit=64)
-    assert auto.metrics["accuracy"] == pytest.approx(bf16_run.metrics["val_acc"])
+    assert auto.metrics["accuracy"] == pytest.approx(bf16_run.metrics["test_acc"])
     assert auto.metrics["precision"] == "auto" and fp32.metrics["precision"] == "fp32"
     m = load_checkpoint(bf16_run.run_dir)
     x = torch.rand(8, 1, 8, 8)

@@ -45,17 +45,17 @@ def test_run_directory_and_learning(tmp_path):
     train_recs = [r for r in recs if "train_loss" in r]
     assert [r["step"] for r in train_recs] == [2, 4, 6, 8, 10, 12]
     assert {"lr", "train_acc", "img_per_s", "epoch"} <= train_recs[0].keys()
-    evals = [r for r in recs if "val_acc" in r]
-    assert [r["epoch"] for r in evals] == [1, 2, 3] and "val_acc_ema" in evals[-1]
-    assert evals[-1]["val_acc"] > 0.5  # 4 classes: chance is 0.25
+    evals = [r for r in recs if "test_acc" in r]
+    assert [r["epoch"] for r in evals] == [1, 2, 3] and "test_acc_ema" in evals[-1]
+    assert evals[-1]["test_acc"] > 0.5  # 4 classes: chance is 0.25
     assert train_recs[-1]["train_loss"] < train_recs[0]["train_loss"]
     status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "done" and status["metrics"]["val_acc"] == result.metrics["val_acc"]
+    assert status["status"] == "done" and status["metrics"]["test_acc"] == result.metrics["test_acc"]
     assert (run / "curves.png").stat().st_size > 1000
     assert list((run / "tb").glob("events.out.tfevents.*"))
     for d in ("final", "best"):
         assert {p.name for p in (run / d).iterdir()} == {"model.safetensors", "ema.safetensors", "meta.json"}
-    assert result.best["value"] == max(r["val_acc"] for r in evals)
+    assert result.best["value"] == max(r["test_acc"] for r in evals)
     with pytest.raises(RunDirExistsError, match="already exists"):
         train(cfg)
 
@@ -190,8 +190,8 @@ def test_gradient_clipping_bounds_each_update(tmp_path):
 def test_bf16_autocast_on_cpu(tmp_path):
     r32 = train(_cfg(tmp_path, "fp32", train={"epochs": 1}))
     r16 = train(_cfg(tmp_path, "bf16", train={"epochs": 1, "precision": "bf16", "channels_last": True}))
-    assert r16.status == "done" and math.isfinite(r16.metrics["val_loss"])
-    assert abs(r16.metrics["val_loss"] - r32.metrics["val_loss"]) < 0.2
+    assert r16.status == "done" and math.isfinite(r16.metrics["test_loss"])
+    assert abs(r16.metrics["test_loss"] - r32.metrics["test_loss"]) < 0.2
 
 
 def test_deterministic_mode_repeats_exactly(tmp_path):
@@ -207,7 +207,7 @@ def test_deterministic_mode_repeats_exactly(tmp_path):
 @pytest.mark.slow
 def test_torch_compile_option(tmp_path):
     result = train(_cfg(tmp_path, "compiled", train={"epochs": 1, "compile": True}))
-    assert result.status == "done" and math.isfinite(result.metrics["val_loss"])
+    assert result.status == "done" and math.isfinite(result.metrics["test_loss"])
 
 
 def test_imagefolder_streaming(tmp_path):
@@ -262,7 +262,7 @@ def test_default_recipe_learns_a_fashion_mnist_subset(tmp_path, fmnist_dir):
                       ["data.train_subset=3000", "data.test_subset=1000", "train.epochs=3", "train.threads=1",
                        f"run.out_dir={tmp_path}", "run.progress=off", "run.tensorboard=false", "run.plots=false"])
     result = fit(cfg)
-    assert result.status == "done" and result.metrics["val_acc"] > 0.7, result.metrics
+    assert result.status == "done" and result.metrics["test_acc"] > 0.7, result.metrics
 
 
 def _recipe(name):
@@ -281,7 +281,7 @@ def test_top_level_python_api(tmp_path):
     cfg["run"] = {"out_dir": str(tmp_path), "name": "api", "progress": "off", "tensorboard": False, "plots": False}
     result = paperzoo.train(cfg, overrides=["train.epochs=1"])  # the package itself is callable
     assert result.status == "done" and result.run_dir == tmp_path / "api"
-    assert paperzoo.evaluate(result.run_dir).metrics["accuracy"] == pytest.approx(result.metrics["val_acc"])
+    assert paperzoo.evaluate(result.run_dir).metrics["accuracy"] == pytest.approx(result.metrics["test_acc"])
     # importing paperzoo does not import the trainer (it is loaded on first use)
     code = "import sys, paperzoo; print(any(m.startswith('paperzoo.train.') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

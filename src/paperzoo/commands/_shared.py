@@ -17,14 +17,43 @@ from typing import Any
 
 EXIT_CODES = {"done": 0, "failed": 1, "interrupted": 130}
 
-#: shortcut flags: flag -> (config key, type, help)
+#: shortcut flags of the training commands: flag -> (config key, type, what it sets); each defaults to the
+#: recipe's value. The same names mean the same thing in every command (--device, --seed, --precision, --out-dir).
 SHORTCUTS = {
-    "--model": ("model.name", str, "shortcut for --set model.name=..."),
-    "--epochs": ("train.epochs", int, "shortcut for --set train.epochs=..."),
-    "--data-dir": ("data.root", str, "shortcut for --set data.root=..."),
-    "--out-dir": ("run.out_dir", str, "shortcut for --set run.out_dir=..."),
-    "--name": ("run.name", str, "shortcut for --set run.name=..."),
+    "--model": ("model.name", str, "registered model name"),
+    "--epochs": ("train.epochs", int, "training epochs"),
+    "--data-dir": ("data.root", str, "dataset directory"),
+    "--out-dir": ("run.out_dir", str, "directory the run directory is made in"),
+    "--name": ("run.name", str, "run directory name"),
+    "--device": ("train.device", str, "auto, cpu or cuda"),
+    "--seed": ("train.seed", int, "seed of initialisation, data order and augmentation"),
+    "--precision": ("train.precision", str, "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, GPU)"),
 }
+#: the shortcuts every training command takes (``paperzoo train`` adds --model and --data-dir)
+COMMON_SHORTCUTS = ("--epochs", "--out-dir", "--name", "--device", "--seed", "--precision")
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, as ``argparse.ArgumentDefaultsHelpFormatter`` does, except
+    where the help already says what the default is, and for off switches and unset options (None), whose
+    help says what happens without them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS)
+                and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every subcommand parser below it :class:`DefaultsHelpFormatter` (``paperzoo.cli``
+    calls this once on the whole tree, so a new command needs nothing to get it)."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                show_defaults(sub)
 
 
 def add_training_args(p: argparse.ArgumentParser, *, shortcuts: tuple[str, ...], example: str) -> None:
@@ -35,10 +64,15 @@ def add_training_args(p: argparse.ArgumentParser, *, shortcuts: tuple[str, ...],
     p.add_argument("--resume", nargs="?", const="auto", metavar="RUN_DIR",
                    help="continue RUN_DIR from its newest checkpoint; without a value, resume the run directory "
                         "that CONFIG names (run.out_dir/run.name) if it exists, else start it")
-    for flag in shortcuts:
-        _, tp, helptext = SHORTCUTS[flag]
-        p.add_argument(flag, type=tp, help=helptext)
+    add_shortcut_args(p, shortcuts)
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def add_shortcut_args(p: argparse.ArgumentParser, flags: tuple[str, ...]) -> None:
+    """The chosen :data:`SHORTCUTS` (``overrides_of`` turns them into ``--set`` overrides)."""
+    for flag in flags:
+        key, tp, what = SHORTCUTS[flag]
+        p.add_argument(flag, type=tp, help=f"{what}: shortcut for --set {key}=... (default: the recipe's)")
 
 
 def overrides_of(args: argparse.Namespace) -> list[str]:
@@ -78,14 +112,43 @@ def resolve_config_and_resume(config_arg: str | None, resume: str | None, overri
     return config, None
 
 
+def summary_lines(result: Any) -> list[str]:
+    """The end of a run, for every task: run directory, status, the last evaluation's metrics, the best
+    checkpoint's metric and step beside the last one's, and the last training loss, labelled with what makes
+    it differ from the evaluation's plain cross-entropy (e.g. label smoothing)."""
+    from paperzoo.train.logger import read_metrics
+    from paperzoo.viz.curves import run_config, train_loss_label
+
+    records = read_metrics(Path(result.run_dir) / "metrics.jsonl")
+    lines = [f"run: {result.run_dir}",
+             f"status: {result.status} (step {result.step}, {result.train_time_s:.0f} s of training)"]
+    lines += [f"{k}: {v:.4f}" for k, v in result.metrics.items()]
+    best, metric = result.best or {}, (result.best or {}).get("metric")
+    if best.get("value") is not None:
+        last = next((r for r in reversed(records) if metric in r), None)
+        value = last[metric] if last else result.metrics.get(metric)
+        final = "final" if result.status == "done" else "last evaluation"
+        at = f" at step {last['step']}" if last else ""
+        line = f"best {metric}: {best['value']:.4f} at step {best['step']} ({final} {value:.4f}{at})"
+        if metric.startswith("test_"):  # no validation split: the "best" checkpoint was chosen on the test set
+            line += "; chosen on the test set, so report the final weights"
+        lines.append(line)
+    loss = next((r for r in reversed(records) if "train_loss" in r), None)
+    if loss is not None:
+        label = train_loss_label(run_config(result.run_dir))
+        eval_loss = next((k for k in result.metrics if k.endswith("_loss")), None)
+        note = ""
+        if label != "train_loss" and eval_loss:
+            note = f" (not comparable with {eval_loss}, a plain cross-entropy)"
+        lines.append(f"{label}: {loss['train_loss']:.4f} at step {loss['step']}{note}")
+    return lines
+
+
 def print_result(result: Any) -> None:
-    """The run directory, status and final metrics (stdout); how to resume an interrupted run (stderr)."""
+    """:func:`summary_lines` (stdout); how to resume an interrupted run (stderr)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return  # one report per distributed run
-    print(f"run: {result.run_dir}")
-    print(f"status: {result.status} (step {result.step}, {result.train_time_s:.0f} s of training)")
-    for k, v in result.metrics.items():
-        print(f"{k}: {v:.4f}")
+    print("\n".join(summary_lines(result)))
     if result.status == "interrupted":
         print(f"resume with: {result.resume_hint}", file=sys.stderr)
 

@@ -1,4 +1,4 @@
-"""``paperzoo average CKPT... --out DIR``: average the weights of same-architecture checkpoints."""
+"""``paperzoo average CKPT... -o DIR``: average the weights of same-architecture checkpoints."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Average model weights (e.g. the last checkpoints of a run) into a new "
                                    "checkpoint directory usable by eval / predict / ensemble.")
     p.add_argument("paths", nargs="+", metavar="CKPT", help="run directories, checkpoint dirs or .safetensors")
-    p.add_argument("--out", required=True, help="output checkpoint directory")
-    p.add_argument("--which", choices=("final", "best", "last"), default="final")
+    p.add_argument("-o", "--out", required=True, help="output checkpoint directory")
+    p.add_argument("--which", choices=("final", "best", "last"), default="final",
+                   help="for a run directory: final weights, best validation or newest checkpoint")
     p.add_argument("--ema", action="store_true", help="average the EMA weights")
     p.set_defaults(func=run)
 

@@ -21,20 +21,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "multiply-adds x 2; training counts 3x forward. Utilization is achieved GFLOP/s "
                                    "over the measured dense-matmul GFLOP/s of this machine at the same dtype.")
     p.add_argument("models", nargs="+", help="model names or globs, e.g. resnet18 'mobilenet*'")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="images per batch")
     p.add_argument("--size", type=int, default=None, help="input side (default: the model's, or 32 with --small-input)")
-    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--in-chans", type=int, default=3, help="input channels")
     p.add_argument("--small-input", action="store_true", help="build the small-input (28x28/32x32) configuration")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32, or bf16 / fp16 autocast (as train.precision)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for inputs and weights")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    p.add_argument("--repeats", type=int, default=10, help="timed iterations")
     p.add_argument("--mode", default="infer,train", help="comma list of infer, train")
-    p.add_argument("--format", choices=FORMATS, default="table")
-    p.add_argument("--output", help="also write the table to this file (format from --format)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="table format")
+    p.add_argument("-o", "--out", help="also write the table to this file (format from --format)")
     p.add_argument("--plot", help="write a throughput-vs-FLOPs/params PNG here")
     p.set_defaults(func=run)
 
@@ -46,14 +47,14 @@ def run(args: argparse.Namespace) -> int:
     if not set(modes) <= {"infer", "train"}:
         raise ValueError(f"--mode takes infer and/or train, got {args.mode!r}")
     cfg = BenchConfig(batch_size=args.batch, input_size=args.size, in_chans=args.in_chans,
-                      small_input=args.small_input, dtype=args.dtype, channels_last=args.channels_last,
+                      small_input=args.small_input, dtype=args.precision, channels_last=args.channels_last,
                       compile=args.compile, device=args.device, threads=args.threads, warmup=args.warmup,
                       repeats=args.repeats, modes=modes)
     names = resolve_models(args.models)
-    machine = matmul_gflops(args.dtype if args.dtype != "fp16" or args.device != "cpu" else "fp32", args.device)
+    machine = matmul_gflops(args.precision if args.precision != "fp16" or args.device != "cpu" else "fp32", args.device)
     header = (f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, device {args.device}; "
-              f"measured {args.dtype} matmul: {machine:,.0f} GFLOP/s")
+              f"measured {args.precision} matmul: {machine:,.0f} GFLOP/s")
     print(header, file=sys.stderr)
     results = []
     for name in names:
@@ -65,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     cols = [c for c in COLUMNS if any(row.get(c) is not None for row in rows)]
     text = render(rows, cols, args.format)
     print(text)
-    if args.output:
-        with open(args.output, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             f.write((header + "\n\n" if args.format in ("md", "table") else "") + text + "\n")
     if args.plot:
         plot_results(results, args.plot)

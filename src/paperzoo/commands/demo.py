@@ -27,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=f"Train configs/{RECIPE}.yaml on Fashion-MNIST (Debian's dataset-fashion-mnist "
                                    "or --data-dir), evaluate on the 10,000 test images and print the accuracy.")
     p.add_argument("--recipe", default=RECIPE, help="recipe name or YAML path")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override recipe values, as paperzoo train --set")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST idx files")
-    p.add_argument("--out-dir", default="runs")
+    p.add_argument("--out-dir", default="runs", help="directory the run directory is made in")
     p.add_argument("--procs", default="1",
                    help="training processes: N > 1 runs DDP (torch.distributed.run, gloo on CPU) with cores/N "
                         "threads each; auto = one per GPU, or 1 without a GPU")

@@ -15,16 +15,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="for a run directory: final weights (default), best validation or newest checkpoint")
     p.add_argument("--ema", action="store_true", help="use the EMA weights (runs trained with train.ema=true)")
     p.add_argument("--tta", default="", help="test-time augmentation: comma list of flip, shift")
-    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="val: the part of the training set the run held out (data.val_fraction)")
     p.add_argument("--dataset", help="evaluate on another dataset than the checkpoint's")
     p.add_argument("--data-dir", help="dataset directory (default: the one recorded in the checkpoint)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--limit", type=int, help="only the first N images (quick checks)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto = as the checkpoint was trained (bf16 autocast + channels_last for such runs)")
-    p.add_argument("--out", help="report directory (default: <run or checkpoint>/eval-<options>)")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("-o", "--out", help="report directory (default: <run or checkpoint>/eval-<options>)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="how to print the metrics")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress line on stderr (it is shown only on a terminal anyway)")
 

@@ -12,7 +12,7 @@ import argparse
 import math
 from typing import Any
 
-from ._shared import add_training_args, load_text_run, run_training
+from ._shared import COMMON_SHORTCUTS, add_training_args, load_text_run, run_training
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -78,22 +78,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Decoder-only language modelling on the shared trainer (docs/text.md).")
     s = p.add_subparsers(dest="lm_cmd", required=True, metavar="{train,sample,eval}")
     t = s.add_parser("train", help="train from a YAML recipe (e.g. lm_fortunes); resumable")
-    add_training_args(t, shortcuts=("--epochs", "--out-dir", "--name"), example="optim.lr=3e-4 train.epochs=5")
+    add_training_args(t, shortcuts=COMMON_SHORTCUTS, example="optim.lr=3e-4 train.epochs=5")
     t.set_defaults(func=run_train)
     for name, helptext, func in (("sample", "sample text from a trained model", run_sample),
                                  ("eval", "validation loss and perplexity", run_eval)):
         q = s.add_parser(name, help=helptext)
         q.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
-        q.add_argument("--which", default="best", choices=("best", "final", "last"))
-        q.add_argument("--device", default="cpu")
+        q.add_argument("--which", default="best", choices=("best", "final", "last"),
+                       help="for a run directory: best validation, final weights or newest checkpoint")
+        q.add_argument("--device", default="cpu", help="cpu or cuda")
         q.set_defaults(func=func)
         if name == "sample":
             q.add_argument("--prompt", help="text to continue (default: a newline)")
             q.add_argument("--num", type=int, default=3, help="number of samples")
             q.add_argument("--max-new", type=int, default=300, help="new tokens per sample")
-            q.add_argument("--temperature", type=float, default=0.8)
-            q.add_argument("--top-k", type=int)
-            q.add_argument("--top-p", type=float)
-            q.add_argument("--seed", type=int, default=0)
+            q.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0 = greedy)")
+            q.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: all)")
+            q.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set of tokens with this "
+                                                       "probability mass (default: all)")
+            q.add_argument("--seed", type=int, default=0, help="seed of the sampling")
         else:
             q.add_argument("--text", help="evaluate the tail of this file instead of the run's own corpus")

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "input size, counted with torch.utils.flop_counter (attention added by formula).")
     p.add_argument("pattern", nargs="?", help="glob over model names, e.g. 'resnet*'")
     p.add_argument("--family", help="only this family (e.g. resnet, vit, swin)")
-    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--format", choices=FORMATS, default="table", help="table format")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     p.add_argument("--check", action="store_true",
                    help="compare our parameter counts with the reference implementations; exit 1 on any difference")

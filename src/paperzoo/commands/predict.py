@@ -14,18 +14,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "then normalised as in training.")
     p.add_argument("path", metavar="CKPT", help="run directory, checkpoint directory or .safetensors")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--which", choices=("final", "best", "last"), default="final")
-    p.add_argument("--ema", action="store_true")
-    p.add_argument("--tta", default="", help="comma list of flip, shift")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--topk", type=int, default=5, help="classes shown per image")
+    p.add_argument("--which", choices=("final", "best", "last"), default="final",
+                   help="for a run directory: final weights, best validation or newest checkpoint")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights (runs trained with train.ema=true)")
+    p.add_argument("--tta", default="", help="test-time augmentation: comma list of flip, shift")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="how to print the predictions")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from paperzoo.train.evaluate import predict_files
 
-    preds = predict_files(args.path, args.images, topk=args.topk, which=args.which, ema=args.ema, tta=args.tta)
+    preds = predict_files(args.path, args.images, topk=args.topk, which=args.which, ema=args.ema, tta=args.tta,
+                          device=args.device)
     if args.format == "json":
         print(json.dumps(preds, indent=2))
         return 0

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from ._shared import add_training_args, run_training
+from ._shared import COMMON_SHORTCUTS, add_training_args, run_training
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a YAML recipe (+ overrides); resumable",
                        description="Train a registered model. CONFIG is a YAML file or a recipe name in configs/ "
                                    "(e.g. fashion_mnist_default). Overrides: --set optim.lr=0.05 train.epochs=3.")
-    add_training_args(p, shortcuts=("--model", "--epochs", "--data-dir", "--out-dir", "--name"),
+    add_training_args(p, shortcuts=("--model", "--data-dir", *COMMON_SHORTCUTS),
                       example="optim.lr=0.1 model.name=resnet18")
     p.set_defaults(func=run)
 

@@ -16,17 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._shared import add_training_args, load_text_run, run_training
+from ._shared import COMMON_SHORTCUTS, add_training_args, load_text_run, run_training
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--which", default="best", choices=("best", "final", "last"), help="checkpoint of a run dir")
     p.add_argument("--method", choices=("greedy", "beam", "sample"), help="decoding (default: the run's)")
-    p.add_argument("--beam-size", type=int)
-    p.add_argument("--length-penalty", type=float)
+    p.add_argument("--beam-size", type=int, help="beams of beam search (default: the run's)")
+    p.add_argument("--length-penalty", type=float, help="beam search length penalty α (default: the run's)")
     p.add_argument("--max-len", type=int, help="new tokens at most")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=256, help="sentences decoded together")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -133,7 +133,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Sequence-to-sequence translation on the shared trainer (docs/text.md).")
     s = p.add_subparsers(dest="translate_cmd", required=True, metavar="{train,eval,translate}")
     t = s.add_parser("train", help="train from a YAML recipe (e.g. translate_en_ko); resumable")
-    add_training_args(t, shortcuts=("--epochs", "--out-dir", "--name"), example="optim.lr=3e-4 data.n_train=5000")
+    add_training_args(t, shortcuts=COMMON_SHORTCUTS, example="optim.lr=3e-4 data.n_train=5000")
     t.set_defaults(func=run_train)
     e = s.add_parser("eval", help="exact match, sacreBLEU and chrF on a split or on files")
     e.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
@@ -142,7 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--src", help="source file (with --ref) instead of a split")
     e.add_argument("--ref", help="reference file aligned with --src")
     e.add_argument("--limit", type=int, help="only the first N sentences")
-    e.add_argument("--out", help="output directory (default: eval_<split> next to the checkpoint)")
+    e.add_argument("-o", "--out", help="output directory (default: eval_<split> next to the checkpoint)")
     e.add_argument("--show-errors", type=int, default=5, help="print this many wrong translations")
     add_decode_args(e)
     e.set_defaults(func=run_eval)

@@ -13,9 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = vs.add_parser("swin-mask", help="Swin's cyclic shift: regions, windows and each window's attention mask")
     q.add_argument("--height", type=int, default=8, help="feature-map height in tokens")
     q.add_argument("--width", type=int, default=8, help="feature-map width in tokens")
-    q.add_argument("--window", type=int, default=4)
+    q.add_argument("--window", type=int, default=4, help="window side in tokens")
     q.add_argument("--shift", type=int, default=None, help="default: window // 2, as in the paper")
-    q.add_argument("-o", "--out", default="swin_mask.png")
+    q.add_argument("-o", "--out", help="PNG file to write", default="swin_mask.png")
     q.set_defaults(func=_swin_mask)
 
     q = vs.add_parser("attention", help="ViT/Swin attention maps (+ rollout) over an image, or a translation "
@@ -25,28 +25,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--sentence", help="translation checkpoints: the source sentence to translate and show")
     q.add_argument("--layer", type=int, default=-1, help="block index (default: the last)")
     q.add_argument("--size", type=int, help="input side for a model name (default: its input size)")
-    q.add_argument("--max-heads", type=int, default=12)
+    q.add_argument("--max-heads", type=int, default=12, help="heads drawn at most")
     q.add_argument("--per-head-scale", action="store_true",
                    help="stretch each head to its own maximum (default: all heads share one colour scale)")
-    q.add_argument("-o", "--out", default="attention.png")
+    q.add_argument("-o", "--out", help="PNG file to write", default="attention.png")
     q.set_defaults(func=_attention)
 
     q = vs.add_parser("posenc", help="sinusoidal positional-encoding matrix and position similarity")
-    q.add_argument("--positions", type=int, default=100)
-    q.add_argument("--dim", type=int, default=512)
-    q.add_argument("-o", "--out", default="posenc.png")
+    q.add_argument("--positions", type=int, default=100, help="positions (rows)")
+    q.add_argument("--dim", type=int, default=512, help="model dimension d_model (columns)")
+    q.add_argument("-o", "--out", help="PNG file to write", default="posenc.png")
     q.set_defaults(func=_posenc)
 
     q = vs.add_parser("curves", help="learning curves of one or several run directories on shared axes")
     q.add_argument("runs", nargs="+")
-    q.add_argument("--x", choices=["step", "epoch", "time"], default="step")
-    q.add_argument("--metrics", default="train_loss,val_acc", help="comma list of metrics.jsonl keys")
-    q.add_argument("-o", "--out", default="curves.png")
+    q.add_argument("--x", choices=["step", "epoch", "time"], default="step",
+                   help="x axis: optimizer step, epoch or training time")
+    q.add_argument("--metrics", help="comma list of metrics.jsonl keys (default: train_loss and val_acc, or "
+                                     "test_acc for runs evaluated on the test set)")
+    q.add_argument("-o", "--out", help="PNG file to write", default="curves.png")
     q.set_defaults(func=_curves)
 
     q = vs.add_parser("confusion", help="confusion matrix of an evaluation (`paperzoo eval --out DIR`)")
     q.add_argument("eval", help="evaluation directory or its metrics.json")
-    q.add_argument("-o", "--out", default="confusion.png")
+    q.add_argument("-o", "--out", help="PNG file to write", default="confusion.png")
     q.set_defaults(func=_confusion)
 
     q = vs.add_parser("features", help="feature maps of a CNN layer, or SE channel weights, for an image")
@@ -55,8 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--layer", help="module name whose output to draw (e.g. layer1); omit with --se")
     q.add_argument("--se", action="store_true", help="draw the SE blocks' channel weights instead")
     q.add_argument("--size", type=int, help="input side for a model name (default: its input size)")
-    q.add_argument("--max-channels", type=int, default=32)
-    q.add_argument("-o", "--out", default="features.png")
+    q.add_argument("--max-channels", type=int, default=32, help="feature maps drawn at most")
+    q.add_argument("-o", "--out", help="PNG file to write", default="features.png")
     q.set_defaults(func=_features)
 
 
@@ -94,7 +96,7 @@ def _posenc(args: argparse.Namespace) -> int:
 def _curves(args: argparse.Namespace) -> int:
     from paperzoo.viz.curves import plot_learning_curves
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     return _done(plot_learning_curves(args.runs, args.out, x=args.x, metrics=metrics))
 
 

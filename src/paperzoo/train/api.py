@@ -5,7 +5,7 @@ Example::
     import paperzoo
 
     result = paperzoo.train("configs/fashion_mnist_default.yaml", overrides=["train.epochs=1"])
-    print(result.status, result.metrics["val_acc"], result.run_dir)
+    print(result.status, result.metrics["test_acc"], result.run_dir)  # val_acc with data.val_fraction > 0
     report = paperzoo.evaluate(result.run_dir, tta="flip", out_dir=result.run_dir / "eval")
     print(report.metrics["accuracy"], report.metrics["macro_f1"])
 

@@ -7,8 +7,10 @@ datasets stream from disk through :class:`paperzoo.data.streaming.StreamingLoade
 workers, with a resumable seeded sampler).
 
 Validation: with ``data.val_fraction > 0`` a stratified part of the training set is held out and used to pick
-the best checkpoint; with 0 (the default) the test set is evaluated after each epoch for the learning curves
-and the "best" checkpoint is then chosen on it too: report the final weights, not the best, in that case.
+the best checkpoint, and the evaluation metrics are ``val_loss``, ``val_acc``, ``val_top5``. With 0 (the default
+for the in-memory datasets) the test set is evaluated after each epoch for the learning curves, and the metrics
+say so: ``test_loss``, ``test_acc``, ``test_top5`` (:func:`eval_split`). The "best" checkpoint is then chosen
+on the test set too: report the final weights, not the best, in that case.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from .task import Task, register_task
 #: weight of the auxiliary classifier's loss (Inception-v3, Sec. 8); 0.4 as in the torchvision reference recipe
 AUX_LOSS_WEIGHT = 0.4
 
-__all__ = ["ImageClassificationTask", "load_split", "make_synthetic", "build_model_from_meta"]
+__all__ = ["ImageClassificationTask", "load_split", "make_synthetic", "build_model_from_meta", "eval_split"]
+
+
+def eval_split(cfg: Config) -> str:
+    """What the task evaluates on, which is the prefix of its metrics' names: "val" (a part of the training set
+    held out by ``data.val_fraction``; ImageFolder always holds one out) or "test" (the test set)."""
+    return "val" if cfg.data.val_fraction > 0 or cfg.data.dataset == "imagefolder" else "test"
 
 
 def make_synthetic(split: str, size: int, image_size: int = 16, num_classes: int = 4,
@@ -72,7 +80,7 @@ class ImageClassificationTask(Task):
     """Image classification on a registered model: cross-entropy family losses, accuracy, top-5."""
 
     name, config_type = "image_classification", Config
-    primary_metric = "val_acc"
+    primary_metric = "val_acc"  # "test_acc" for a task that evaluates on the test set (set in __init__)
     higher_is_better = True
 
     #: set by from_config: the run resumes from a checkpoint, so build_model skips model.pretrained
@@ -147,6 +155,8 @@ class ImageClassificationTask(Task):
                                             shuffle=False, drop_last=False, transform=self.eval_tf,
                                             device=self.dist.device, channels_last=cl)
         self.val_size = len(val)
+        self.eval_split = eval_split(cfg)
+        self.primary_metric = f"{self.eval_split}_acc"
         self._check_low_res()
         weights = torch.tensor(cfg.loss.class_weights) if cfg.loss.class_weights else None
         if weights is not None and len(weights) != self.num_classes:
@@ -226,7 +236,8 @@ class ImageClassificationTask(Task):
         loss, correct, correct5, n = all_reduce_sum(sums, self.dist).tolist()
         if n != self.val_size:  # a loader that pads or drops would make the accuracy wrong silently
             raise RuntimeError(f"evaluated {n:.0f} images but the validation set has {self.val_size}")
-        return {"val_loss": loss / n, "val_acc": correct / n, "val_top5": correct5 / n}
+        p = self.eval_split  # honest names: val_* on a held-out split, test_* on the test set
+        return {f"{p}_loss": loss / n, f"{p}_acc": correct / n, f"{p}_top5": correct5 / n}
 
     def metadata(self) -> dict[str, Any]:
         d = self.cfg.data

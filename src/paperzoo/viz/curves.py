@@ -7,16 +7,23 @@ validation metrics per epoch. The x axis is the optimizer step, the epoch, or th
 One drawing path serves both pictures: ``paperzoo viz curves`` (:func:`plot_learning_curves`, one panel per
 metric, one line per run) and the ``curves.png`` the trainer writes at the end of a run (:func:`plot_run_curves`,
 the panels of :data:`RUN_PANELS`).
+
+Names are the logged ones, and honest: an image run evaluated on the test set logs ``test_acc`` / ``test_loss``,
+one with a held-out validation split ``val_acc`` / ``val_loss``; a training loss that is not the plain
+cross-entropy of the evaluation (label smoothing, mixup/cutmix targets, focal loss, class weights) is labelled
+with what it is (:func:`train_loss_label`, from the run's ``config.yaml``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 
 from ..train.logger import read_metrics
 from .common import new_figure, save_figure
@@ -24,14 +31,53 @@ from .common import new_figure, save_figure
 X_KEYS = {"step": ("step", "optimizer step"), "epoch": ("epoch", "epoch"),
           "time": ("train_time_s", "training time (s)")}
 
-#: the panels of a run's own ``curves.png``: (title, metrics drawn together, x axis)
-RUN_PANELS = (("loss", ("train_loss", "val_loss"), "step"),
-              ("accuracy", ("train_acc", "val_acc", "val_acc_ema"), "step"),
+#: the evaluation metrics of a run: on a held-out validation split (val_*) or on the test set (test_*)
+_EVAL_ACC = ("val_acc", "val_acc_ema", "test_acc", "test_acc_ema")
+
+#: the panels of a run's own ``curves.png``: (title, metrics drawn together, x axis); a run has only one of
+#: the val_* / test_* families, and metrics without records are not drawn
+RUN_PANELS = (("loss", ("train_loss", "val_loss", "test_loss"), "step"),
+              ("accuracy", ("train_acc", *_EVAL_ACC), "step"),
               ("learning rate", ("lr",), "step"),
-              ("accuracy vs training time", ("val_acc", "val_acc_ema"), "time"))
+              ("accuracy vs training time", _EVAL_ACC, "time"))
 
 Panel = tuple[str, Sequence[str], str]
-Run = tuple[str, list[dict]]  # (label, metrics.jsonl records)
+Run = tuple[str, list[dict], dict[str, str]]  # (label, metrics.jsonl records, display name of some metrics)
+
+
+def train_loss_label(config: Mapping[str, Any]) -> str:
+    """``train_loss``, with what makes it differ from the plain cross-entropy the evaluation reports, e.g.
+    ``train_loss (label smoothing 0.1)``: the two are not comparable, and a smoothed loss never reaches 0.
+
+    ``config``: a run's config as a dict (image or text task; both name label smoothing ``loss.smoothing``).
+    """
+    loss, aug = config.get("loss") or {}, config.get("aug") or {}
+    notes = []
+    if loss.get("name") == "focal":
+        notes.append(f"focal loss γ={loss.get('gamma', 2.0):g}")
+    eps = loss.get("smoothing") or (0.1 if loss.get("name") == "label_smoothing" else 0.0)  # as build_loss
+    if eps:
+        notes.append(f"label smoothing {eps:g}")
+    if loss.get("class_weights"):
+        notes.append("class-weighted")
+    if aug.get("mixup_alpha") or aug.get("cutmix_alpha"):
+        notes.append("mixup/cutmix targets")
+    return f"train_loss ({', '.join(notes)})" if notes else "train_loss"
+
+
+def run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The run's saved ``config.yaml`` as a dict (empty when there is none)."""
+    p = Path(run_dir) / "config.yaml"
+    return (yaml.safe_load(p.read_text()) or {}) if p.is_file() else {}
+
+
+def _names(run_dir: str | os.PathLike) -> dict[str, str]:
+    return {"train_loss": train_loss_label(run_config(run_dir))}
+
+
+def eval_metric(records: list[dict], name: str = "acc") -> str:
+    """``val_<name>`` or ``test_<name>``: the one of the two a run logged (``val_<name>`` when it logged neither)."""
+    return next((f"{p}_{name}" for p in ("val", "test") if any(f"{p}_{name}" in r for r in records)), f"val_{name}")
 
 
 def _series(records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
@@ -43,14 +89,20 @@ def _draw_panel(ax, runs: Sequence[Run], panel: Panel) -> None:
     """Every (run, metric) of ``panel`` as one line; the legend names what varies (the run, the metric or both)."""
     title, metrics, x = panel
     xkey, xlabel = X_KEYS[x]
-    for label, records in runs:
+    for label, records, names in runs:
         for metric in metrics:
             xs, ys = _series(records, xkey, metric)
             if not xs:
                 continue
-            name = metric if len(runs) == 1 else label if len(metrics) == 1 else f"{label}: {metric}"
-            ax.plot(xs, ys, marker="o" if metric.startswith("val") else None, markersize=3, label=name)
-    ax.set(title=title, xlabel=xlabel, ylabel=metrics[0] if len(metrics) == 1 else "")
+            shown = names.get(metric, metric)
+            if len(runs) == 1:
+                name = shown
+            else:  # several runs: the run names the line, with the metric's note (e.g. its label smoothing)
+                name = label + shown[len(metric):] if len(metrics) == 1 else f"{label}: {shown}"
+            evaluated = metric.startswith(("val", "test"))
+            ax.plot(xs, ys, marker="o" if evaluated else None, markersize=3, label=name)
+    ylabel = runs[0][2].get(metrics[0], metrics[0]) if len(runs) == 1 else metrics[0]
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel if len(metrics) == 1 else "")
     if not ax.lines:
         ax.text(0.5, 0.5, f"no {', '.join(metrics)} records against {xlabel}", ha="center", va="center",
                 transform=ax.transAxes)
@@ -69,9 +121,12 @@ def _draw(runs: Sequence[Run], panels: Sequence[Panel], path: str | os.PathLike)
 
 
 def plot_learning_curves(runs: Sequence[str | os.PathLike], path: str | os.PathLike, *, x: str = "step",
-                         metrics: Sequence[str] = ("train_loss", "val_acc"),
-                         labels: Sequence[str] | None = None) -> Path:
-    """One panel per metric, one line per run. Raises ``FileNotFoundError`` for a run without metrics."""
+                         metrics: Sequence[str] | None = None, labels: Sequence[str] | None = None) -> Path:
+    """One panel per metric, one line per run. Raises ``FileNotFoundError`` for a run without metrics.
+
+    ``metrics`` default: ``train_loss`` and the evaluation accuracy (``val_acc``, or ``test_acc`` for runs
+    evaluated on the test set).
+    """
     if x not in X_KEYS:
         raise ValueError(f"x must be one of {', '.join(X_KEYS)}, got {x!r}")
     data = []
@@ -81,7 +136,10 @@ def plot_learning_curves(runs: Sequence[str | os.PathLike], path: str | os.PathL
             raise FileNotFoundError(f"{run}: no metrics.jsonl records (is it a paperzoo run directory?)")
         data.append(recs)
     labels = list(labels) if labels else [Path(r).name for r in runs]
-    return _draw(list(zip(labels, data)), [(m.replace("_", " "), (m,), x) for m in metrics], path)
+    if metrics is None:
+        metrics = ("train_loss", eval_metric([rec for recs in data for rec in recs]))
+    named = [(label, recs, _names(run)) for label, recs, run in zip(labels, data, runs)]
+    return _draw(named, [(m.replace("_", " "), (m,), x) for m in metrics], path)
 
 
 def plot_run_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path | None:
@@ -90,7 +148,7 @@ def plot_run_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path
     records = read_metrics(Path(run_dir) / "metrics.jsonl")
     if not records:
         return None
-    return _draw([(Path(run_dir).name, records)], RUN_PANELS, path)
+    return _draw([(Path(run_dir).name, records, _names(run_dir))], RUN_PANELS, path)
 
 
 def plot_confusion(eval_dir_or_file: str | os.PathLike, path: str | os.PathLike,
