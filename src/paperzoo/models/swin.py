@@ -11,7 +11,7 @@ roll (Fig. 4, :func:`swin_shift_mask`). Each attention adds a learned relative p
 patch merging halves the resolution and doubles the width between stages (Fig. 3), giving a CNN-like
 pyramid: strides 4, 8, 16, 32.
 
-Deviations from the paper (none change the parameters; timm and official weights load unchanged):
+Deviations from the paper (none change the parameters; timm, official and torchvision weights load):
 * Any input size: feature maps whose sides are not multiples of the window are zero-padded bottom/right
   *before* the cyclic shift (as the official detection code does), and the padding tokens are masked out as
   keys, so padding never changes the real tokens' outputs (timm lets them see the zero padding). Odd sides
@@ -374,6 +374,41 @@ def _from_timm(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
         if k.startswith("head.fc."):
             k = "head." + k[len("head.fc."):]
         out[k] = v
+    return _resize_tables(out, model)
+
+
+# torchvision `swin_t` / `swin_s` / `swin_b` (v1): one flat `features` Sequential, patch merging between stages.
+#   features.0.0 / features.0.2                 -> patch_embed.proj / patch_embed.norm  (features.0.1: a Permute)
+#   features.{2i+1}.{j}.*                       -> layers.{i}.blocks.{j}.*
+#       attn.relative_position_bias_table       -> attn.rel_pos.relative_position_bias_table
+#       mlp.0 / mlp.3                           -> mlp.fc1 / mlp.fc2  (1: GELU, 2 and 4: Dropout)
+#   features.{2i}.{norm,reduction}, i = 1, 2, 3 -> layers.{i}.downsample.*  (the merging that opens stage i)
+#   norm / head                                 -> norm / head
+# relative_position_index buffers are dropped (rebuilt from the window). Its patch merging concatenates the
+# 2x2 neighbours in our order, x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2], and its LayerNorms
+# use the default eps. Outputs equal torchvision's when every stage's map is a multiple of the window (224:
+# 56, 28, 14, 7); elsewhere torchvision lets windows attend to the zero padding that ours masks out, and pads
+# a map smaller than the window where ours shrinks the window (see the module docstring).
+_TV_STAGE = re.compile(r"^features\.(\d+)\.(.+)$")
+_TV_EMBED = {"0": "proj", "2": "norm"}
+
+
+@register_converter("swin", "torchvision")
+def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("relative_position_index"):
+            continue
+        m = _TV_STAGE.match(k)
+        if m and m[1] == "0":  # features.0 = (Conv2d, Permute, LayerNorm)
+            idx, rest = m[2].split(".", 1)
+            k = f"patch_embed.{_TV_EMBED.get(idx, idx)}.{rest}"
+        elif m and int(m[1]) % 2:  # a stage's blocks: features.{2i+1}.{j}
+            k = f"layers.{int(m[1]) // 2}.blocks.{m[2]}"
+        elif m:  # patch merging: features.{2i}
+            k = f"layers.{int(m[1]) // 2}.downsample.{m[2]}"
+        k = k.replace(".attn.relative_position_bias_table", ".attn.rel_pos.relative_position_bias_table")
+        out[k.replace(".mlp.0.", ".mlp.fc1.").replace(".mlp.3.", ".mlp.fc2.")] = v
     return _resize_tables(out, model)
 
 

@@ -24,6 +24,7 @@ Deviations from the paper (as in timm, whose weights load here unchanged):
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
@@ -203,6 +204,43 @@ def _from_timm(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     return _resize_pos_embed_in(out, model)
 
 
+# torchvision `vit_b_16` .. `vit_h_14` (torchvision.models.vision_transformer): the same encoder, other names.
+#   class_token / encoder.pos_embedding / conv_proj            -> cls_token / pos_embed / patch_embed.proj
+#   encoder.layers.encoder_layer_{i}.ln_1 / ln_2               -> blocks.{i}.norm1 / norm2
+#   ...self_attention.in_proj_weight / in_proj_bias / out_proj -> blocks.{i}.attn.in_proj.weight / .bias / out_proj
+#   ...mlp.0 / mlp.3 (mlp.linear_1 / linear_2 before torchvision 0.13, as in its hosted ViT files)
+#                                                              -> blocks.{i}.mlp.fc1 / fc2
+#   encoder.ln / heads.pre_logits / heads.head                 -> norm / pre_logits.fc / head
+# nn.MultiheadAttention stacks [Wq; Wk; Wv] in in_proj_weight as our in_proj does; LayerNorm eps 1e-6 and exact
+# GELU on both sides, so nothing but names changes. SWAG checkpoints (384/512/518 px) load into a model built
+# with that img_size, or have their position table interpolated to the model's grid.
+_TORCHVISION_VIT_KEYS = [(re.compile(a), b) for a, b in (
+    (r"^class_token$", "cls_token"),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_([12])\.", r"blocks.\1.norm\2."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_(weight|bias)$", r"blocks.\1.attn.in_proj.\2"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.out_proj."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:0|linear_1)\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:3|linear_2)\.", r"blocks.\1.mlp.fc2."),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^heads\.pre_logits\.", "pre_logits.fc."),
+    (r"^heads\.head\.", "head."),
+)]
+
+
+@register_converter("vit", "torchvision")
+def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in _TORCHVISION_VIT_KEYS:
+            k, n = pattern.subn(repl, k)
+            if n:
+                break
+        out[k] = v  # a key no rule names stays as it is, and strict loading reports it
+    return _resize_pos_embed_in(out, model)
+
+
 # ----------------------------------------------------------------------------------------- registered models
 # Table 1 of the paper (Ti and S from DeiT, arXiv:2012.12877). Reference counts: timm, 224x224, 1000 classes.
 @register_model(family="vit", paper=VIT_PAPER, ref_params=5_717_416, ref_source="timm")
@@ -228,6 +266,11 @@ def vit_base_patch32_224(**kw) -> VisionTransformer:
 @register_model(family="vit", paper=VIT_PAPER, ref_params=304_326_632, ref_source="timm")
 def vit_large_patch16_224(**kw) -> VisionTransformer:
     return _vit(kw, patch_size=16, embed_dim=1024, depth=24, num_heads=16)
+
+
+@register_model(family="vit", paper=VIT_PAPER, ref_params=306_535_400, ref_source="torchvision (vit_l_32)")
+def vit_large_patch32_224(**kw) -> VisionTransformer:
+    return _vit(kw, patch_size=32, embed_dim=1024, depth=24, num_heads=16)
 
 
 # timm's default vit_huge_patch14_224 (the in21k tag) has no head: 630,764,800 + 1280 * 1000 + 1000 = ours.
