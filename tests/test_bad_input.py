@@ -241,7 +241,7 @@ def test_a_training_corpus_that_is_not_utf8_names_the_file(tmp_path, capsys):
 def test_tune_search_space_with_a_yaml_error(tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("base: fashion_mnist_default\nparams: {optim.lr: {type: float, low: 0.1\n")
-    _fails_with_one_line(capsys, ["tune", str(space), "--n-trials", "1", "--out", str(tmp_path)],
+    _fails_with_one_line(capsys, ["tune", str(space), "--n-trials", "1", "--out-dir", str(tmp_path)],
                          f"{space}: invalid YAML at line")
 
 
