@@ -37,9 +37,14 @@ def test_budget_probes_throughput_and_sizes_the_schedule_to_end_inside_it(tmp_pa
     # that a resume keeps it
     assert saved["time_budget_s"] == budget and saved["max_steps"] > 32
     assert saved["epochs"] == -(-saved["max_steps"] // 32)
-    # the schedule ran to its end, or nearly (on a busy machine the budget may stop it a little before)
-    assert 0.6 * saved["max_steps"] <= result.step <= saved["max_steps"]
-    assert 0.3 * budget < result.train_time_s < 1.3 * budget + 0.5
+    # the schedule ran to its end inside the budget, or (a machine busier than during the probe) the budget
+    # stopped it; either way the budget holds, give or take the last step
+    assert result.step == saved["max_steps"] or result.train_time_s >= budget
+    assert result.train_time_s < 1.3 * budget + 0.5
+    # a resume reads the probed length from config.yaml instead of probing again
+    again = paperzoo.train(resume=result.run_dir)
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["train"] == saved
+    assert again.status == "done" and result.step <= again.step <= saved["max_steps"]
 
 
 def test_budget_stops_a_longer_schedule_with_a_final_evaluation(tmp_path, capsys):
@@ -104,3 +109,5 @@ def test_compare_checks_every_model_before_training(cfg_path, tmp_path, capsys):
     assert "compare trains image classifiers; gpt_mini is a sequence model" in capsys.readouterr().err
     assert main(["compare", "resnet20", "--budget", "soon", "--out-dir", str(tmp_path / "c")]) == 2
     assert "invalid duration 'soon'" in capsys.readouterr().err
+    assert main(["compare", "resnet20", "resnet20", "--budget", "1s", "--out-dir", str(tmp_path / "c")]) == 2
+    assert "resnet20 named more than once" in capsys.readouterr().err

@@ -92,6 +92,9 @@ def compare_models(models: Sequence[str], *, budget_s: float, recipe: str = "aut
 
     from .api import resolve_config, train
 
+    twice = sorted({m for m in models if list(models).count(m) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} named more than once: each model is one run")
     for name in models:  # every name and config checked before the first run starts
         if get_entry(name).kind != "image":
             raise ValueError(f"compare trains image classifiers; {name} is a {get_entry(name).kind} model")
