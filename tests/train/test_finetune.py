@@ -22,7 +22,14 @@ from paperzoo.train.optim import build_optimizer_and_schedule, freeze
 from paperzoo.weights import WeightLoadError, adapt_input_conv, load_pretrained
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))  # the converter tests' source layouts
-from test_weights_mobile import timm_mobilenetv2_keys, to_source_layout, tv_mobilenetv2_keys  # noqa: E402
+from test_weights_mobile import (  # noqa: E402
+    V3_SMALL,
+    V3_SMALL_TIMM_STAGES,
+    timm_mobilenetv2_keys,
+    timm_mobilenetv3_keys,
+    to_source_layout,
+    tv_mobilenetv2_keys,
+)
 
 TINY_RESNET = {"small_input": True, "width": 4}
 
@@ -260,3 +267,21 @@ def test_finetune_recipe_refuses_a_checkpoint_that_does_not_fit_in_one_line(tmp_
     assert line == ("paperzoo train: error: cannot load bad.pth (source=torchvision) into resnet18; "
                     "unexpected keys (1): layer1.0.extra")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run left behind
+
+
+def test_a_run_fine_tuned_from_timm_mobilenetv3_records_timms_eps_so_resume_and_reload_rebuild_it(tmp_path):
+    # BatchNorm eps is not in a state dict: the converter sets timm's 1e-5 on the model (ours defaults to 1e-3), and
+    # the run must record it, or a resumed run / load_run would rebuild the network with the wrong eps
+    layout = timm_mobilenetv3_keys(V3_SMALL, V3_SMALL_TIMM_STAGES)
+    path = _save(to_source_layout(create_model("mobilenetv3_small_100"), layout), tmp_path / "timm.pth")
+    cfg = {"model": {"name": "mobilenetv3_small_100", "args": {"small_input": True}, "pretrained": str(path),
+                     "pretrained_source": "timm"},
+           "data": {"dataset": "synthetic", "image_size": 16, "synthetic_size": 32, "batch_size": 16},
+           "train": {"epochs": 1, "threads": 1, "max_steps": 1},
+           "run": {"out_dir": str(tmp_path / "runs"), "name": "v3", "progress": "off", "tensorboard": False,
+                   "plots": False}}
+    result = paperzoo.train(cfg)
+    assert result.status == "done"
+    assert paperzoo.load_run(result.run_dir).cfg.bn_eps == 1e-5
+    resumed = paperzoo.train(resume=result.run_dir, overrides=["train.max_steps=2", "train.epochs=2"])
+    assert resumed.status == "done" and paperzoo.load_run(resumed.run_dir).cfg.bn_eps == 1e-5

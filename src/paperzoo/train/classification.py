@@ -178,6 +178,9 @@ class ImageClassificationTask(Task):
             from paperzoo.weights import load_pretrained
 
             changes = load_pretrained(model, m.pretrained, m.pretrained_source)
+            eps = getattr(getattr(model, "cfg", None), "bn_eps", None)
+            if eps is not None:  # the converter gave the model its source's eps: record it, so rebuilds match
+                m.args["bn_eps"] = eps
             if self.dist.is_main:  # the layers that did not load as they are, one line each
                 print(f"paperzoo: starting from {m.pretrained} ({m.pretrained_source} weights)"
                       + "".join(f"\npaperzoo:   {line}" for line in changes), file=sys.stderr)

@@ -514,8 +514,9 @@ def _build(cfg: Any, task: Task | None, dist: D.DistInfo, run_dir: Path, last: P
     if dist.is_main:
         ckpt.clean_temporary(run_dir)
         ckpt.clean_temporary(run_dir / "checkpoints")
-        if resumed or probed:  # with the overrides of this resume / the probed length, now that they build
-            save_config(cfg, run_dir / "config.yaml")
+        # again, now that it builds: with the overrides of a resume, a probed length, or the model arguments a
+        # pretrained checkpoint's converter set (e.g. its BatchNorm eps), which a resume must rebuild
+        save_config(cfg, run_dir / "config.yaml")
         write_status(run_dir, "running", pid=os.getpid())
     resume_step = resume_meta["step"] if resume_meta is not None else 0  # later records are redone: dropped
     return RunContext(
