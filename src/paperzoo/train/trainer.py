@@ -591,9 +591,8 @@ def _probe_step_time(cfg: Any, task: Task, model: nn.Module, dist: D.DistInfo, a
         step()
         n += 1
     elapsed = time.perf_counter() - t0
-    del batches, probe, optimizer
     _set_rng_state(rng)
-    return elapsed / n
+    return elapsed / n  # the copy and its optimizer are freed on return
 
 
 def _resume(run: RunContext, s: LoopState, last: Path) -> None:
