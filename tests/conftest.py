@@ -19,6 +19,16 @@ def _seed():
 
 
 @pytest.fixture
+def one_thread():
+    """One thread for a test of tiny tensors: they gain nothing from threads, and on a shared, oversubscribed CPU
+    two spinning OpenMP threads made such tests ~30x slower. Use it as ``pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def fmnist_dir():
     if not os.path.exists(os.path.join(FMNIST_DIR, "train-images-idx3-ubyte.gz")):
         pytest.skip("Debian package dataset-fashion-mnist is not installed (make data)")

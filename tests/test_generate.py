@@ -25,14 +25,7 @@ from paperzoo.models.transformer import Transformer, TransformerConfig
 PAD, BOS, EOS = 0, 1, 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a shared, oversubscribed CPU two spinning OpenMP threads
-    # made these tests ~30x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost (conftest)
 
 
 def _peaky(model: nn.Module, scale: float) -> nn.Module:

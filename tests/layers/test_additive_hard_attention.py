@@ -8,13 +8,7 @@ from paperzoo.layers.additive_attention import AdditiveAttention, HardAttention,
 B, S, L, DQ, DK, A = 3, 5, 4, 6, 7, 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from threads; on an oversubscribed CPU, spinning OpenMP threads cost a lot.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost (conftest)
 
 
 def _inputs():

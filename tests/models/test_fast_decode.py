@@ -19,12 +19,7 @@ CHUNKS = ((0, 3), (3, 4), (4, 6))  # positions fed per step: a 3-token prompt, t
 EXACT = dict(rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost (conftest)
 
 
 def _distinct(module: torch.nn.Module) -> torch.nn.Module:

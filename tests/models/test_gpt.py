@@ -12,15 +12,7 @@ import torch.nn.functional as F
 import paperzoo
 from paperzoo.models.gpt import GPT, GPTConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a shared, oversubscribed CPU two spinning OpenMP threads
-    # made these tests ~30x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost (conftest)
 
 
 def _tiny(**kw) -> GPT:

@@ -16,13 +16,7 @@ from paperzoo.models.seq2seq_rnn import RNNLanguageModel, RNNLMConfig, Seq2SeqCo
 V = 11  # 0 pad, 1 bos, 2 eos, 3..10 symbols
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads; on an oversubscribed CPU, spinning OpenMP threads cost a lot.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost (conftest)
 
 
 def _tiny(random_weights: bool = False, **kw) -> Seq2SeqRNN:

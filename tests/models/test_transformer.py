@@ -17,14 +17,7 @@ from paperzoo.models.transformer import Transformer, TransformerConfig, load_tor
 D, H, FF = 32, 4, 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a shared, oversubscribed CPU two spinning OpenMP threads
-    # made these tests ~30x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only cost (conftest)
 
 
 def _tiny(**kw) -> Transformer:

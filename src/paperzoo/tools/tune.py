@@ -107,19 +107,9 @@ def _spec(key: str, raw: Any) -> ParamSpec:
 def find_search_space(name: str | os.PathLike) -> Path:
     """A search-space path, or the name of one (``fashion_mnist`` or with ``.yaml``) in ``./configs/tune/`` (a
     user's own) or in the package's ``paperzoo/configs/tune/``: found from any working directory."""
-    from paperzoo.train.config import RECIPE_DIR
+    from paperzoo.train.config import find_recipe
 
-    p = Path(name)
-    if p.is_file():
-        return p
-    stem = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
-    dirs = list(dict.fromkeys([Path.cwd() / "configs" / "tune", RECIPE_DIR / "tune"]))
-    for d in dirs:
-        if (d / stem).is_file():
-            return d / stem
-    known = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.yaml")})
-    raise FileNotFoundError(f"search space {str(name)!r} not found (looked for the file and for {stem} in "
-                            f"{', '.join(str(d) for d in dirs)}); search spaces: {', '.join(known) or 'none'}")
+    return find_recipe(name, kind="search space")
 
 
 def load_search_space(name: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:

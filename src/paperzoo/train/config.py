@@ -485,21 +485,24 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "configs"  # the recipes shipped with the package
 
 
-def find_recipe(name: str | os.PathLike) -> Path:
+def find_recipe(name: str | os.PathLike, kind: str = "recipe") -> Path:
     """A config path, or the name of a recipe (``fashion_mnist_default`` or with ``.yaml``).
 
     Recipes are looked up in ``./configs`` (a user's own) and then in the recipes shipped inside the package
     (``paperzoo/configs/``, which the checkout's top-level ``configs/`` links to), so they are found from any
-    working directory and after a regular, non-editable install.
+    working directory and after a regular, non-editable install. ``kind="search space"`` looks in the
+    ``tune/`` folder of both instead (the search spaces of ``paperzoo tune``).
     """
     p = Path(name)
     if p.is_file():
         return p
     stem = p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml"
-    dirs = list(dict.fromkeys([Path.cwd() / "configs", RECIPE_DIR]))
+    sub = "tune" if kind == "search space" else ""
+    dirs = list(dict.fromkeys([Path.cwd() / "configs" / sub, RECIPE_DIR / sub]))
     for d in dirs:
         if (d / stem).is_file():
             return d / stem
     known = sorted({f.stem for d in dirs if d.is_dir() for f in d.glob("*.yaml")})
-    raise FileNotFoundError(f"config {str(name)!r} not found (looked for the file and for {stem} in "
-                            f"{', '.join(str(d) for d in dirs)}); recipes: {', '.join(known) or 'none'}")
+    what = "config" if kind == "recipe" else kind
+    raise FileNotFoundError(f"{what} {str(name)!r} not found (looked for the file and for {stem} in "
+                            f"{', '.join(str(d) for d in dirs)}); {kind}s: {', '.join(known) or 'none'}")
