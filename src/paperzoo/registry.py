@@ -180,19 +180,22 @@ def list_families() -> list[str]:
 PORTABLE_ARGS = ("small_input", "drop_rate", "drop_path_rate")
 
 
-def model_config_type(name: str) -> type:
+def model_config_type(name: str) -> type | None:
     """The config dataclass whose fields :func:`create_model`'s overrides fill, e.g. ``DenseNetConfig``.
 
     Read from the type hints: a builder returns its model class, whose ``__init__`` takes ``cfg: <Config>``.
+    None for a model registered without them (e.g. a user's builder taking plain keyword arguments).
     """
-    builder = get_entry(name).builder
-    model_cls = typing.get_type_hints(builder)["return"]
-    return typing.get_type_hints(model_cls.__init__)["cfg"]
+    model_cls = typing.get_type_hints(get_entry(name).builder).get("return")
+    cfg_type = typing.get_type_hints(model_cls.__init__).get("cfg") if isinstance(model_cls, type) else None
+    return cfg_type if dataclasses.is_dataclass(cfg_type) else None
 
 
-def model_arg_names(name: str) -> list[str]:
-    """The arguments model ``name`` takes (its config dataclass's fields), e.g. ``["block_layers", "k", ...]``."""
-    return [f.name for f in dataclasses.fields(model_config_type(name))]
+def model_arg_names(name: str) -> list[str] | None:
+    """The arguments model ``name`` takes (its config dataclass's fields), e.g. ``["block_layers", "k", ...]``;
+    None when the model does not declare them (see :func:`model_config_type`)."""
+    cfg_type = model_config_type(name)
+    return None if cfg_type is None else [f.name for f in dataclasses.fields(cfg_type)]
 
 
 def resolve_model_args(name: str, args: dict[str, Any], *, explicit: Collection[str] = (),
@@ -213,6 +216,8 @@ def resolve_model_args(name: str, args: dict[str, Any], *, explicit: Collection[
             listing the arguments it takes.
     """
     valid = model_arg_names(name)
+    if valid is None:  # the model declares no config dataclass: its builder checks its own arguments
+        return dict(args), None
     same_family = written_for is None or _config_type_or_none(written_for) is model_config_type(name)
     kept = {k: v for k, v in args.items()
             if k in explicit or same_family or (k in PORTABLE_ARGS and k in valid)}
