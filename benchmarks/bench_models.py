@@ -43,6 +43,8 @@ def main() -> int:
         models = [m for m in SUITES[args.suite] if m in list_models()]
     if args.suite == "small" and "--small-input" not in opts:
         opts = ["--small-input", *opts]
+    if args.suite == "small" and "--num-classes" not in opts:  # 10-way heads, as the Fashion-MNIST/CIFAR nets
+        opts = ["--num-classes", "10", *opts]
     if "--batch" not in opts:
         opts = ["--batch", "64" if args.suite == "small" else "8", *opts]
     tag = args.suite + ("_" + opts[opts.index("--precision") + 1] if "--precision" in opts else "")

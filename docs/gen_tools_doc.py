@@ -153,8 +153,11 @@ def main() -> int:
     add("## `paperzoo bench`: speed\n")
     add("Inference and training-step throughput, achieved GFLOP/s against the machine's measured dense-matmul "
         "GFLOP/s (utilization), and the memory a training step holds. Options: `--batch`, `--size`, "
-        "`--small-input`, `--precision fp32|bf16`, `--channels-last`, `--compile`, `--device`, `--threads`, "
-        "`--format table|md|csv|json`, `--plot`. The measured tables are in BENCHMARKS.md.\n")
+        "`--small-input`, `--num-classes`, `--precision fp32|bf16`, `--channels-last`, `--compile`, `--device`, "
+        "`--threads`, `--format table|md|csv|json`, `--plot`. Parameters are counted as `paperzoo models` counts "
+        "them (1000 classes) unless the options change the network, and then a note says so; a row whose timed "
+        "repeats spread more than 25 % of their median gets a warning: re-run it on a quiet machine with more "
+        "`--repeats`. The measured tables are in BENCHMARKS.md.\n")
     cmd = (f"paperzoo bench resnet20 mobilenetv2_100 vit_tiny_patch4_32 --small-input --batch 16 --repeats 3 "
            f"--warmup 1 --plot {IMG / 'bench.png'}")
     add(block(cmd.replace(str(IMG), "docs/img/tools"), run(cmd)))

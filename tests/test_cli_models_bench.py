@@ -58,3 +58,26 @@ def test_bench_cli_writes_csv_and_plot(tmp_path, capsys):
     assert rc == 0
     assert out.read_text().splitlines()[0].startswith("name,params")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_counts_parameters_as_models_does_by_default_and_says_why_when_it_differs(capsys):
+    # `paperzoo models` counts each model at its registered default (1000 classes); so does bench unless asked
+    argv = ["bench", "resnet18", "--size", "32", "--batch", "2", "--warmup", "0", "--repeats", "1",
+            "--mode", "infer", "--format", "csv"]
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert "11689512" in out.out and "note:" not in out.err
+    assert main([*argv, "--num-classes", "10"]) == 0
+    err = capsys.readouterr().err
+    assert "11,181,642 parameters as benchmarked (num_classes=10)" in err and "11,689,512" in err
+
+
+def test_bench_warns_when_the_spread_of_its_repeats_is_too_wide_to_trust():
+    from paperzoo.tools.bench import BenchResult, trust_notes
+
+    row = dict(name="m", params=1, input="8x8", batch=1, dtype="fp32", gflops_per_img=0.1)
+    calm = BenchResult(**row, infer_spread_pct=5.0, train_spread_pct=12.0)
+    noisy = BenchResult(**row, infer_spread_pct=5.0, train_spread_pct=60.0)
+    assert trust_notes([calm], BenchConfig(repeats=5)) == []
+    (line,) = trust_notes([noisy], BenchConfig(repeats=5))
+    assert line.startswith("warning: m: the training times spread 60 %") and "--repeats" in line

@@ -8,7 +8,14 @@ import sys
 
 import torch
 
-from paperzoo.tools.bench import BenchConfig, bench_model, matmul_gflops, plot_results, resolve_models
+from paperzoo.tools.bench import (
+    BenchConfig,
+    bench_model,
+    matmul_gflops,
+    plot_results,
+    resolve_models,
+    trust_notes,
+)
 from paperzoo.tools.tables import FORMATS, render
 
 COLUMNS = ["name", "params", "input", "batch", "dtype", "gflops_per_img", "infer_img_s", "infer_gflop_s",
@@ -24,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=64, help="images per batch")
     p.add_argument("--size", type=int, default=None, help="input side (default: the model's, or 32 with --small-input)")
     p.add_argument("--in-chans", type=int, default=3, help="input channels")
+    p.add_argument("--num-classes", type=int, default=1000,
+                   help="classifier outputs (1000 counts parameters as `paperzoo models` does)")
     p.add_argument("--small-input", action="store_true", help="build the small-input (28x28/32x32) configuration")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="fp32, or bf16 / fp16 autocast (as train.precision)")
@@ -47,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if not set(modes) <= {"infer", "train"}:
         raise ValueError(f"--mode takes infer and/or train, got {args.mode!r}")
     cfg = BenchConfig(batch_size=args.batch, input_size=args.size, in_chans=args.in_chans,
-                      small_input=args.small_input, dtype=args.precision, channels_last=args.channels_last,
+                      num_classes=args.num_classes, small_input=args.small_input, dtype=args.precision, channels_last=args.channels_last,
                       compile=args.compile, device=args.device, threads=args.threads, warmup=args.warmup,
                       repeats=args.repeats, modes=modes)
     names = resolve_models(args.models)
@@ -66,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     cols = [c for c in COLUMNS if any(row.get(c) is not None for row in rows)]
     text = render(rows, cols, args.format)
     print(text)
+    for line in trust_notes(results, cfg):
+        print(line, file=sys.stderr)
     if args.out:
         with open(args.out, "w") as f:
             f.write((header + "\n\n" if args.format in ("md", "table") else "") + text + "\n")

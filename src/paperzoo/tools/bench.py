@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from paperzoo.flops import count_flops, count_params
 from paperzoo.registry import create_model, get_entry, list_models
 
-__all__ = ["BenchConfig", "BenchResult", "matmul_gflops", "bench_model", "resolve_models"]
+__all__ = ["BenchConfig", "BenchResult", "SPREAD_WARN_PCT", "matmul_gflops", "bench_model", "resolve_models",
+           "trust_notes"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -39,7 +40,7 @@ class BenchConfig:
     batch_size: int = 64
     input_size: int | None = None  # None: the model's default size (or 32 with small_input)
     in_chans: int = 3
-    num_classes: int = 10
+    num_classes: int = 1000  # as `paperzoo models` counts parameters
     small_input: bool = False
     dtype: str = "fp32"
     channels_last: bool = False
@@ -203,6 +204,38 @@ def bench_model(name: str, cfg: BenchConfig, machine_gflops: float | None = None
         if res.train_gflop_s:
             res.util_train_pct = 100 * res.train_gflop_s / machine_gflops
     return res
+
+
+#: a min-max spread of the timed repeats above this share of the median makes a row's speed untrustworthy
+SPREAD_WARN_PCT = 25.0
+
+
+def trust_notes(results: Sequence[BenchResult], cfg: BenchConfig) -> list[str]:
+    """Lines a reader needs before trusting the table.
+
+    * A wide spread: the timed repeats of a row differ by more than :data:`SPREAD_WARN_PCT` % of their median
+      (a busy machine, a frequency change, too few repeats): its throughput is a guess.
+    * Parameters that differ from ``paperzoo models``: that command counts each model at its registered default
+      (1000 classes, 3 input channels, the ImageNet stem); the benchmark builds what its options ask for.
+    """
+    notes = []
+    for r in results:
+        for mode, spread in (("inference", r.infer_spread_pct), ("training", r.train_spread_pct)):
+            if spread is not None and spread > SPREAD_WARN_PCT:
+                notes.append(f"warning: {r.name}: the {mode} times spread {spread:.0f} % of their median over "
+                             f"{cfg.repeats} repeats (> {SPREAD_WARN_PCT:.0f} %): a busy machine or too few "
+                             "repeats; re-run with more --repeats on a quiet machine before trusting it")
+    changed = [f"{k}={v}" for k, v, default in (("num_classes", cfg.num_classes, 1000),
+                                                ("in_chans", cfg.in_chans, 3),
+                                                ("small_input", cfg.small_input, False)) if v != default]
+    if changed:
+        for r in results:
+            with torch.device("meta"):
+                registered = count_params(create_model(r.name))
+            if registered != r.params:
+                notes.append(f"note: {r.name}: {r.params:,} parameters as benchmarked ({', '.join(changed)}); "
+                             f"`paperzoo models` counts {registered:,} at the registered default")
+    return notes
 
 
 def plot_results(results: Sequence[BenchResult], path: str) -> None:
