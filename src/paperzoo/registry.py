@@ -11,7 +11,7 @@ import difflib
 import fnmatch
 import re
 import typing
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,15 +126,22 @@ def get_entry(name: str) -> ModelEntry:
         raise UnknownModelError(f"unknown model {name!r}.{hint} See `paperzoo models` for the full list.") from None
 
 
-def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, features_only: bool = False,
+                 out_indices: Sequence[int] | None = None, **overrides: Any) -> nn.Module:
     """Build a registered model.
 
     Args:
         name: registry name (see :func:`list_models`).
         num_classes: size of the classifier output (image models).
         in_chans: input channels, e.g. 1 for grayscale (image models).
+        features_only: return the backbone's multi-scale maps instead of logits: a
+            :class:`~paperzoo.models.features.FeatureExtractor` whose forward gives a list of (B, C_i, H_i, W_i)
+            and whose ``feature_info`` lists their channels and reductions (CNN and Swin families).
+        out_indices: the levels ``features_only`` returns (default: all); see the family's ``feature_levels()``.
         **overrides: fields of the family's config dataclass, e.g. ``small_input=True``, ``drop_rate=0.2``.
     """
+    if out_indices is not None and not features_only:
+        raise ValueError("out_indices selects feature levels: it needs features_only=True")
     entry = get_entry(name)
     kwargs = {"num_classes": num_classes, "in_chans": in_chans, **overrides} if entry.kind == "image" else overrides
     try:
@@ -147,6 +154,10 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3, **ove
                          f"pick another variant (paperzoo models --family {entry.family})") from None
     model.model_name = name  # lets load_weights / checkpoints find the family without a lookup table
     model.model_family = entry.family
+    if features_only:
+        from paperzoo.models.features import FeatureExtractor
+
+        return FeatureExtractor(model, out_indices)
     return model
 
 

@@ -7,8 +7,13 @@ image too small for the network raises a clear ``ValueError`` instead of a shape
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch.nn as nn
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .features import FeatureLevel
 
 
 class ImageClassifier(nn.Module):
@@ -37,6 +42,13 @@ class ImageClassifier(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """The multi-scale maps ``features_only`` can return (:mod:`paperzoo.models.features`); each CNN and
+        Swin family lists them. A model with a single scale raises ``ValueError``."""
+        name = self.model_name or type(self).__name__
+        raise ValueError(f"{name} has no multi-scale feature maps: features_only is for the CNN and Swin "
+                         "families; use forward_features for its one map")
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` naming the model if ``x`` is not ``(B, in_chans, H >= min_h, W >= min_w)``."""

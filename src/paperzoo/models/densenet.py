@@ -39,6 +39,7 @@ from torch import Tensor
 from ..registry import Paper, register_model
 from ..weights import fill_bn_counters, register_converter
 from ._base import ImageClassifier
+from .features import FeatureLevel, chain_levels
 
 DENSENET_PAPER = Paper("Densely Connected Convolutional Networks", "1608.06993", 2017)
 
@@ -209,6 +210,18 @@ class DenseNet(ImageClassifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
         return x if pre_logits else self.fc(self.drop(x))
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """Stem conv (after its ReLU), then each dense block with the pooling before it (the stem's max pool,
+        a transition); the last ends with the final BN + ReLU, as forward_features (features_only)."""
+        c = self.stem.conv.out_channels
+        chain = [(f"stem.{n}", 2 if n in ("conv", "pool") else 1, c) for n in self.stem._modules]
+        for i in range(1, len(self.cfg.block_layers) + 1):
+            if i > 1:
+                chain.append((f"transition{i - 1}", 2, getattr(self, f"transition{i - 1}").conv.out_channels))
+            chain.append((f"block{i}", 1, getattr(self, f"block{i}").out_chs))
+        chain += [("bn_final", 1, self.num_features), (F.relu, 1, self.num_features)]
+        return chain_levels(self, chain)
 
 
 # ------------------------------------------------------------------------------------------ weight loading

@@ -53,6 +53,7 @@ from ._mobile_common import (
     timm_mbconv_mapping,
     torchvision_mbconv_map,
 )
+from .features import FeatureLevel, chain_levels
 
 EFFICIENTNET_PAPER = Paper("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
                            "1905.11946", 2019)
@@ -176,6 +177,13 @@ class EfficientNet(ImageClassifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
         return x if pre_logits else self.classifier(self.drop(x))
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """The stem with stage 2, then the end of each resolution of Table 1; the 1x1 head conv is not a level
+        (as timm; features_only)."""
+        chain = [("stem", 2, self.stem.conv.out_channels)]
+        chain += [(f"stages.{i}", row.s, row.c) for i, row in enumerate(self.cfg.stages())]
+        return chain_levels(self, chain)
 
 
 # ------------------------------------------------------------------------------------------ weight converters

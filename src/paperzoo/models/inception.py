@@ -48,6 +48,7 @@ from ..layers import ConvNormAct
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
+from .features import FeatureLevel, chain_levels
 
 INCEPTION_V3_PAPER = Paper("Rethinking the Inception Architecture for Computer Vision", "1512.00567", 2016)
 
@@ -267,7 +268,8 @@ class InceptionV3(ImageClassifier):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _transform_input(self, x: Tensor) -> Tensor:
+    @staticmethod
+    def _transform_input(x: Tensor) -> Tensor:
         # x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5: from ImageNet normalization to Google's [-1, 1]
         mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)  # (1, C, 1, 1)
         std = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -299,6 +301,17 @@ class InceptionV3(ImageClassifier):
         aux = self.AuxLogits(x) if self.AuxLogits is not None and self.training else None
         logits = self.forward_head(self._forward_from_aux(x))
         return logits if aux is None else InceptionOutputs(logits, aux)
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """The stem convs before each max pool, then the last Inception module of each grid (35, 17, 8 at
+        299 px); timm's levels too (features_only)."""
+        chain = [(self._transform_input, 1, 3)] if self.cfg.transform_input else []
+        chain += [("Conv2d_1a_3x3", 2, 32), ("Conv2d_2a_3x3", 1, 32), ("Conv2d_2b_3x3", 1, 64),
+                  ("maxpool1", 2, 64), ("Conv2d_3b_1x1", 1, 80), ("Conv2d_4a_3x3", 1, 192), ("maxpool2", 2, 192)]
+        widths = [in_chs for _, _, in_chs, _ in MIXED_LAYERS[1:]] + [self.num_features]  # each module's output
+        chain += [(name, 2 if block in (ReductionA, ReductionB) else 1, c)
+                  for (name, block, _, _), c in zip(MIXED_LAYERS, widths)]
+        return chain_levels(self, chain)
 
 
 # ------------------------------------------------------------------------------------ weight conversion

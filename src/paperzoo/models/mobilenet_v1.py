@@ -35,6 +35,7 @@ from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
 from ._mobile_common import adopt_bn_eps, rename_modules, set_batchnorm, timm_stage_index
+from .features import FeatureLevel, chain_levels
 
 MOBILENET_V1_PAPER = Paper(
     "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision Applications", "1704.04861", 2017)
@@ -129,6 +130,13 @@ class MobileNetV1(ImageClassifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
         return x if pre_logits else self.classifier(self.drop(x))
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """The stem with the first layer, then the end of each resolution of Table 1 (features_only)."""
+        chain = [("stem", 2, self.stem.conv.out_channels)]
+        chain += [(f"blocks.{i}", row.s, b.pw.conv.out_channels)
+                  for i, (row, b) in enumerate(zip(TABLE_1, self.blocks))]
+        return chain_levels(self, chain)
 
 
 # ------------------------------------------------------------------------------------------- weight converter

@@ -31,6 +31,7 @@ from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
 from ._mobile_common import adopt_bn_eps, init_mobile_weights, rename_modules, set_batchnorm, timm_mbconv_mapping
+from .features import FeatureLevel, chain_levels
 
 MOBILENET_V2_PAPER = Paper("MobileNetV2: Inverted Residuals and Linear Bottlenecks", "1801.04381", 2018)
 
@@ -115,6 +116,14 @@ class MobileNetV2(ImageClassifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
         return x if pre_logits else self.classifier(self.drop(x))
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """The stem with the first stage, then the end of each resolution of Table 2; the 1x1 head conv is not
+        a level (as timm; features_only)."""
+        chain = [("stem", 2, self.stem.conv.out_channels)]
+        chain += [(f"stages.{i}", row.s, stage[-1].project.conv.out_channels)
+                  for i, (row, stage) in enumerate(zip(TABLE_2, self.stages))]
+        return chain_levels(self, chain)
 
 
 # ------------------------------------------------------------------------------------------ weight converters

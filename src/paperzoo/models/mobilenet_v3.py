@@ -59,6 +59,7 @@ from ._mobile_common import (
     timm_stage_index,
     torchvision_mbconv_map,
 )
+from .features import FeatureLevel, chain_levels
 
 MOBILENET_V3_PAPER = Paper("Searching for MobileNetV3", "1905.02244", 2019)
 RE, HS = nn.ReLU, HardSwish  # the NL column of Tables 1 and 2
@@ -180,6 +181,15 @@ class MobileNetV3(ImageClassifier):
         x = self.global_pool(x).flatten(1)  # (B, C): pooling *before* the head convs (Fig. 5)
         x = self.head_act(self.head_fc(x))  # (B, 1280)
         return x if pre_logits else self.classifier(self.drop(x))
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """The stem with the first bnecks, then the end of each resolution of Table 1/2, the last with the 1x1
+        conv before pooling, as forward_features (timm's too; features_only)."""
+        chain = [("stem", 2, self.stem.conv.out_channels)]
+        chain += [(f"blocks.{i}", row.s, b.project.conv.out_channels)
+                  for i, (row, b) in enumerate(zip(self.cfg.table, self.blocks))]
+        chain.append(("last_conv", 1, self.last_conv.conv.out_channels))
+        return chain_levels(self, chain)
 
 
 # ------------------------------------------------------------------------------------------ weight converters

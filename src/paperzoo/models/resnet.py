@@ -36,6 +36,7 @@ from ..layers import DropPath, SqueezeExcite, drop_path_rates
 from ..registry import Paper, register_model
 from ..weights import fill_bn_counters, register_converter
 from ._base import ImageClassifier
+from .features import FeatureLevel, chain_levels
 
 RESNET_PAPER = Paper("Deep Residual Learning for Image Recognition", "1512.03385", 2016)
 SENET_PAPER = Paper("Squeeze-and-Excitation Networks", "1709.01507", 2018)
@@ -208,6 +209,13 @@ class ResNet(ImageClassifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
         return x if pre_logits else self.fc(self.drop(x))
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """Stem (after its ReLU), then each stage, the first with the max pool before it (features_only)."""
+        w, e = self.cfg.width, self.cfg.block.expansion
+        chain = [("conv1", 2, w), ("bn1", 1, w), ("relu", 1, w), ("maxpool", 2, w)]
+        chain += [(name, 1 if i == 0 else 2, w * 2**i * e) for i, name in enumerate(self.stage_names)]
+        return chain_levels(self, chain)
 
 
 def _resnet(block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], **kw) -> ResNet:

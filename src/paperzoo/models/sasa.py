@@ -32,6 +32,7 @@ from ..layers import DropPath, drop_path_rates
 from ..layers.local_attention import LocalSelfAttention2d
 from ..registry import Paper, register_model
 from ._base import ImageClassifier
+from .features import FeatureLevel, chain_levels
 
 SASA_PAPER = Paper("Stand-Alone Self-Attention in Vision Models", "1906.05909", 2019)
 
@@ -141,6 +142,13 @@ class SASAResNet(ImageClassifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
         return x if pre_logits else self.fc(self.drop(x))
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """As ResNet's: stem (after its ReLU), then layer1 (after the max pool) .. layer4 (features_only)."""
+        w, e = self.cfg.width, AttentionBottleneck.expansion
+        chain = [("conv1", 2, w), ("bn1", 1, w), ("relu", 1, w), ("maxpool", 2, w)]
+        chain += [(f"layer{i + 1}", 1 if i == 0 else 2, w * 2**i * e) for i in range(len(self.cfg.layers))]
+        return chain_levels(self, chain)
 
 
 def _sasa(layers: tuple[int, int, int, int], /, **kw) -> SASAResNet:

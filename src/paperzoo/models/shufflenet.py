@@ -44,6 +44,7 @@ from ..layers import ChannelShuffle, ConvNormAct, channel_shuffle, make_divisibl
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
+from .features import FeatureLevel, chain_levels
 
 V1_PAPER = Paper("ShuffleNet: An Extremely Efficient Convolutional Neural Network for Mobile Devices",
                  "1707.01083", 2018)
@@ -89,6 +90,14 @@ def _stem(in_chans: int, out_chs: int, small_input: bool) -> tuple[ConvNormAct, 
     """Conv1 3x3/2 + MaxPool 3x3/2 (both Tables); stride 1 and no pool for small inputs."""
     conv1 = ConvNormAct(in_chans, out_chs, 3, stride=1 if small_input else 2)
     return conv1, nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
+
+
+def _shufflenet_levels(model: nn.Module, widths: tuple[int, ...], tail: list) -> list[FeatureLevel]:
+    """Conv1, the max-pooled map, then Stages 2-4 of ``widths`` channels (``tail``: V2's Conv5 ends the
+    last), one level per stride of Table 1 / 5 (features_only)."""
+    c = model.conv1.conv.out_channels
+    stages = [(f"stage{i}", 2, w) for i, w in zip((2, 3, 4), widths)]
+    return chain_levels(model, [("conv1", 2, c), ("maxpool", 2, c), *stages, *tail])
 
 
 # ------------------------------------------------------------------------------------------ ShuffleNet V1
@@ -163,6 +172,7 @@ class ShuffleNetV1(ImageClassifier):
             units += [ShuffleV1Unit(out_chs, out_chs, 1, cfg.g) for _ in range(n - 1)]
             self.add_module(f"stage{i + 2}", nn.Sequential(*units))
             in_chs = out_chs
+        self.stage_widths = widths
         self.num_features = in_chs
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(cfg.drop_rate)
@@ -172,6 +182,9 @@ class ShuffleNetV1(ImageClassifier):
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.conv1(x))
         return self.stage4(self.stage3(self.stage2(x)))  # (B, C, H/32, W/32)
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        return _shufflenet_levels(self, self.stage_widths, [])
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
@@ -254,6 +267,9 @@ class ShuffleNetV2(ImageClassifier):
         x = self.maxpool(self.conv1(x))
         x = self.stage4(self.stage3(self.stage2(x)))
         return self.conv5(x)  # (B, 1024 or 2048, H/32, W/32)
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        return _shufflenet_levels(self, self.cfg.channels[:3], [("conv5", 1, self.num_features)])
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)

@@ -47,6 +47,7 @@ from ..layers import (
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
+from .features import FeatureLevel
 
 SWIN_PAPER = Paper("Swin Transformer: Hierarchical Vision Transformer using Shifted Windows", "2103.14030", 2021)
 
@@ -324,6 +325,14 @@ class SwinTransformer(ImageClassifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = x.mean(dim=(2, 3))  # global average pooling: (B, C)
         return x if pre_logits else self.head(self.head_drop(x))
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """Each stage's output, channels-last inside and returned as (B, C, H, W): strides P, 2P, 4P, 8P (4 .. 32)
+        without the final LayerNorm, which belongs to the classifier (as timm's features; features_only)."""
+        p, c = self.cfg.patch_size, self.cfg.embed_dim
+        first = ("patch_embed", "pos_drop", "layers.0")
+        return [FeatureLevel(first if i == 0 else (f"layers.{i}",), c * 2**i, p * 2**i, channels_last=True)
+                for i in range(len(self.layers))]
 
     def attention_maps(self, x: Tensor) -> list[WindowAttentionMap]:
         """Every block's window attention for ``x`` (no gradients); see :class:`WindowAttentionMap`."""

@@ -37,6 +37,7 @@ from ..layers import ConvNormAct
 from ..registry import Paper, register_model
 from ..weights import register_converter
 from ._base import ImageClassifier
+from .features import FeatureLevel, chain_levels
 
 XCEPTION_PAPER = Paper("Xception: Deep Learning with Depthwise Separable Convolutions", "1610.02357", 2017)
 
@@ -163,6 +164,14 @@ class Xception(ImageClassifier):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
         return x if pre_logits else self.fc(self.drop(x))
+
+    def feature_levels(self) -> list[FeatureLevel]:
+        """The two stem convs, each entry-flow module, the middle flow with the 728-wide map before it, the exit
+        flow (features_only)."""
+        (c1, c2), (e1, e2, e3), out = self.cfg.stem_chs, self.cfg.entry_chs, self.num_features
+        return chain_levels(self, [("conv1", 2, c1), ("conv2", 1, c2), ("entry_flow.0", 2, e1),
+                                   ("entry_flow.1", 2, e2), ("entry_flow.2", 2, e3), ("middle_flow", 1, e3),
+                                   ("exit_flow", 2, out)])
 
 
 def _sep_bn_relu(in_chs: int, out_chs: int) -> nn.Sequential:
