@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if not set(modes) <= {"infer", "train"}:
         raise ValueError(f"--mode takes infer and/or train, got {args.mode!r}")
     cfg = BenchConfig(batch_size=args.batch, input_size=args.size, in_chans=args.in_chans,
-                      num_classes=args.num_classes, small_input=args.small_input, dtype=args.precision, channels_last=args.channels_last,
-                      compile=args.compile, device=args.device, threads=args.threads, warmup=args.warmup,
-                      repeats=args.repeats, modes=modes)
+                      num_classes=args.num_classes, small_input=args.small_input, dtype=args.precision,
+                      channels_last=args.channels_last, compile=args.compile, device=args.device,
+                      threads=args.threads, warmup=args.warmup, repeats=args.repeats, modes=modes)
     names = resolve_models(args.models)
     machine = matmul_gflops(args.precision if args.precision != "fp16" or args.device != "cpu" else "fp32", args.device)
     header = (f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
