@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 from paperzoo.data.cursor import EpochCursor, ResumableLoader
 from paperzoo.data.loader import TensorLoader
 from paperzoo.data.streaming import StreamingLoader
+from paperzoo.data.transforms import build_train_transform
 from paperzoo.text.data import LengthBatchLoader, LMLoader, ParallelDataset, TranslationBatch
 from paperzoo.text.tokenizers import CharTokenizer
 
@@ -24,7 +25,10 @@ def _images():
 
 
 def _tensor_loader(seed):
-    return TensorLoader(*_images(), 4, seed=seed, drop_last=True)
+    # with random augmentation, so that resuming must also replay each batch's crops, flips and mixing exactly
+    tf = build_train_transform({"crop_padding": 1, "hflip": 0.5, "random_erasing": 0.5, "mixup_alpha": 0.3,
+                                "cutmix_alpha": 1.0}, (0.5,), (0.3,), 3)
+    return TensorLoader(*_images(), 4, seed=seed, transform=tf, drop_last=True)
 
 
 def _streaming_loader(seed):
