@@ -128,3 +128,13 @@ def test_batched_nms_never_suppresses_across_classes():
 def test_nms_rejects_bad_input_with_a_clear_message(boxes, scores, thr, match):
     with pytest.raises(ValueError, match=match):
         nms(boxes, scores, thr)
+
+
+def test_nms_inner_iou_test_makes_the_same_decisions_as_box_iou():
+    from paperzoo.detection.boxes import box_iou
+
+    a, _ = random_boxes(60, seed=7, integer=True)
+    b, _ = random_boxes(90, seed=8)
+    for thr in (0.0, 0.5, 1.0):
+        fast = nms_module._iou_above(nms_module._columns(a), nms_module._columns(b), thr)
+        assert torch.equal(fast, box_iou(a, b) > thr)

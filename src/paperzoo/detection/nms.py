@@ -16,7 +16,9 @@ Python loop over boxes, in blocks of the score-sorted order:
 
 Cost: ``O(N·K)`` IoU pairs for N boxes of which K are kept (the same count as the sequential scan's
 worst case), ``O(N·B)`` more inside blocks times a few rounds, and ``N / B`` Python iterations; memory
-``O(B·chunk)``, never ``O(N²)``.
+``O(B·chunk)``, never ``O(N²)``. A sequential scan with tensor ops inside would need K Python iterations
+(thousands for RPN proposals), each a full pass over the remaining boxes; blocks replace them with N / B
+large tensor ops. Time: benchmarks/bench_nms.py.
 
 Conventions (torchvision's, where it has one):
 * Suppression is strict: ``IoU > iou_threshold``. With threshold 1.0 nothing is suppressed, even exact
@@ -34,12 +36,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from paperzoo.detection.boxes import box_iou
-
 __all__ = ["nms", "batched_nms"]
 
 _BLOCK = 512  # boxes resolved together; larger blocks mean fewer Python steps but O(B²) work per round
-_CHUNK = 4096  # kept boxes tested per IoU call, bounding the (B, chunk, 2) temporaries to ~ 32 MB
+_CHUNK = 4096  # kept boxes tested per IoU call, bounding the (B, chunk) float64 temporaries to ~ 16 MB each
 
 
 def _check(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
@@ -51,11 +51,32 @@ def _check(boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
         raise ValueError(f"iou_threshold must lie in [0, 1], got {iou_threshold}")
 
 
+def _columns(boxes: Tensor) -> Tensor:
+    """xyxy boxes (N, 4) -> float64 rows (5, N): x1, y1, x2, y2 and the area (inverted boxes count as empty)."""
+    x1, y1, x2, y2 = boxes.to(torch.float64).T.contiguous()
+    return torch.stack((x1, y1, x2, y2, (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)))
+
+
+def _iou_above(a: Tensor, b: Tensor, iou_threshold: float) -> Tensor:
+    """(A, B) bool ``box_iou > iou_threshold`` for boxes given as :func:`_columns` (5, A) and (5, B).
+
+    The same operations in the same order as :func:`.boxes.box_iou`, hence the same decisions (tested), but
+    on contiguous coordinate rows and in place: about 4x faster than slicing (N, M, 2) corner tensors.
+    """
+    x1a, y1a, x2a, y2a, area_a = (row[:, None] for row in a)  # each (A, 1)
+    x1b, y1b, x2b, y2b, area_b = b  # each (B,)
+    w = torch.minimum(x2a, x2b).sub_(torch.maximum(x1a, x1b)).clamp_(min=0)  # (A, B)
+    h = torch.minimum(y2a, y2b).sub_(torch.maximum(y1a, y1b)).clamp_(min=0)
+    inter = w.mul_(h)
+    union = (area_a + area_b).sub_(inter)
+    return inter.div_(union.masked_fill_(union <= 0, 1.0)) > iou_threshold
+
+
 def _overlaps_any(block: Tensor, kept: Tensor, iou_threshold: float) -> Tensor:
-    """(B,) bool: does each box of ``block`` overlap some box of ``kept`` with IoU > threshold?"""
-    hit = torch.zeros(len(block), dtype=torch.bool, device=block.device)
-    for start in range(0, len(kept), _CHUNK):
-        hit |= (box_iou(block, kept[start : start + _CHUNK]) > iou_threshold).any(dim=1)
+    """(B,) bool: does each box of ``block`` (5, B) overlap some box of ``kept`` (5, K) with IoU > threshold?"""
+    hit = torch.zeros(block.shape[1], dtype=torch.bool, device=block.device)
+    for start in range(0, kept.shape[1], _CHUNK):
+        hit |= _iou_above(block, kept[:, start : start + _CHUNK], iou_threshold).any(dim=1)
     return hit
 
 
@@ -74,14 +95,15 @@ def _resolve_block(overlap: Tensor, alive: Tensor) -> Tensor:
 def _greedy_keep(sorted_boxes: Tensor, iou_threshold: float) -> Tensor:
     """Keep mask (N,) of greedy NMS over boxes already sorted by decreasing score."""
     keep = torch.zeros(len(sorted_boxes), dtype=torch.bool, device=sorted_boxes.device)
-    kept = sorted_boxes[:0]
+    columns = _columns(sorted_boxes)  # (5, N)
+    kept = columns[:, :0]  # (5, K), grows block by block
     for start in range(0, len(sorted_boxes), _BLOCK):
-        block = sorted_boxes[start : start + _BLOCK]
+        block = columns[:, start : start + _BLOCK]  # (5, B)
         alive = ~_overlaps_any(block, kept, iou_threshold)
-        overlap = (box_iou(block, block) > iou_threshold).triu(diagonal=1)  # (B, B), only i < j
+        overlap = _iou_above(block, block, iou_threshold).triu_(diagonal=1)  # (B, B), only i < j
         block_keep = _resolve_block(overlap, alive)
         keep[start : start + _BLOCK] = block_keep
-        kept = torch.cat((kept, block[block_keep]))
+        kept = torch.cat((kept, block[:, block_keep]), dim=1)
     return keep
 
 
@@ -92,7 +114,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """
     _check(boxes, scores, iou_threshold)
     order = torch.sort(scores, descending=True, stable=True).indices
-    keep = _greedy_keep(boxes.to(torch.float64)[order], iou_threshold)
+    keep = _greedy_keep(boxes[order], iou_threshold)
     return order[keep]
 
 
