@@ -44,13 +44,18 @@ def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _check(features: Tensor, rois: Tensor) -> None:
+def _prepare(features: Tensor, rois: Tensor, output_size: int | Sequence[int]
+             ) -> tuple[tuple[int, int], Tensor, Tensor]:
+    """Checked shapes; the output size, the RoIs as constants in the features' dtype (no gradient flows to them,
+    as in torchvision) and their batch indices (truncated, like the kernels' int cast)."""
     if features.dim() != 4:
         raise ValueError(f"features must be (B, C, H, W), got shape {tuple(features.shape)}")
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be (K, 5) as (batch_index, x1, y1, x2, y2), got shape {tuple(rois.shape)}")
     if not features.is_floating_point():
         raise ValueError(f"features must be floating point, got {features.dtype}")
+    rois = rois.detach().to(features.dtype)
+    return _pair(output_size), rois, rois[:, 0].long()
 
 
 def _round_half_away(x: Tensor) -> Tensor:
@@ -74,14 +79,10 @@ def _quantized_bins(start: Tensor, length: Tensor, bins: int, size: int, dtype: 
 
 def roi_pool(features: Tensor, rois: Tensor, output_size: int | Sequence[int], spatial_scale: float = 1.0) -> Tensor:
     """Fast R-CNN's RoI max pooling (Sec. 2.1): ``(B, C, H, W)``, ``(K, 5)`` -> ``(K, C, out_h, out_w)``."""
-    _check(features, rois)
-    out_h, out_w = _pair(output_size)
+    (out_h, out_w), rois, batch = _prepare(features, rois, output_size)
     B, C, H, W = features.shape
-    K = rois.shape[0]
-    if K == 0:
-        return features.new_zeros(K, C, out_h, out_w)
-    rois = rois.detach().to(features.dtype)
-    batch = rois[:, 0].long()  # truncation, like the kernel's int cast
+    if len(rois) == 0:
+        return features.new_zeros(0, C, out_h, out_w)
     # Sec. 2.1: the RoI is snapped to the feature-map grid (rounded), then divided into out_h x out_w bins.
     x1, y1, x2, y2 = _round_half_away(rois[:, 1:] * spatial_scale).long().unbind(1)
     roi_w = (x2 - x1 + 1).clamp(min=1)  # a malformed box becomes 1 x 1
@@ -155,14 +156,10 @@ def roi_align(
     count is vectorized by padding every RoI to the largest count and giving the padded points weight 0; the
     average divides by each RoI's own count.
     """
-    _check(features, rois)
-    out_h, out_w = _pair(output_size)
+    (out_h, out_w), rois, batch = _prepare(features, rois, output_size)
     B, C, H, W = features.shape
-    K = rois.shape[0]
-    if K == 0:
-        return features.new_zeros(K, C, out_h, out_w)
-    rois = rois.detach().to(features.dtype)
-    batch = rois[:, 0].long()
+    if len(rois) == 0:
+        return features.new_zeros(0, C, out_h, out_w)
     # No rounding of the box (the point of RoIAlign); aligned=True moves pixel centres to integer + 0.5.
     x1, y1, x2, y2 = (rois[:, 1:] * spatial_scale - (0.5 if aligned else 0.0)).unbind(1)
     roi_w, roi_h = x2 - x1, y2 - y1
@@ -180,7 +177,7 @@ def roi_align(
     # Bilinear interpolation is separable: each of the four neighbours has weight (y weight) * (x weight).
     channels_last = features.permute(0, 2, 3, 1)  # (B, H, W, C)
     b = batch[:, None, None, None, None]
-    total = features.new_zeros(K, out_h, out_w, C)
+    total = features.new_zeros(len(rois), out_h, out_w, C)
     for ys, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):  # a loop over the 4 neighbours, not over boxes or bins
         for xs, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
             # (K, out_h, Gh, out_w, Gw, C): one neighbour of every sampling point of every bin of every RoI.
