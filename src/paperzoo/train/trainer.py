@@ -566,33 +566,30 @@ def _probe_step_time(cfg: Any, task: Task, model: nn.Module, dist: D.DistInfo, a
     rng = _rng_state()
     probe = copy.deepcopy(model).train()
     optimizer, _ = build_optimizer_and_schedule(cfg, probe, 1000, 1000)
-    loader = task.train_loader
-    loader.set_epoch(0)
-    batches = iter(loader)
-
-    def step() -> None:
-        nonlocal batches
+    batches = _repeat_epochs(task.train_loader)
+    seconds, n, t0 = min(10.0, max(0.2, t.time_budget_s / 20)), -1, 0.0
+    while n < 3 or time.perf_counter() - t0 < seconds:
         for _ in range(t.grad_accum):
-            batch = next(batches, None)
-            if batch is None:  # a short epoch: start it again
-                batches = iter(loader)
-                batch = next(batches)
             with autocast:
-                loss, _ = task.train_step(probe, batch)
+                loss, _ = task.train_step(probe, next(batches))
             (loss / t.grad_accum).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if dist.device.type == "cuda":
             torch.cuda.synchronize(dist.device)
-
-    step()  # warm-up: allocations, kernel selection
-    seconds, n, t0 = min(10.0, max(0.2, t.time_budget_s / 20)), 0, time.perf_counter()
-    while n < 3 or time.perf_counter() - t0 < seconds:
-        step()
         n += 1
+        if n == 0:  # the first step warmed up (allocations, kernel selection): time from here
+            t0 = time.perf_counter()
     elapsed = time.perf_counter() - t0
     _set_rng_state(rng)
     return elapsed / n  # the copy and its optimizer are freed on return
+
+
+def _repeat_epochs(loader: Any) -> Iterator[Any]:
+    """The loader's batches from the start of epoch 0, again and again (the probe may outlast a short epoch)."""
+    loader.set_epoch(0)
+    while True:
+        yield from loader
 
 
 def _resume(run: RunContext, s: LoopState, last: Path) -> None:
