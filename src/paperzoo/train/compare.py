@@ -1,6 +1,7 @@
 """Train several image models for the same time budget and compare them: accuracy, parameters, img/s.
 
-The library side of ``paperzoo compare`` (and of benchmarks/bench_families.py). Each model is one ordinary run
+The library side of ``paperzoo compare`` (benchmarks/bench_families.py, which budgets CPU-seconds of one thread
+for BENCHMARKS.md's family table, says why it stays a script of its own). Each model is one ordinary run
 of :func:`paperzoo.train` with ``train.time_budget_s`` set: the trainer probes the model's throughput and
 sizes the schedule to end inside the budget (see :mod:`paperzoo.train.trainer`), then evaluates. The runs go
 one after the other, so they do not compete for the machine. Example::
