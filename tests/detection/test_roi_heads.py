@@ -87,7 +87,7 @@ def test_multiscale_roi_align_pools_each_box_from_its_level_in_the_original_orde
     image0 = torch.tensor([square(10, 10, 230), square(300, 40, 20), [5.0, 200.0, 475.0, 435.0]])
     image1 = torch.tensor([square(30, 30, 470), square(100, 100, 120), square(0, 0, 60)])
     levels = [4, 2, 4, 5, 3, 2]
-    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    pool = MultiScaleRoIAlign(["2", "0", "3", "1"], output_size=7, sampling_ratio=2)  # any order of names
     out = pool(features, [image0, image1], [(512, 480), (500, 512)])  # the batch's largest size: 512 x 512
 
     assert out.shape == (6, 3, 7, 7)

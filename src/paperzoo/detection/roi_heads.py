@@ -101,7 +101,8 @@ class MultiScaleRoIAlign(nn.Module):
 
     Args:
         featmap_names: the keys of the feature dict to pool from (e.g. ``["0", "1", "2", "3"]`` for P2..P5; the
-            RPN-only ``"pool"`` level is left out); they must be successive levels, each half the previous.
+            RPN-only ``"pool"`` level is left out), in any order; they must be successive levels, each half the size
+            of the next finer one.
         output_size: the pooled size ``S`` (or ``(S_h, S_w)``), 7 in Faster R-CNN.
         sampling_ratio: sampling points per bin and axis (2 in torchvision; ``<= 0`` adapts to the box).
         canonical_scale, canonical_level: Eq. 1's 224 and ``k0 = 4``.
@@ -131,6 +132,7 @@ class MultiScaleRoIAlign(nn.Module):
         # The batch is padded to its largest image, so the largest height and width set the scale.
         batch_size = (max(h for h, _ in image_sizes), max(w for _, w in image_sizes))
         scales = [infer_scale(m.shape[-2:], batch_size) for m in maps]
+        maps, scales = (list(x) for x in zip(*sorted(zip(maps, scales), key=lambda ms: -ms[1])))  # finest first
         levels = [-round(math.log2(s)) for s in scales]
         if levels != list(range(levels[0], levels[0] + len(levels))):
             raise ValueError(f"feature maps {self.featmap_names} must be successive pyramid levels, each half the "
