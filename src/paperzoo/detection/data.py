@@ -185,6 +185,9 @@ def _empty_target(image_id: int) -> Target:
 # ---------------------------------------------------------------------------------------------------- COCO
 
 
+_COCO_LISTS = ("images", "annotations", "categories")
+
+
 def _load_coco_json(path: str) -> dict:
     """A COCO instances dict with ``images``, ``annotations`` (default empty) and ``categories`` lists."""
     try:
@@ -202,9 +205,6 @@ def _load_coco_json(path: str) -> dict:
     if len({img["id"] for img in data["images"]}) != len(data["images"]):
         raise ValueError(f"{path}: duplicate image ids")
     return data
-
-
-_COCO_LISTS = ("images", "annotations", "categories")
 
 
 def _is_box(bbox: Any) -> bool:
