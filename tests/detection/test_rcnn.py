@@ -196,4 +196,4 @@ def test_registry_builds_the_lineage_with_its_family_and_paper_defaults():
     assert fast.roi_heads.fg_bg_sampler.batch_size_per_image == 64  # Fast R-CNN Sec. 2.3: 128 RoIs / 2 images
     rcnn = create_detector("rcnn", classifier="resnet20", num_classes=5)
     assert rcnn.model_family == "rcnn" and rcnn.roi_heads.box_roi_pool.output_size == 32  # resnet20's input size
-    assert rcnn.roi_heads.box_predictor.cls_score.out_features == 5
+    assert rcnn.num_classes == fast.num_classes == 5

@@ -169,6 +169,7 @@ class ProposalDetector(nn.Module):
     def __init__(self, transform: DetectionTransform, roi_heads: RoIHeads) -> None:
         super().__init__()
         self.transform, self.roi_heads = transform, roi_heads
+        self.num_classes = roi_heads.box_predictor.cls_score.out_features  # with the background, as FasterRCNN's
 
     def shared_features(self, images: Tensor) -> OrderedDict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -206,7 +207,7 @@ class ProposalDetector(nn.Module):
         if self.training and targets is None:
             raise ValueError(f"{name} in train mode needs targets (call .eval() to detect)")
         if targets is not None:
-            check_targets(targets, len(images), self.roi_heads.box_predictor.cls_score.out_features)
+            check_targets(targets, len(images), self.num_classes)
 
 
 class RCNN(ProposalDetector):
