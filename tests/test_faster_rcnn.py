@@ -181,6 +181,22 @@ def test_torchvision_state_dict_loads_strictly_and_gives_the_same_detections(tmp
         assert_same_detections(model(images()), source(images()))
 
 
+def test_plain_load_state_dict_accepts_the_old_names_too():
+    """The RPN head and the FPN rename torchvision < 0.13 keys themselves, for torch's own strict loading."""
+    source = randomize(fasterrcnn_resnet18_fpn(num_classes=5, frozen_bn=True, **SMALL), seed=4)
+    model = fasterrcnn_resnet18_fpn(num_classes=5, frozen_bn=True, **SMALL)
+    model.load_state_dict(to_old_torchvision_keys(source.state_dict()), strict=True)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_frozen_bn_eps_reaches_every_frozen_norm():
+    """torchvision's COCO v1 checkpoint needs eps 0 (its FrozenBatchNorm2d had none when it was trained)."""
+    model = create_detector("fasterrcnn_fpn", backbone="resnet18", frozen_bn=True, frozen_bn_eps=0.0)
+    norms = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(norms) == 20 and all(m.eps == 0.0 for m in norms)
+
+
 def test_batchnorm_run_loads_into_the_frozen_bn_model_with_the_same_eval_detections(tmp_path):
     source = randomize(fasterrcnn_resnet18_fpn(num_classes=5, frozen_bn=False, **SMALL), seed=3).eval()
     torch.save(source.state_dict(), tmp_path / "run.pth")

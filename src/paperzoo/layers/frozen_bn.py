@@ -61,15 +61,13 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
 
 
 def _frozen_copy(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    """A FrozenBatchNorm2d computing what ``bn`` computes in eval mode (absent terms keep their identity values)."""
     frozen = FrozenBatchNorm2d(bn.num_features, bn.eps)
-    with torch.no_grad():
-        if bn.affine:
-            frozen.weight.copy_(bn.weight)
-            frozen.bias.copy_(bn.bias)
-        if bn.track_running_stats:
-            frozen.running_mean.copy_(bn.running_mean)
-            frozen.running_var.copy_(bn.running_var)
-    return frozen.to(device=bn.running_mean.device if bn.running_mean is not None else None)
+    source = {"weight": bn.weight, "bias": bn.bias, "running_mean": bn.running_mean, "running_var": bn.running_var}
+    for name, value in source.items():
+        if value is not None:  # affine=False has no weight / bias; track_running_stats=False no statistics
+            setattr(frozen, name, value.detach().clone())
+    return frozen
 
 
 def set_frozen_bn_eps(module: nn.Module, eps: float) -> None:
