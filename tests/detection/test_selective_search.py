@@ -17,6 +17,7 @@ from paperzoo.detection.selective_search import (  # noqa: E402
     initial_regions,
     merge,
     neighbour_pairs,
+    pixel_bins,
     selective_search,
     similarity,
     to_colour_space,
@@ -82,10 +83,10 @@ def test_merged_histograms_equal_the_histograms_of_the_union():
     rng = np.random.default_rng(0)
     channels = rng.random((12, 16, 3))
     labels = np.repeat(np.arange(4), 48).reshape(12, 16)  # 4 horizontal bands of 3 rows
-    regions, _ = initial_regions(labels, channels)
+    regions, _ = initial_regions(labels, *pixel_bins(channels))
     merged = regions.with_capacity(5)
     merge(merged, 1, 2, 4)
-    union, _ = initial_regions(np.where(labels >= 2, labels - 1, labels), channels)  # band 2 joins band 1
+    union, _ = initial_regions(np.where(labels >= 2, labels - 1, labels), *pixel_bins(channels))  # band 2 joins band 1
     np.testing.assert_allclose(merged.colour[4], union.colour[1])
     np.testing.assert_allclose(merged.texture[4], union.texture[1])
     assert merged.box[4].tolist() == union.box[1].tolist() == [0, 3, 16, 9]
@@ -95,7 +96,7 @@ def test_initial_regions_match_direct_per_region_computation():
     rng = np.random.default_rng(1)
     channels = rng.random((10, 9, 2))
     labels = np.arange(90).reshape(10, 9) // 7 % 5  # 5 labels, scattered runs
-    regions, pairs = initial_regions(labels, channels)
+    regions, pairs = initial_regions(labels, *pixel_bins(channels))
     for r in range(5):
         ys, xs = np.nonzero(labels == r)
         assert regions.size[r] == len(ys)
@@ -119,7 +120,7 @@ def test_neighbour_pairs_match_a_per_pixel_loop():
 
 def test_grouping_merges_until_one_region_covers_the_image():
     labels = np.arange(16).reshape(4, 4) // 2  # 8 regions of 1 x 2 pixels
-    regions, pairs = initial_regions(labels, np.zeros((4, 4, 3)))
+    regions, pairs = initial_regions(labels, *pixel_bins(np.zeros((4, 4, 3))))
     boxes = hierarchical_grouping(regions, pairs, "S")
     assert len(boxes) == 2 * 8 - 1
     assert boxes[:8].tolist() == regions.box.tolist()  # the initial regions first, unchanged

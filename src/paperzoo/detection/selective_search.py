@@ -51,7 +51,7 @@ from skimage.transform import rescale
 from torch import Tensor
 
 __all__ = ["MODES", "Strategy", "Regions", "selective_search", "similarity", "merge", "initial_regions",
-           "hierarchical_grouping"]
+           "hierarchical_grouping", "neighbour_pairs", "pixel_bins", "to_colour_space"]
 
 COLOUR_BINS = 25  # Sec. 3.2: 25 bins per colour channel
 TEXTURE_BINS = 10  # Sec. 3.2: 10 bins per orientation per channel
@@ -164,27 +164,34 @@ def _boxes(labels: np.ndarray, n_regions: int) -> np.ndarray:
 
 def neighbour_pairs(labels: np.ndarray) -> np.ndarray:
     """(P, 2) unique pairs ``(i, j)``, ``i < j``, of labels that touch horizontally or vertically."""
-    a = np.concatenate((labels[:, :-1].ravel(), labels[:-1, :].ravel()))
-    b = np.concatenate((labels[:, 1:].ravel(), labels[1:, :].ravel()))
+    a = np.concatenate((labels[:, :-1].ravel(), labels[:-1, :].ravel())).astype(np.int64)  # each pixel ...
+    b = np.concatenate((labels[:, 1:].ravel(), labels[1:, :].ravel())).astype(np.int64)  # ... right, below
     differ = a != b
-    pairs = np.stack((np.minimum(a, b)[differ], np.maximum(a, b)[differ]), axis=1)
-    return np.unique(pairs, axis=0)
+    n = int(labels.max()) + 1
+    keys = np.unique(np.minimum(a, b)[differ] * n + np.maximum(a, b)[differ])  # one int per pair: a 1-D unique
+    return np.stack((keys // n, keys % n), axis=1)
 
 
-def initial_regions(labels: np.ndarray, channels: np.ndarray) -> tuple[Regions, np.ndarray]:
+def pixel_bins(channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's colour bins (H, W, C) and texture bins (H, W, C * 8) of a (H, W, C) image in [0, 1]."""
+    colour = np.minimum((channels * COLOUR_BINS).astype(np.int64), COLOUR_BINS - 1)
+    return colour, _texture_bins(channels)
+
+
+def initial_regions(labels: np.ndarray, colour_bins: np.ndarray, texture_bins: np.ndarray
+                    ) -> tuple[Regions, np.ndarray]:
     """Features of the segmentation's regions and their neighbour pairs.
 
     Args:
         labels: (H, W) integer labels 0..n-1 (every label present).
-        channels: (H, W, C) the image in the strategy's colour space, values in [0, 1].
+        colour_bins, texture_bins: the pixels' bins from :func:`pixel_bins` (shared by every ``k``).
     """
     n = int(labels.max()) + 1
-    colour_bins = np.minimum((channels * COLOUR_BINS).astype(np.int64), COLOUR_BINS - 1)
     regions = Regions(
         size=np.bincount(labels.ravel(), minlength=n).astype(np.float64),
         box=_boxes(labels, n),
         colour=_histograms(labels, colour_bins, COLOUR_BINS, n),
-        texture=_histograms(labels, _texture_bins(channels), TEXTURE_BINS, n),
+        texture=_histograms(labels, texture_bins, TEXTURE_BINS, n),
         image_size=labels.size,
     )
     return regions, neighbour_pairs(labels)
@@ -266,6 +273,15 @@ def _as_rgb(image: Tensor | np.ndarray) -> np.ndarray:
                      f"{type(image).__name__} {getattr(image, 'dtype', '')} {tuple(getattr(image, 'shape', ()))}")
 
 
+def _first_copies(boxes: np.ndarray) -> np.ndarray:
+    """Sorted indices of the first occurrence of each distinct row of integer-valued boxes (P, 4)."""
+    coords = boxes.astype(np.int64)
+    m = int(coords.max(initial=0)) + 1  # base-m digits: one int64 per box for images up to ~55,000 pixels
+    keys = ((coords[:, 0] * m + coords[:, 1]) * m + coords[:, 2]) * m + coords[:, 3]
+    _, first = np.unique(keys, return_index=True)
+    return np.sort(first)
+
+
 def _ranked(hierarchies: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """Sec. 3.4: pool the hierarchies, ordered by ``v = RND * position`` (position 1 = the last merge, the
     whole image), then drop the lower-ranked copies of identical boxes. Returns (P, 4) boxes, best first."""
@@ -276,8 +292,7 @@ def _ranked(hierarchies: list[np.ndarray], rng: np.random.Generator) -> np.ndarr
     boxes = np.concatenate(hierarchies)
     order = np.argsort(np.concatenate(values), kind="stable")
     boxes = boxes[order]
-    _, first = np.unique(boxes, axis=0, return_index=True)  # index of each box's best-ranked copy
-    return boxes[np.sort(first)]
+    return boxes[_first_copies(boxes)]
 
 
 def selective_search(image: Tensor | np.ndarray, mode: str = "fast", max_proposals: int | None = None,
@@ -304,19 +319,20 @@ def selective_search(image: Tensor | np.ndarray, mode: str = "fast", max_proposa
     if upscale != 1.0:
         rgb = np.clip(rescale(rgb, upscale, order=1, channel_axis=-1, anti_aliasing=upscale < 1), 0.0, 1.0)
     hierarchies = []
-    for (space, k), strategies in groupby(MODES[mode], key=lambda s: (s.colour_space, s.k)):
+    for space, by_space in groupby(MODES[mode], key=lambda s: s.colour_space):
         channels = to_colour_space(rgb, space)
-        labels = felzenszwalb(channels, scale=k, sigma=FELZENSZWALB_SIGMA, min_size=k, channel_axis=-1)
-        regions, pairs = initial_regions(labels, channels)  # shared by this (space, k)'s similarity sets
-        hierarchies += [hierarchical_grouping(regions, pairs, s.measures) for s in strategies]
+        bins = pixel_bins(channels)
+        for k, strategies in groupby(by_space, key=lambda s: s.k):
+            labels = felzenszwalb(channels, scale=k, sigma=FELZENSZWALB_SIGMA, min_size=k, channel_axis=-1)
+            regions, pairs = initial_regions(labels, *bins)  # shared by this (space, k)'s similarity sets
+            hierarchies += [hierarchical_grouping(regions, pairs, s.measures) for s in strategies]
     boxes = _ranked(hierarchies, np.random.default_rng(seed)).astype(np.float64)
     if upscale != 1.0:  # back to input pixels: outward to whole pixels, so a box never shrinks off its region
         scale_xy = np.array([width, height, width, height]) / np.array([*rgb.shape[1::-1]] * 2)
         boxes = boxes * scale_xy
         boxes = np.concatenate((np.floor(boxes[:, :2] + 1e-6), np.ceil(boxes[:, 2:] - 1e-6)), axis=1)
         boxes = np.clip(boxes, 0, [width, height, width, height])
-        _, first = np.unique(boxes, axis=0, return_index=True)  # rounding can make boxes equal again
-        boxes = boxes[np.sort(first)]
+        boxes = boxes[_first_copies(boxes)]  # rounding can make boxes equal again
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     boxes = boxes[sides >= min_size]
     return torch.from_numpy(boxes[:max_proposals]).float()
