@@ -122,6 +122,11 @@ def test_trainable_layers_out_of_range_is_one_clear_error():
         fpn_backbone("resnet18", trainable_layers=6)
 
 
+def test_levels_that_do_not_double_their_stride_are_refused():
+    with pytest.raises(ValueError, match=r"strides \[1, 1, 2, 4\]: an FPN needs"):
+        fpn_backbone("resnet20")  # the CIFAR ResNet keeps full resolution through its stem and first stage
+
+
 @pytest.mark.parametrize("name, channels", [("resnet34", [64, 128, 256, 512]),
                                             ("mobilenetv3_large_100", [24, 40, 112, 960])])
 def test_any_registered_cnn_feeds_the_fpn_its_channels(name, channels):

@@ -88,6 +88,10 @@ def fpn_backbone(name: str, *, frozen_bn: bool = True, trainable_layers: int = 3
         **model_args: overrides for ``create_model`` (e.g. ``small_input=True``).
     """
     body = create_model(name, features_only=True, out_indices=out_indices or (-4, -3, -2, -1), **model_args)
+    strides = body.feature_info.reduction()
+    if any(b != 2 * a for a, b in zip(strides, strides[1:])):  # the pyramid's levels, anchors and RoI levels
+        raise ValueError(f"{name}'s feature levels {body.out_indices} have strides {strides}: an FPN needs each "
+                         "level at twice the previous one's stride (choose out_indices, or drop small_input)")
     if frozen_bn:
         freeze_batch_norm(body)
     freeze_levels(body, trainable_layers)
