@@ -5,7 +5,7 @@
 
 Scenes: Fashion-MNIST scenes of the test split (``make_scenes("test", n)``: 128 x 128, 1-6 items), grey images
 given to selective search as RGB. Recall at IoU >= 0.5 = fraction of ground-truth boxes that some proposal among
-the top N (in selective search's own ranking, Sec. 3.4 of the paper) overlaps with IoU >= 0.5; "all" uses every
+the top N (in selective search's own ranking, Sec. 3.3 of the paper) overlaps with IoU >= 0.5; "all" uses every
 proposal. Time per image of the whole call (segmentations, grouping, ranking), single process: wall-clock, and the
 process's CPU time, which other jobs on a shared machine inflate less.
 The issue's bar: recall >= 0.90 with <= 1,000 proposals per scene in "fast" mode.

@@ -61,10 +61,10 @@ def test_flat_rectangles_are_found_exactly(mode):
 
 def test_each_similarity_equals_its_formula():
     r, i, j = hand_made_regions(), np.array([0]), np.array([1])
-    colour = 0.25 + 0.25 + 0.0 + 0.0  # Eq. 2: sum_k min(c_i^k, c_j^k)
-    texture = 0.1 + 0.2 + 0.1  # Eq. 4
-    size = 1 - (10 + 20) / 100  # Eq. 5
-    fill = 1 - (6 * 10 - 10 - 20) / 100  # Eq. 6: BB_ij = (0, 0, 6, 10)
+    colour = 0.25 + 0.25 + 0.0 + 0.0  # s_colour = sum_k min(c_i^k, c_j^k), Sec. 3.2
+    texture = 0.1 + 0.2 + 0.1  # s_texture: the same intersection
+    size = 1 - (10 + 20) / 100  # s_size = 1 - (size_i + size_j) / size(im)
+    fill = 1 - (6 * 10 - 10 - 20) / 100  # s_fill, with BB_ij = (0, 0, 6, 10)
     for measures, expected in [("C", colour), ("T", texture), ("S", size), ("F", fill),
                                ("CTSF", colour + texture + size + fill), ("TSF", texture + size + fill)]:
         np.testing.assert_allclose(similarity(r, i, j, measures), [expected], err_msg=measures)
@@ -74,7 +74,7 @@ def test_each_similarity_equals_its_formula():
 def test_merge_propagates_histograms_as_size_weighted_average():
     r = hand_made_regions().with_capacity(3)
     merge(r, 0, 1, 2)
-    np.testing.assert_allclose(r.colour[2], (10 * r.colour[0] + 20 * r.colour[1]) / 30)  # Eq. 3
+    np.testing.assert_allclose(r.colour[2], (10 * r.colour[0] + 20 * r.colour[1]) / 30)  # C_t, Sec. 3.2
     np.testing.assert_allclose(r.texture[2], (10 * r.texture[0] + 20 * r.texture[1]) / 30)
     assert r.size[2] == 30 and r.box[2].tolist() == [0, 0, 6, 10]
 
@@ -131,7 +131,7 @@ def test_grouping_merges_until_one_region_covers_the_image():
 def test_ranking_orders_by_random_times_position_then_drops_lower_ranked_duplicates():
     hierarchy = np.array([[0, 0, 1, 1], [1, 0, 2, 1], [0, 0, 2, 1]])  # creation order, whole image last
     boxes = _ranked([hierarchy, hierarchy], np.random.default_rng(3))
-    values = np.random.default_rng(3).random(6) * np.array([3, 2, 1, 3, 2, 1])  # v = RND * position, Sec. 3.4
+    values = np.random.default_rng(3).random(6) * np.array([3, 2, 1, 3, 2, 1])  # v = RND * position, Sec. 3.3
     expected = []
     for k in np.argsort(values, kind="stable"):
         if hierarchy[k % 3].tolist() not in expected:
