@@ -128,6 +128,25 @@ def test_grouping_merges_until_one_region_covers_the_image():
     assert boxes[8].tolist() == [0, 0, 4, 1]  # s_size alone: the first (tied) smallest neighbours merge first
 
 
+def test_grouping_merges_the_most_similar_pair_first():
+    labels = np.array([[0, 0, 0, 0, 1, 1, 2, 3, 3, 3]])  # sizes 4, 2, 1, 3 in a row
+    regions, pairs = initial_regions(labels, *pixel_bins(np.zeros((1, 10, 1))))
+    boxes = hierarchical_grouping(regions, pairs, "S")  # s_size: the pair with the fewest pixels merges first
+    assert boxes[4:].tolist() == [[4, 0, 7, 1], [4, 0, 10, 1], [0, 0, 10, 1]]  # r1+r2 (3 px), +r3 (6 px), +r0
+
+
+def test_texture_orientations_see_the_edge_and_its_polarity():
+    step = np.zeros((9, 12, 1))
+    step[:, 6:] = 1.0  # brighter towards +x
+    _, bins = pixel_bins(step)  # (H, W, 8): orientation o at o * 45 degrees
+    edge = bins[4, 5:7]  # (2, 8) the two columns beside the step
+    assert (edge[:, 0] == 9).all()  # along +x: the full response, top bin
+    assert (edge[:, 1] == edge[:, 7]).all() and (edge[:, 1] > 0).all()  # 45 and 315 degrees: cos 45 of it
+    assert (edge[:, 2:7] == 0).all()  # across the edge or against its polarity: rectified to 0
+    _, flipped = pixel_bins(1.0 - step)
+    assert (flipped[4, 5:7, 4] == 9).all() and (flipped[4, 5:7, 0] == 0).all()
+
+
 def test_ranking_orders_by_random_times_position_then_drops_lower_ranked_duplicates():
     hierarchy = np.array([[0, 0, 1, 1], [1, 0, 2, 1], [0, 0, 2, 1]])  # creation order, whole image last
     boxes = _ranked([hierarchy, hierarchy], np.random.default_rng(3))
