@@ -6,7 +6,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("viz", help="pictures: swin-mask, posenc, attention, curves, confusion, features",
+    p = sub.add_parser("viz", help="pictures: swin-mask, posenc, attention, curves, confusion, features, anchors, "
+                                   "proposals",
                        description="Draw a picture of a mechanism as a PNG file.")
     vs = p.add_subparsers(dest="what", metavar="WHAT", required=True)
 
@@ -60,6 +61,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--max-channels", type=int, default=32, help="feature maps drawn at most")
     q.add_argument("-o", "--out", help="PNG file to write", default="features.png")
     q.set_defaults(func=_features)
+
+    q = vs.add_parser("anchors", help="each FPN level's anchors (sizes x aspect ratios) and grid over an image")
+    q.add_argument("model", help="detection run directory / checkpoint, or a registered detector name")
+    q.add_argument("image", nargs="?", help="image file (default: a Fashion-MNIST test scene)")
+    q.add_argument("-o", "--out", help="PNG file to write", default="anchors.png")
+    q.set_defaults(func=_anchors)
+
+    q = vs.add_parser("proposals", help="selective search's proposals beside a trained RPN's, with recall and time "
+                                        "(the notes' Q4 and Q5)")
+    q.add_argument("run", help="Faster R-CNN run directory or checkpoint")
+    q.add_argument("image", nargs="?", help="image file (default: a scene of the run's evaluation split, whose "
+                                            "ground truth gives the recall)")
+    q.add_argument("--scene", type=int, default=0, help="which evaluation scene, without IMAGE")
+    q.add_argument("--mode", choices=["fast", "quality"], default="fast", help="selective search mode")
+    q.add_argument("--show", type=int, default=50, help="proposals drawn per panel (the best first)")
+    q.add_argument("-o", "--out", help="PNG file to write", default="proposals.png")
+    q.set_defaults(func=_proposals)
 
 
 def _done(path) -> int:
@@ -116,3 +134,61 @@ def _features(args: argparse.Namespace) -> int:
     if args.se:
         return _done(plot_se_weights(model, x, args.out))
     return _done(plot_feature_maps(model, x, args.layer, args.out, args.max_channels))
+
+
+def _detector_and_image(model: str, image: str | None, scene: int = 0):
+    """(detector in eval mode, image (3, H, W), ground-truth boxes or None) for the detection pictures."""
+    from pathlib import Path
+
+    from paperzoo.detection.task import build_dataset, load_detector, read_image
+
+    if Path(model).exists():
+        ck = load_detector(model)
+        det, data = ck.model, ck.meta["data"]
+    else:
+        from paperzoo.detection.faster_rcnn import create_detector
+
+        det, data = create_detector(model, num_classes=11, min_size=128, max_size=128).eval(), None
+    if image is not None:
+        return det, read_image(image), None
+    from paperzoo.detection.task import DetectionDataConfig
+    from paperzoo.train.config import build_config
+
+    cfg = build_config(DetectionDataConfig, {**(data or {}), "dataset": "scenes", "n_val": scene + 1}, "data.") \
+        if data is None or data.get("dataset") == "scenes" else None
+    if cfg is None:
+        raise ValueError("this run was not trained on the scenes: give an IMAGE")
+    img, target = build_dataset(cfg, "val")[scene]
+    return det, img, target["boxes"]
+
+
+def _anchors(args: argparse.Namespace) -> int:
+    import torch
+
+    from paperzoo.viz.detection import plot_anchors
+
+    model, image, _ = _detector_and_image(args.model, args.image)
+    with torch.no_grad():
+        images, _ = model.transform([image])
+        features = list(model.backbone(images.tensors).values())
+        anchors = model.rpn.anchor_generator(images.tensors, features)[0]  # (sum_l H_l W_l A, 4), level after level
+    per_cell = model.rpn.anchor_generator.num_anchors_per_location()
+    per_level = list(torch.split(anchors, [f.shape[-2] * f.shape[-1] * a for f, a in zip(features, per_cell)]))
+    strides = [images.tensors.shape[-1] // f.shape[-1] for f in features]
+    resized = torch.nn.functional.interpolate(image[None], size=images.image_sizes[0], mode="bilinear")[0]
+    return _done(plot_anchors(resized, per_level, strides, per_cell[0], args.out))
+
+
+def _proposals(args: argparse.Namespace) -> int:
+    from paperzoo.detection.selective_search import selective_search
+    from paperzoo.detection.task import rpn_proposals
+    from paperzoo.viz.detection import box_recall, plot_proposals, timed
+
+    model, image, gt = _detector_and_image(args.run, args.image, args.scene)
+    ss, t_ss = timed(selective_search, image, mode=args.mode)
+    rpn, t_rpn = timed(rpn_proposals, model, image)
+    for name, props, t in ((f"selective search ({args.mode})", ss, t_ss), ("RPN", rpn, t_rpn)):
+        rec = f", recall@0.5 {box_recall(props, gt):.3f}" if gt is not None else ""
+        print(f"{name}: {len(props)} proposals in {t * 1000:.0f} ms{rec}")
+    return _done(plot_proposals(image, [(f"selective search ({args.mode})", ss, t_ss), ("RPN", rpn, t_rpn)],
+                                args.out, gt=gt, show=args.show))

@@ -88,7 +88,10 @@ class StreamingLoader(ResumableLoader):
         order = self._order()[self.cursor.next_start * self.batch_size:].tolist()  # the samples not yet consumed
         if hasattr(self.dataset, "set_epoch"):  # before the workers start: each gets a copy of the dataset
             self.dataset.set_epoch(self.epoch)
-        dl = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order, num_workers=self.num_workers)
+        # its own generator: a DataLoader draws its workers' base seed from the global RNG otherwise, which a
+        # resumed run would draw at another point of the stream (dropout, samplers) than an uninterrupted one
+        dl = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order, num_workers=self.num_workers,
+                        generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch)))
         # the batch is fetched before the cursor counts it, so a failed read is not counted as consumed
         for (x, y), i in zip(_batches(dl), self.cursor.positions(len(self))):
             x = x.to(self.device, non_blocking=True)

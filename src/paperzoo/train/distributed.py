@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "broadcast_object", "cleanup", "setup", "wrap_model"]
+__all__ = ["DistInfo", "all_gather_object", "all_reduce_sum", "barrier", "broadcast_object", "cleanup", "setup",
+           "wrap_model"]
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,12 @@ def broadcast_object(obj: object, info: DistInfo) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(obj: object, info: DistInfo) -> list[object]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without DDP): e.g. each rank's share of predictions."""
+    if not info.enabled:
+        return [obj]
+    out: list[object] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

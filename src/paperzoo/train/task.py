@@ -101,6 +101,7 @@ def _import_builtin_tasks() -> None:
     # pull in tokenizers and metrics)
     import paperzoo.text.tasks  # noqa: F401
     import paperzoo.train.classification  # noqa: F401
+    import paperzoo.detection.task  # noqa: F401
 
 
 def task_names() -> list[str]:

@@ -1,0 +1,75 @@
+"""``paperzoo detect train|eval|predict``: object detection on the shared trainer (docs/models/detection.md).
+
+* ``train CONFIG [--set k=v ...] [--resume [RUN_DIR]]``: e.g. ``paperzoo detect train detect_scenes`` (Faster
+  R-CNN on the Fashion-MNIST scenes); run directories, checkpoints, exact resume, logging, TensorBoard and DDP
+  through ``torchrun`` as ``paperzoo train``.
+* ``eval RUN [--which best|final|last] [--set data.k=v ...]``: the COCO table (AP, AP50, AP75, AP small / medium /
+  large, AR) of a checkpoint on its run's evaluation split.
+* ``predict RUN IMAGE... --out DIR``: boxes, labels and scores drawn on each image (PNG) and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ._shared import COMMON_SHORTCUTS, add_training_args, run_training
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="object detection: train, eval (COCO AP), predict",
+                       description="Train, evaluate and run detectors (Faster R-CNN, Fast R-CNN, R-CNN).")
+    ds = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    q = ds.add_parser("train", help="train a detector from a YAML recipe (+ overrides); resumable",
+                      description="Train a registered detector. CONFIG is a YAML file or a recipe name in configs/ "
+                                  "(e.g. detect_scenes).")
+    add_training_args(q, shortcuts=("--model", "--data-dir", *COMMON_SHORTCUTS),
+                      example="optim.lr=0.01 data.n_train=1000")
+    q.set_defaults(func=lambda a: run_training(a, task="detection"))
+
+    q = ds.add_parser("eval", help="COCO metrics of a checkpoint on its run's evaluation split")
+    q.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
+    q.add_argument("--which", choices=["best", "final", "last"], default="best",
+                   help="which checkpoint of a run directory")
+    q.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="change the evaluation data, e.g. --set data.n_val=1000")
+    q.add_argument("--device", default="cpu", help="cpu or cuda")
+    q.add_argument("--json", help="also write the metrics to this JSON file")
+    q.set_defaults(func=_eval)
+
+    q = ds.add_parser("predict", help="detect objects in image files: pictures with boxes and a JSON file")
+    q.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
+    q.add_argument("images", nargs="+", metavar="IMAGE")
+    q.add_argument("-o", "--out", required=True, help="directory for <image>.png pictures and detections.json")
+    q.add_argument("--which", choices=["best", "final", "last"], default="best",
+                   help="which checkpoint of a run directory")
+    q.add_argument("--score-thresh", type=float, default=0.5, help="draw and write detections scoring at least this")
+    q.add_argument("--device", default="cpu", help="cpu or cuda")
+    q.set_defaults(func=_predict)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from paperzoo.detection.coco_eval import format_coco_table
+    from paperzoo.detection.task import evaluate_run
+
+    stats = evaluate_run(args.run, args.which, overrides=[o if o.startswith("data.") else f"data.{o}"
+                                                          for o in args.overrides], device=args.device)
+    print(format_coco_table(stats))
+    if args.json:
+        Path(args.json).write_text(json.dumps(stats, indent=2) + "\n")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from paperzoo.detection.task import detect_files
+
+    if not 0.0 <= args.score_thresh <= 1.0:
+        raise ValueError(f"--score-thresh: must be in [0, 1], got {args.score_thresh}")
+    written = detect_files(args.run, args.images, args.out, which=args.which, score_thresh=args.score_thresh,
+                           device=args.device)
+    for image, dets in written.items():
+        print(f"{image}: {len(dets)} detections")
+    print(f"wrote {Path(args.out) / 'detections.json'}")
+    return 0
