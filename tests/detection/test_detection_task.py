@@ -36,7 +36,7 @@ class Oracle(nn.Module):
         self.w = nn.Parameter(torch.zeros(()))
         self.truth = {dataset[i][0].numpy().tobytes(): dataset[i][1] for i in range(len(dataset))}
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, proposals=None):
         out = []
         for im in images:
             t = self.truth[im.numpy().tobytes()]
@@ -127,3 +127,22 @@ def test_cli_trains_evaluates_and_predicts(tmp_path, capsys):
 def test_cli_rejects_a_classification_run_and_a_missing_image(tmp_path, capsys):
     assert main(["detect", "eval", str(tmp_path / "nothing")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_fast_rcnn_trains_on_cached_selective_search_proposals_that_flip_with_the_image(tmp_path):
+    extra = ["data.proposals=selective_search", f"data.proposal_cache={tmp_path / 'cache'}", "data.hflip=1.0",
+             "train.max_steps=1", "train.epochs=1"]
+    cfg = resolve_config("detect_scenes_fast_rcnn", [*TINY[:9], f"run.out_dir={tmp_path}", *extra])
+    flipped, plain = build_dataset(cfg.data, "train"), build_dataset(_cfg(tmp_path, *extra[:2]).data, "train")
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1  # the flip-free build reused the first
+    (x, t), (_, u) = flipped[0], plain[0]
+    w = x.shape[-1]
+    assert len(t["proposals"]) > 0 and torch.equal(t["proposals"][:, 0], w - u["proposals"][:, 2])
+    result = paperzoo.train(cfg)
+    assert result.status == "done" and "test_AP50" in result.metrics
+
+
+def test_a_region_classifier_without_proposals_is_refused_with_one_line(tmp_path, capsys):
+    code = main(["detect", "train", "detect_scenes_rcnn", "--set", *TINY[:9], "data.proposals=rpn",
+                 "--out-dir", str(tmp_path)])
+    assert code == 2 and "set data.proposals=selective_search" in capsys.readouterr().err

@@ -522,6 +522,10 @@ class ScenesDetection(DetectionDataset):
 # ---------------------------------------------------------------------------------------------------- transforms
 
 
+#: target entries holding xyxy boxes in image pixels, moved by the geometric transforms
+BOX_KEYS = ("boxes", "proposals")
+
+
 def hflip_boxes(boxes: Tensor, width: int) -> Tensor:
     """Mirror xyxy boxes ``(N, 4)`` in an image ``width`` pixels wide: ``x1' = W - x2``, ``x2' = W - x1``."""
     flipped = boxes[:, [2, 1, 0, 3]]  # (x2, y1, x1, y2)
@@ -540,7 +544,8 @@ class RandomHorizontalFlip:
                  ) -> tuple[Tensor, Target]:
         if float(torch.rand((), generator=generator)) >= self.p:
             return image, target
-        target = {**target, "boxes": hflip_boxes(target["boxes"], image.shape[-1])}
+        # every box-valued entry moves: the ground truth and, for R-CNN / Fast R-CNN, the region proposals
+        target = {**target, **{k: hflip_boxes(target[k], image.shape[-1]) for k in BOX_KEYS if k in target}}
         if "masks" in target:
             target["masks"] = target["masks"].flip(-1)
         return image.flip(-1), target
@@ -577,7 +582,8 @@ class RandomResize:
             return image, target
         image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False,
                               antialias=nh < h or nw < w)[0]
-        target = {**target, "boxes": target["boxes"] * torch.tensor([nw / w, nh / h, nw / w, nh / h])}
+        scale = torch.tensor([nw / w, nh / h, nw / w, nh / h])
+        target = {**target, **{k: target[k] * scale for k in BOX_KEYS if k in target}}
         if "masks" in target:
             masks = target["masks"]
             target["masks"] = (F.interpolate(masks[None].float(), size=(nh, nw), mode="nearest-exact")[0] > 0.5

@@ -61,10 +61,18 @@ class DetectionDataConfig:
     hflip: float = 0.5  # probability of a horizontal flip of a training image (its boxes move with it)
     num_workers: int = 0  # DataLoader worker processes decoding images (coco / voc)
     skip_invalid: bool = False  # coco / voc: drop bad annotations with a warning instead of stopping
+    #: where region proposals come from: the detector's own RPN, or selective search computed once per image
+    #: (R-CNN and Fast R-CNN need it; Faster R-CNN can take it too, replacing its RPN)
+    proposals: Literal["rpn", "selective_search"] = "rpn"
+    ss_mode: Literal["fast", "quality"] = "fast"
+    ss_upscale: float = 1.0  # selective search on the image enlarged this much (finds small items; slower)
+    #: directory caching the selective-search proposals of each split (reused by later runs and resumes)
+    proposal_cache: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "data", n_train="count", n_val="count", canvas="count", batch_size="count",
-                     eval_batch_size="count", hflip="probability", num_workers="non_negative")
+                     eval_batch_size="count", hflip="probability", num_workers="non_negative",
+                     ss_upscale="positive")
         if self.dataset != "scenes" and not self.root:
             raise ConfigError(f"data.root: dataset {self.dataset!r} needs its directory (data.root=PATH)")
 
@@ -84,7 +92,15 @@ class DetectionConfig:
 # ------------------------------------------------------------------------------------------------ data
 def build_dataset(d: DetectionDataConfig, split: str, *, seed: int = 0) -> Any:
     """The dataset of one split (``"train"`` or ``"val"``) of a config's data section; the training split flips
-    images with probability ``d.hflip``, seeded by ``seed``, the epoch and the index."""
+    images with probability ``d.hflip``, seeded by ``seed``, the epoch and the index. With
+    ``d.proposals == "selective_search"`` each target also holds its image's ``"proposals"``."""
+    ds = _base_dataset(d, split, seed=seed)
+    if d.proposals == "selective_search":
+        return WithProposals(ds, selective_search_proposals(ds, d, split))
+    return ds
+
+
+def _base_dataset(d: DetectionDataConfig, split: str, *, seed: int = 0) -> Any:
     from . import data as D
 
     kw: dict[str, Any] = {}
@@ -103,6 +119,60 @@ def build_dataset(d: DetectionDataConfig, split: str, *, seed: int = 0) -> Any:
     if ann is None:
         raise FileNotFoundError(f"{root}: no instances_{name}.json (nor annotations/instances_{name}.json)")
     return D.CocoDetection(root / name, ann, skip_invalid=d.skip_invalid, **kw)
+
+
+class WithProposals(torch.utils.data.Dataset):
+    """A detection dataset whose targets also hold ``"proposals"`` (P, 4) xyxy, moved by the same flips."""
+
+    def __init__(self, base: Any, proposals: Sequence[Tensor]) -> None:
+        if len(proposals) != len(base):
+            raise ValueError(f"{len(proposals)} proposal sets for {len(base)} images")
+        self.base, self.proposals = base, list(proposals)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Any]]:
+        image, target = self.base.load(i)
+        target = {**target, "proposals": self.proposals[i]}
+        b = self.base
+        return b.transform(image, target, b.generator(i)) if b.transform else (image, target)
+
+    def __getattr__(self, name: str) -> Any:  # categories, coco_gt, label_to_cat, set_epoch, ...
+        return getattr(self.__dict__["base"], name)
+
+
+def selective_search_proposals(dataset: Any, d: DetectionDataConfig, split: str) -> list[Tensor]:
+    """Selective search (:mod:`.selective_search`) on every image of ``dataset``, or its cached result
+    (``d.proposal_cache/<split>.safetensors``, keyed by the settings and the number of images)."""
+    import sys
+    import time
+
+    from safetensors.torch import load_file, save
+
+    from paperzoo.train.checkpoint import atomic_write_bytes
+
+    from .selective_search import selective_search
+
+    cache = None
+    if d.proposal_cache:
+        tag = f"{d.dataset}-{split}-{len(dataset)}-{d.ss_mode}-x{d.ss_upscale:g}"
+        cache = Path(d.proposal_cache) / f"{tag}.safetensors"
+        if cache.is_file():
+            found = load_file(cache)
+            return [found[str(i)] for i in range(len(dataset))]
+    t0, out = time.perf_counter(), []
+    for i in range(len(dataset)):
+        image, _ = dataset.load(i)
+        out.append(selective_search(image, mode=d.ss_mode, upscale=d.ss_upscale))
+    seconds = time.perf_counter() - t0
+    print(f"paperzoo: selective search ({d.ss_mode}) on {len(dataset)} {split} images: "
+          f"{sum(map(len, out)) / max(len(out), 1):.0f} proposals per image, {seconds / max(len(out), 1):.3f} s "
+          f"per image", file=sys.stderr)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache, save({str(i): p.contiguous() for i, p in enumerate(out)}))
+    return out
 
 
 class DetectionLoader(StreamingLoader):
@@ -144,7 +214,8 @@ def predict_detections(model: nn.Module, dataset: Any, indices: Sequence[int], b
     out: dict[int, dict[str, Tensor]] = {}
     for start in range(0, len(indices), batch_size):
         items = [dataset[i] for i in indices[start:start + batch_size]]
-        dets = model([im.to(device) for im, _ in items])
+        proposals = [t["proposals"].to(device) for _, t in items] if "proposals" in items[0][1] else None
+        dets = model([im.to(device) for im, _ in items], proposals=proposals)
         for (_, t), det in zip(items, dets):
             out[int(t["image_id"])] = {k: v.cpu() for k, v in det.items()}
     model.train(was_training)
@@ -181,12 +252,21 @@ class DetectionTask(Task):
 
     def build_model(self) -> nn.Module:
         from .faster_rcnn import create_detector
+        from .rcnn import ProposalDetector
 
-        return create_detector(self.cfg.model.name, **self.model_args())
+        try:
+            model = create_detector(self.cfg.model.name, **self.model_args())
+        except TypeError as e:  # an argument of another detector's recipe (e.g. anchor_sizes for R-CNN)
+            raise ValueError(f"model.args do not fit {self.cfg.model.name}: {e}") from None
+        if isinstance(model, ProposalDetector) and self.cfg.data.proposals == "rpn":
+            raise ValueError(f"{self.cfg.model.name} classifies given regions and has no RPN: "
+                             "set data.proposals=selective_search")
+        return model
 
     def train_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         images, targets = batch
-        losses = model(images, targets)
+        proposals = [t.pop("proposals") for t in targets] if "proposals" in targets[0] else None
+        losses = model(images, targets, proposals=proposals)
         loss = sum(losses.values())
         n = torch.tensor(len(images))
         # the logger divides every sum by count: weight each loss by the batch size so it logs the mean
