@@ -241,3 +241,32 @@ def test_modules_equal_the_functions():
 def test_bad_shapes_raise_a_clear_value_error(op, features, rois, output_size):
     with pytest.raises(ValueError):
         op(features, rois, output_size)
+
+
+def test_building_the_work_in_small_chunks_of_rois_changes_nothing(monkeypatch):
+    # RoIAlign's sparse matrix and RoI pooling's padded gather are built a chunk of RoIs at a time (RoI pooling's
+    # sorted by size); with chunks of a few RoIs both must still equal the per-bin references.
+    from paperzoo.detection import roi_ops
+
+    monkeypatch.setattr(roi_ops, "_MAX_MATRIX_ENTRIES", 200)  # 3 x 4 bins x 4 x 4 taps = 192 entries: one RoI
+    monkeypatch.setattr(roi_ops, "_ROI_POOL_CHUNK", 5)
+    features, rois = make_features(torch.float64), make_rois(torch.float64)
+    got = roi_align(features, rois, (3, 4), SCALE, 2, False)
+    want = reference_roi_align(features.numpy(), rois.numpy(), 3, 4, SCALE, 2, False)
+    torch.testing.assert_close(got, torch.from_numpy(want), atol=1e-12, rtol=0)
+    got = roi_pool(features, rois, (3, 5), SCALE)
+    assert torch.equal(got, torch.from_numpy(reference_roi_pool(features.numpy(), rois.numpy(), 3, 5, SCALE)))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bf16_features_are_pooled_with_float32_coordinates(autocast):
+    # bf16 holds 8 significant bits: x = 301.3 would become 300 and the box would move. Like torchvision's autocast
+    # wrappers, the ops compute in float32 and return bf16.
+    features = torch.randn(1, 4, 40, 400, generator=torch.Generator().manual_seed(0)).bfloat16()
+    rois = torch.tensor([[0, 301.3, 10.7, 333.9, 25.2], [0, 5.5, 3.25, 390.0, 38.0]])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        aligned, pooled = roi_align(features, rois, 3, 1.0, 2), roi_pool(features, rois, 3, 1.0)
+    assert aligned.dtype == pooled.dtype == torch.bfloat16
+    want = roi_align(features.float(), rois, 3, 1.0, 2).bfloat16()  # float32 work, one rounding at the end
+    assert torch.equal(aligned, want)
+    assert torch.equal(pooled, roi_pool(features.float(), rois, 3, 1.0).bfloat16())

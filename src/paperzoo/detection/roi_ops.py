@@ -21,20 +21,33 @@ that its detection checkpoints see the same features:
   inside that band, coordinates are clamped to ``[0, H - 1]``.
 * No gradient flows to ``rois`` (torchvision's ops give none either; the detectors detach their proposals).
 
-Vectorization: no Python loop over boxes, bins or sampling points. Each op gathers, for every RoI at once, a
-tensor padded to the largest bin (RoI pooling) or to the largest number of sampling points (RoIAlign), with a
-mask for the padding. Memory is therefore ``K * C * out_h * out_w * (largest bin or sample grid)``: one very
-large box among small ones makes every box pay for its size.
+Vectorization: no Python loop over boxes, bins or sampling points.
+
+* RoI pooling gathers, for a chunk of RoIs of similar size at once, their bins' pixels padded to the chunk's
+  largest bin, and finds each channel's first maximum without autograd; only those maxima are then read with a
+  gradient, so the backward pass costs ``K * C * out_h * out_w``.
+* RoIAlign is linear in the features, so it is one sparse matrix (the bilinear weights of every sampling
+  point, divided by the bin's number of points) times the ``(B * H * W, C)`` channels-last map; the backward
+  pass multiplies by its transpose. The matrix has ``4 * Gh * Gw`` entries per bin, ``G`` the largest number of
+  points per bin along an axis (adaptive sampling pads every RoI to the largest box's count); it is built a
+  chunk of RoIs at a time, so memory stays bounded.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["roi_pool", "roi_align", "RoIPool", "RoIAlign"]
+
+# RoIAlign builds its sparse interpolation matrix for this many nonzeros at a time (~100 MB of indices, weights
+# and temporaries), so that adaptive sampling on large boxes, or R-CNN's warp of thousands of regions, stays bounded.
+_MAX_MATRIX_ENTRIES = 1 << 22
+# RoI pooling finds its maxima for this many RoIs (sorted by size) at a time.
+_ROI_POOL_CHUNK = 64
 
 
 def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
@@ -46,15 +59,18 @@ def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
 
 def _prepare(features: Tensor, rois: Tensor, output_size: int | Sequence[int]
              ) -> tuple[tuple[int, int], Tensor, Tensor]:
-    """Checked shapes; the output size, the RoIs as constants in the features' dtype (no gradient flows to them,
-    as in torchvision) and their batch indices (truncated, like the kernels' int cast)."""
+    """Checked shapes; the output size, the RoIs as constants (no gradient flows to them, as in torchvision) in the
+    kernels' floating type, and their batch indices (truncated, like the kernels' int cast).
+
+    The floating type is the features' (float32 or float64), or float32 for bf16/fp16 features, as torchvision's
+    autocast wrappers do: bf16 cannot even hold pixel coordinates (steps of 4 between 512 and 1024)."""
     if features.dim() != 4:
         raise ValueError(f"features must be (B, C, H, W), got shape {tuple(features.shape)}")
     if rois.dim() != 2 or rois.shape[1] != 5:
         raise ValueError(f"rois must be (K, 5) as (batch_index, x1, y1, x2, y2), got shape {tuple(rois.shape)}")
     if not features.is_floating_point():
         raise ValueError(f"features must be floating point, got {features.dtype}")
-    rois = rois.detach().to(features.dtype)
+    rois = rois.detach().to(features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32)
     return _pair(output_size), rois, rois[:, 0].long()
 
 
@@ -77,6 +93,28 @@ def _quantized_bins(start: Tensor, length: Tensor, bins: int, size: int, dtype: 
     return lo.clamp(0, size), hi.clamp(0, size)
 
 
+def _first_max_rows(padded: Tensor, batch: Tensor, h_lo: Tensor, h_hi: Tensor, w_lo: Tensor, w_hi: Tensor,
+                    shape: tuple[int, int, int]) -> Tensor:
+    """For every bin and channel, the row of ``padded`` (the ``(B * H * W + 1, C)`` channels-last map, whose last
+    row is -inf) holding the bin's first maximum: ``(K, out_h, out_w, C)`` long; the -inf row for an empty bin.
+
+    Bins are padded to the tallest / widest one of these RoIs (at least 1, so that an all-empty call still has a
+    dimension to reduce); padding reads the -inf row.
+    """
+    B, H, W = shape
+    Lh = max(int((h_hi - h_lo).max()), 1)
+    Lw = max(int((w_hi - w_lo).max()), 1)
+    ys = h_lo[:, :, None] + torch.arange(Lh, device=h_lo.device)  # (K, out_h, Lh)
+    xs = w_lo[:, :, None] + torch.arange(Lw, device=w_lo.device)  # (K, out_w, Lw)
+    inside = (ys < h_hi[:, :, None])[:, :, None, :, None] & (xs < w_hi[:, :, None])[:, None, :, None, :]
+    rows = (batch[:, None, None, None, None] * H + ys[:, :, None, :, None]) * W + xs[:, None, :, None, :]
+    rows = torch.where(inside, rows, B * H * W).flatten(3)  # (K, out_h, out_w, Lh * Lw)
+    # torch.max returns the first maximum of a row, so flattening (Lh, Lw) row-major reproduces the kernel's
+    # argmax (scan rows, then columns, strict >) and hence its gradient in a tie.
+    first = padded[rows].max(dim=3).indices  # (K, out_h, out_w, C)
+    return rows.gather(3, first)
+
+
 def roi_pool(features: Tensor, rois: Tensor, output_size: int | Sequence[int], spatial_scale: float = 1.0) -> Tensor:
     """Fast R-CNN's RoI max pooling (Sec. 2.1): ``(B, C, H, W)``, ``(K, 5)`` -> ``(K, C, out_h, out_w)``."""
     (out_h, out_w), rois, batch = _prepare(features, rois, output_size)
@@ -87,48 +125,44 @@ def roi_pool(features: Tensor, rois: Tensor, output_size: int | Sequence[int], s
     x1, y1, x2, y2 = _round_half_away(rois[:, 1:] * spatial_scale).long().unbind(1)
     roi_w = (x2 - x1 + 1).clamp(min=1)  # a malformed box becomes 1 x 1
     roi_h = (y2 - y1 + 1).clamp(min=1)
-    h_lo, h_hi = _quantized_bins(y1, roi_h, out_h, H, features.dtype)  # (K, out_h)
-    w_lo, w_hi = _quantized_bins(x1, roi_w, out_w, W, features.dtype)  # (K, out_w)
+    h_lo, h_hi = _quantized_bins(y1, roi_h, out_h, H, rois.dtype)  # (K, out_h)
+    w_lo, w_hi = _quantized_bins(x1, roi_w, out_w, W, rois.dtype)  # (K, out_w)
 
-    # Pad every bin to the tallest / widest one (at least 1 so an all-empty call still has a dimension to reduce).
-    Lh = max(int((h_hi - h_lo).max()), 1)
-    Lw = max(int((w_hi - w_lo).max()), 1)
-    ys = h_lo[:, :, None] + torch.arange(Lh, device=rois.device)  # (K, out_h, Lh)
-    xs = w_lo[:, :, None] + torch.arange(Lw, device=rois.device)  # (K, out_w, Lw)
-    inside = (ys < h_hi[:, :, None])[:, :, None, :, None] & (xs < w_hi[:, :, None])[:, None, :, None, :]
-    # (K, out_h, out_w, Lh, Lw): padded positions are clamped to a valid pixel, then masked out with -inf.
-    values = features.permute(0, 2, 3, 1)[  # (B, H, W, C)
-        batch[:, None, None, None, None],
-        ys.clamp(max=H - 1)[:, :, None, :, None],
-        xs.clamp(max=W - 1)[:, None, :, None, :],
-    ]  # (K, out_h, out_w, Lh, Lw, C)
-    values = values.masked_fill(~inside[..., None], float("-inf"))
-    # torch.max returns the first maximum of a row, so flattening (Lh, Lw) row-major reproduces the kernel's
-    # argmax (scan rows, then columns, strict >) and hence its gradient in a tie.
-    pooled = values.flatten(3, 4).max(dim=3).values  # (K, out_h, out_w, C)
-    empty = ((h_hi <= h_lo)[:, :, None] | (w_hi <= w_lo)[:, None, :])[..., None]  # (K, out_h, out_w, 1)
-    pooled = pooled.masked_fill(empty, 0.0)  # the kernel defines an empty bin as 0
+    pixels = features.permute(0, 2, 3, 1).reshape(B * H * W, C)  # (B*H*W, C)
+    argmax = torch.empty(len(rois), out_h, out_w, C, dtype=torch.long, device=rois.device)
+    with torch.no_grad():  # find the maxima without keeping the large padded gather for the backward pass
+        padded = torch.cat((pixels, pixels.new_full((1, C), float("-inf"))))  # (B*H*W + 1, C)
+        # RoIs of similar size together: each chunk pads to its own largest bin (and memory stays bounded).
+        largest_bin = (h_hi - h_lo).amax(1) * (w_hi - w_lo).amax(1)  # (K,)
+        for k in largest_bin.argsort().split(_ROI_POOL_CHUNK):
+            argmax[k] = _first_max_rows(padded, batch[k], h_lo[k], h_hi[k], w_lo[k], w_hi[k], (B, H, W))
+    empty = argmax == B * H * W  # an empty bin (only padding); the kernel defines it as 0
+    # Differentiable read of the maxima: the backward pass sends each output's gradient to its argmax pixel only.
+    pooled = pixels.gather(0, argmax.masked_fill(empty, 0).flatten(0, 2)).view(argmax.shape)
+    pooled = pooled.masked_fill(empty, 0.0)  # (K, out_h, out_w, C)
     return pooled.permute(0, 3, 1, 2).contiguous()  # (K, C, out_h, out_w)
 
 
 def _sample_axis(
     start: Tensor, bin_size: Tensor, grid: Tensor, bins: int, size: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """RoIAlign's sampling points along one axis and their linear-interpolation taps.
+) -> tuple[Tensor, Tensor]:
+    """RoIAlign's sampling points along one axis, as the pixels they read and the weights they read them with.
 
     ``start``, ``bin_size`` (floating) and ``grid`` (points per bin, long) are ``(K,)``. Point ``g`` of bin ``i``
     sits at ``start + i * bin_size + (g + 0.5) * bin_size / grid`` (Mask R-CNN Fig. 3: regularly spaced points
     inside each bin, none on its border). All RoIs share a padded count ``G = max(grid)``; a padded point has
-    weight 0. Returns ``(lo, hi, w_lo, w_hi)``, each ``(K, bins, G)``: the two neighbouring pixels and their
-    weights (0 for a point outside ``[-1, size]`` or in the padding).
+    weight 0. Returns ``(taps, weights)``, each ``(K, bins, 2G)``: for every point its two neighbouring pixels
+    (linear interpolation) and their weights divided by ``grid``, so that summing a bin's taps averages its
+    points (0 for a point outside ``[-1, size]`` or in the padding).
     """
     dtype = start.dtype
     G = max(int(grid.max()), 1)
     i = torch.arange(bins, device=start.device, dtype=dtype)[None, :, None]  # (1, bins, 1)
     g = torch.arange(G, device=start.device)  # (G,)
     step = bin_size[:, None, None]
+    points = grid.clamp(min=1).to(dtype)[:, None, None]  # (K, 1, 1); an empty box has no valid point anyway
     # The kernel's order of operations: (start + i * bin) + (g + 0.5) * bin / grid.
-    coord = start[:, None, None] + i * step + (g.to(dtype) + 0.5) * step / grid.clamp(min=1).to(dtype)[:, None, None]
+    coord = start[:, None, None] + i * step + (g.to(dtype) + 0.5) * step / points  # (K, bins, G)
     # Written as "not outside" so that a NaN coordinate is invalid, as in the kernel.
     valid = (coord >= -1.0) & (coord <= size) & (g < grid[:, None])[:, None, :]  # (K, bins, G)
     coord = torch.where(valid, coord, 0.0).clamp(min=0.0)  # points in [-1, 0) read pixel 0
@@ -138,7 +172,32 @@ def _sample_axis(
     hi = torch.where(edge, size - 1, lo + 1)
     frac = torch.where(edge, 0.0, coord - lo.to(dtype))
     zero = torch.zeros((), dtype=dtype, device=start.device)
-    return lo, hi, torch.where(valid, 1.0 - frac, zero), torch.where(valid, frac, zero)
+    weights = torch.cat((torch.where(valid, 1.0 - frac, zero), torch.where(valid, frac, zero)), dim=2) / points
+    return torch.cat((lo, hi), dim=2), weights
+
+
+def _interpolation_matrix(batch: Tensor, y: tuple[Tensor, Tensor], x: tuple[Tensor, Tensor], shape: tuple[int, int, int]
+                          ) -> Tensor:
+    """RoIAlign as a matrix: row ``(k, i, j)`` holds bin ``(i, j)`` of RoI ``k``'s weights on the ``B * H * W``
+    pixels, a sparse CSR ``(K * out_h * out_w, B * H * W)`` tensor.
+
+    ``y = (taps, weights)`` are ``(K, out_h, Ty)`` from :func:`_sample_axis`, ``x`` likewise ``(K, out_w, Tx)``.
+    Bilinear interpolation is separable, so a tap ``(ty, tx)`` weighs ``wy * wx``; every row has ``Ty * Tx``
+    entries (points outside the map or in the padding with weight 0; a pixel read by several points appears
+    several times, and the product sums them).
+    """
+    (y_taps, y_weights), (x_taps, x_weights) = y, x
+    B, H, W = shape
+    K, out_h, out_w = len(batch), y_taps.shape[1], x_taps.shape[1]
+    # (K, out_h, out_w, Ty, Tx): pixel (y, x) of image b is row (b * H + y) * W + x of the channels-last map.
+    cols = (batch[:, None, None, None, None] * H + y_taps[:, :, None, :, None]) * W + x_taps[:, None, :, None, :]
+    values = y_weights[:, :, None, :, None] * x_weights[:, None, :, None, :]
+    rows, per_row = K * out_h * out_w, y_taps.shape[2] * x_taps.shape[2]
+    crow = torch.arange(rows + 1, device=batch.device) * per_row  # CSR row pointers: equal-length rows
+    with warnings.catch_warnings():  # torch flags its sparse CSR layout as beta on first use; it is what we want
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols.flatten(), values.flatten(), (rows, B * H * W),
+                                       check_invariants=False)
 
 
 def roi_align(
@@ -155,6 +214,11 @@ def roi_align(
     ``ceil(roi_h / out_h) x ceil(roi_w / out_w)`` of them, a count that differs from RoI to RoI. That adaptive
     count is vectorized by padding every RoI to the largest count and giving the padded points weight 0; the
     average divides by each RoI's own count.
+
+    The output is linear in the features: ``out = A @ F`` with ``F`` the ``(B * H * W, C)`` channels-last map
+    and ``A`` the sparse matrix of bilinear weights (:func:`_interpolation_matrix`), so forward and backward
+    (``A^T @ grad``) are two sparse products. Low-precision features (bf16, fp16, e.g. under autocast) are
+    interpolated in float32, as torchvision's kernel does, and the result is cast back.
     """
     (out_h, out_w), rois, batch = _prepare(features, rois, output_size)
     B, C, H, W = features.shape
@@ -171,20 +235,20 @@ def roi_align(
     else:  # adaptive; an empty or inverted box (possible when aligned) gets no points and outputs 0
         grid_h = torch.ceil(roi_h / out_h).long().clamp(min=0)
         grid_w = torch.ceil(roi_w / out_w).long().clamp(min=0)
+    y = _sample_axis(y1, bin_h, grid_h, out_h, H)  # (K, out_h, 2 Gh) taps and weights
+    x = _sample_axis(x1, bin_w, grid_w, out_w, W)  # (K, out_w, 2 Gw)
 
-    y_lo, y_hi, wy_lo, wy_hi = _sample_axis(y1, bin_h, grid_h, out_h, H)  # (K, out_h, Gh)
-    x_lo, x_hi, wx_lo, wx_hi = _sample_axis(x1, bin_w, grid_w, out_w, W)  # (K, out_w, Gw)
-    # Bilinear interpolation is separable: each of the four neighbours has weight (y weight) * (x weight).
-    channels_last = features.permute(0, 2, 3, 1)  # (B, H, W, C)
-    b = batch[:, None, None, None, None]
-    total = features.new_zeros(len(rois), out_h, out_w, C)
-    for ys, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):  # a loop over the 4 neighbours, not over boxes or bins
-        for xs, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
-            # (K, out_h, Gh, out_w, Gw, C): one neighbour of every sampling point of every bin of every RoI.
-            values = channels_last[b, ys[:, :, :, None, None], xs[:, None, None, :, :]]
-            total = total + torch.einsum("kpiqjc,kpi,kqj->kpqc", values, wy, wx)
-    count = (grid_h * grid_w).clamp(min=1).to(features.dtype)  # average pooling over the bin's points
-    return (total / count[:, None, None, None]).permute(0, 3, 1, 2).contiguous()  # (K, C, out_h, out_w)
+    with torch.autocast(features.device.type, enabled=False):  # sparse products in the weights' dtype
+        pixels = features.permute(0, 2, 3, 1).reshape(B * H * W, C).to(rois.dtype)  # (B*H*W, C)
+        # Bounded memory: the matrix has out_h * out_w * 4 Gh Gw entries per RoI, so build it for a chunk at a time.
+        per_roi = out_h * out_w * y[0].shape[2] * x[0].shape[2]
+        chunks = torch.arange(len(rois), device=rois.device).split(max(_MAX_MATRIX_ENTRIES // per_roi, 1))
+        pooled = torch.cat([
+            torch.sparse.mm(_interpolation_matrix(batch[k], (y[0][k], y[1][k]), (x[0][k], x[1][k]), (B, H, W)),
+                            pixels)
+            for k in chunks
+        ])  # (K * out_h * out_w, C)
+    return pooled.view(-1, out_h, out_w, C).permute(0, 3, 1, 2).to(features.dtype).contiguous()
 
 
 class RoIPool(nn.Module):
