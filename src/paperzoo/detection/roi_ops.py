@@ -176,8 +176,8 @@ def _sample_axis(
     return torch.cat((lo, hi), dim=2), weights
 
 
-def _interpolation_matrix(batch: Tensor, y: tuple[Tensor, Tensor], x: tuple[Tensor, Tensor], shape: tuple[int, int, int]
-                          ) -> Tensor:
+def _interpolation_matrix(batch: Tensor, y: tuple[Tensor, Tensor], x: tuple[Tensor, Tensor],
+                          shape: tuple[int, int, int]) -> Tensor:
     """RoIAlign as a matrix: row ``(k, i, j)`` holds bin ``(i, j)`` of RoI ``k``'s weights on the ``B * H * W``
     pixels, a sparse CSR ``(K * out_h * out_w, B * H * W)`` tensor.
 
@@ -193,7 +193,8 @@ def _interpolation_matrix(batch: Tensor, y: tuple[Tensor, Tensor], x: tuple[Tens
     cols = (batch[:, None, None, None, None] * H + y_taps[:, :, None, :, None]) * W + x_taps[:, None, :, None, :]
     values = y_weights[:, :, None, :, None] * x_weights[:, None, :, None, :]
     rows, per_row = K * out_h * out_w, y_taps.shape[2] * x_taps.shape[2]
-    crow = torch.arange(rows + 1, device=batch.device) * per_row  # CSR row pointers: equal-length rows
+    # CSR, not COO: the rows come out in order, so nothing is sorted (COO's product coalesces first, 2-4x slower).
+    crow = torch.arange(rows + 1, device=batch.device) * per_row  # row pointers: equal-length rows
     with warnings.catch_warnings():  # torch flags its sparse CSR layout as beta on first use; it is what we want
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(crow, cols.flatten(), values.flatten(), (rows, B * H * W),
@@ -235,19 +236,19 @@ def roi_align(
     else:  # adaptive; an empty or inverted box (possible when aligned) gets no points and outputs 0
         grid_h = torch.ceil(roi_h / out_h).long().clamp(min=0)
         grid_w = torch.ceil(roi_w / out_w).long().clamp(min=0)
-    y = _sample_axis(y1, bin_h, grid_h, out_h, H)  # (K, out_h, 2 Gh) taps and weights
-    x = _sample_axis(x1, bin_w, grid_w, out_w, W)  # (K, out_w, 2 Gw)
+    y_taps, y_weights = _sample_axis(y1, bin_h, grid_h, out_h, H)  # (K, out_h, 2 Gh)
+    x_taps, x_weights = _sample_axis(x1, bin_w, grid_w, out_w, W)  # (K, out_w, 2 Gw)
 
     with torch.autocast(features.device.type, enabled=False):  # sparse products in the weights' dtype
         pixels = features.permute(0, 2, 3, 1).reshape(B * H * W, C).to(rois.dtype)  # (B*H*W, C)
-        # Bounded memory: the matrix has out_h * out_w * 4 Gh Gw entries per RoI, so build it for a chunk at a time.
-        per_roi = out_h * out_w * y[0].shape[2] * x[0].shape[2]
-        chunks = torch.arange(len(rois), device=rois.device).split(max(_MAX_MATRIX_ENTRIES // per_roi, 1))
-        pooled = torch.cat([
-            torch.sparse.mm(_interpolation_matrix(batch[k], (y[0][k], y[1][k]), (x[0][k], x[1][k]), (B, H, W)),
-                            pixels)
-            for k in chunks
-        ])  # (K * out_h * out_w, C)
+        # Bounded memory: the matrix has out_h * out_w * 2 Gh * 2 Gw entries per RoI; build it a chunk at a time.
+        step = max(_MAX_MATRIX_ENTRIES // (out_h * out_w * y_taps.shape[2] * x_taps.shape[2]), 1)
+        pooled = []
+        for start in range(0, len(rois), step):
+            k = slice(start, start + step)
+            A = _interpolation_matrix(batch[k], (y_taps[k], y_weights[k]), (x_taps[k], x_weights[k]), (B, H, W))
+            pooled.append(torch.sparse.mm(A, pixels))  # (k * out_h * out_w, C)
+    pooled = pooled[0] if len(pooled) == 1 else torch.cat(pooled)  # (K * out_h * out_w, C); one chunk: no copy
     return pooled.view(-1, out_h, out_w, C).permute(0, 3, 1, 2).to(features.dtype).contiguous()
 
 
