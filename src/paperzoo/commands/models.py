@@ -18,12 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--family", help="only this family (e.g. resnet, vit, swin)")
     p.add_argument("--format", choices=FORMATS, default="table", help="table format")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    p.add_argument("--detectors", action="store_true",
+                   help="list the registered detectors (paperzoo detect) with their parameters at 91 classes")
     p.add_argument("--check", action="store_true",
                    help="compare our parameter counts with the reference implementations; exit 1 on any difference")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.detectors:
+        return _detectors(args)
     names = list_models(args.pattern, family=args.family)
     if not names:
         import difflib
@@ -51,4 +55,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cols = ["name", "family", "paper", "params", "input"] + ([] if args.no_flops else ["gflops"])
     print(render(rows, cols, args.format))
+    return 0
+
+
+def _detectors(args: argparse.Namespace) -> int:
+    import fnmatch
+
+    from paperzoo.detection.registry import create_detector, detector_doc, detector_names
+
+    rows = []
+    for name in detector_names():
+        if args.pattern and not fnmatch.fnmatch(name, args.pattern):
+            continue
+        model = create_detector(name)  # COCO's 91 classes, the builder's defaults
+        rows.append({"name": name, "family": getattr(model, "model_family", "?"),
+                     "params": sum(p.numel() for p in model.parameters()), "what": detector_doc(name)})
+    print(render(rows, ["name", "family", "params", "what"], args.format))
     return 0

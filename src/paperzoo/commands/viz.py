@@ -149,6 +149,8 @@ def _detector_and_image(model: str, image: str | None, scene: int = 0):
         from paperzoo.detection.faster_rcnn import create_detector
 
         det, data = create_detector(model, num_classes=11, min_size=128, max_size=128).eval(), None
+    if not hasattr(det, "rpn"):
+        raise ValueError(f"{model} has no region proposal network: anchors and RPN proposals need a Faster R-CNN")
     if image is not None:
         return det, read_image(image), None
     from paperzoo.detection.task import DetectionDataConfig

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["register_detector", "create_detector", "detector_names", "UnknownDetectorError"]
+__all__ = ["register_detector", "create_detector", "detector_doc", "detector_names", "UnknownDetectorError"]
 
 _DETECTORS: dict[str, Callable[..., nn.Module]] = {}
 # The modules whose import registers their builders (those present: the package grows one file at a time).
@@ -55,6 +55,12 @@ def detector_names() -> list[str]:
     """Sorted names of the registered detectors."""
     _ensure_loaded()
     return sorted(_DETECTORS)
+
+
+def detector_doc(name: str) -> str:
+    """The first line of detector ``name``'s builder docstring (what ``paperzoo models --detectors`` shows)."""
+    _ensure_loaded()
+    return ((_DETECTORS[name].__doc__ or "").strip().splitlines() or [""])[0]
 
 
 def create_detector(name: str, **kwargs: Any) -> nn.Module:

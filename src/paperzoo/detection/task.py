@@ -61,6 +61,8 @@ class DetectionDataConfig:
     hflip: float = 0.5  # probability of a horizontal flip of a training image (its boxes move with it)
     num_workers: int = 0  # DataLoader worker processes decoding images (coco / voc)
     skip_invalid: bool = False  # coco / voc: drop bad annotations with a warning instead of stopping
+    #: coco: labels 1..C in category order, or the raw category ids (torchvision's COCO checkpoints: 91 classes)
+    labels: Literal["contiguous", "category_id"] = "contiguous"
     #: where region proposals come from: the detector's own RPN, or selective search computed once per image
     #: (R-CNN and Fast R-CNN need it; Faster R-CNN can take it too, replacing its RPN)
     proposals: Literal["rpn", "selective_search"] = "rpn"
@@ -118,7 +120,7 @@ def _base_dataset(d: DetectionDataConfig, split: str, *, seed: int = 0) -> Any:
                 if p.is_file()), None)
     if ann is None:
         raise FileNotFoundError(f"{root}: no instances_{name}.json (nor annotations/instances_{name}.json)")
-    return D.CocoDetection(root / name, ann, skip_invalid=d.skip_invalid, **kw)
+    return D.CocoDetection(root / name, ann, skip_invalid=d.skip_invalid, labels=d.labels, **kw)
 
 
 class WithProposals(torch.utils.data.Dataset):

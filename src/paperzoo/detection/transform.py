@@ -13,7 +13,7 @@ divides the image exactly).
 Arithmetic follows torchvision's ``GeneralizedRCNNTransform`` (eager mode) so that its checkpoints see the same
 pixels: the scale is a Python float, ``F.interpolate(scale_factor=scale, mode="bilinear", align_corners=False,
 recompute_scale_factor=True)`` gives an output of ``floor(side * scale)`` pixels (a 480x640 image becomes 800x1066,
-a 333x500 one 799x1201), and boxes are scaled by ``new_side / old_side`` per axis in float32.
+a 333x500 one 800x1201), and boxes are scaled by ``new_side / old_side`` per axis in float32.
 
 Deviations from torchvision:
 
