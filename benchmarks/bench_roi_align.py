@@ -123,7 +123,7 @@ def main() -> None:
     columns = ["case", "precision", "forward", "backward", "max error"]
     if baseline:
         columns[2:2] = [f"{args.baseline} forward", f"{args.baseline} backward"]
-        columns.append("speed-up (fwd+bwd)")
+        columns += [f"{args.baseline} max error", "speed-up (fwd+bwd)"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * 2 + "---:|" * (len(columns) - 2))
     for name in args.cases:
@@ -134,9 +134,9 @@ def main() -> None:
             cells = [name, precision, f"{fwd:.1f}", f"{bwd:.1f}" if backward else "–",
                      f"{(out - want).abs().max():.1e}"]
             if baseline:
-                old_fwd, old_bwd, _ = timed(baseline, name, precision, args.repeats)
+                old_fwd, old_bwd, old_out = timed(baseline, name, precision, args.repeats)
                 cells[2:2] = [f"{old_fwd:.1f}", f"{old_bwd:.1f}" if backward else "–"]
-                cells.append(f"{(old_fwd + old_bwd) / (fwd + bwd):.1f}x")
+                cells += [f"{(old_out - want).abs().max():.1e}", f"{(old_fwd + old_bwd) / (fwd + bwd):.1f}x"]
             print("| " + " | ".join(cells) + " |", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.2f} (1 min) after")
 
