@@ -20,8 +20,10 @@ that its detection checkpoints see the same features:
   correction) and keeps its true size. A sampling point with ``y < -1`` or ``y > H`` (likewise x) contributes 0;
   inside that band, coordinates are clamped to ``[0, H - 1]``.
 * No gradient flows to ``rois`` (torchvision's ops give none either; the detectors detach their proposals).
+* bf16 / fp16 features (autocast): coordinates and arithmetic in float32, the output in the features' dtype, as
+  torchvision's autocast wrappers do.
 
-Vectorization: no Python loop over boxes, bins or sampling points.
+Vectorization: no Python loop over boxes, bins or sampling points, only over a few chunks of RoIs.
 
 * RoI pooling gathers, for a chunk of RoIs of similar size at once, their bins' pixels padded to the chunk's
   largest bin, and finds each channel's first maximum without autograd; only those maxima are then read with a
