@@ -1,6 +1,6 @@
 """R-CNN and Fast R-CNN (paperzoo.detection.rcnn): the warp, the single-level RoI pool, and both detectors end to end.
 
-Run: .venv/bin/python -m pytest -q tests/test_rcnn.py
+Run: .venv/bin/python -m pytest -q tests/detection/test_rcnn.py
 """
 
 from __future__ import annotations
