@@ -171,3 +171,12 @@ def test_box_coder_clamps_dw_dh_at_log_1000_over_16_before_exp():
 def test_box_coder_needs_four_weights():
     with pytest.raises(ValueError, match="4 weights"):
         BoxCoder((1.0, 1.0))
+
+
+def test_decode_of_bf16_deltas_keeps_float32_coordinates():
+    from paperzoo.detection.boxes import BoxCoder
+
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    boxes = torch.tensor([[601.0, 700.0, 650.0, 757.0]])  # bf16 would round these to multiples of 4
+    out = coder.decode(torch.zeros(1, 4, dtype=torch.bfloat16), boxes)
+    assert out.dtype == torch.float32 and torch.equal(out, boxes)

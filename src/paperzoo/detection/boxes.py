@@ -176,7 +176,10 @@ class BoxCoder:
 
         Returns xyxy boxes ``(N, 4 * K)``, laid out like ``deltas``.
         """
-        boxes = boxes.to(deltas.dtype)
+        # at least float32: bf16 (8-bit mantissa, e.g. from a head under autocast) holds pixel coordinates only
+        # to 4 px at 512-1024, which would move every detection; torchvision keeps the deltas' dtype here
+        dtype = torch.promote_types(deltas.dtype, torch.float32)
+        deltas, boxes = deltas.to(dtype), boxes.to(dtype)
         px, py, pw, ph = (v[:, None] for v in self._centres_sizes(boxes))  # each (N, 1)
         wx, wy, ww, wh = self.weights
         dx, dy = deltas[:, 0::4] / wx, deltas[:, 1::4] / wy  # (N, K)
