@@ -4,7 +4,8 @@
     python benchmarks/bench_detection_lineage.py --runs faster=runs/a fast=runs/b rcnn=runs/c   # score runs
 
 Each model trains from its recipe (``detect_scenes_rcnn``, ``detect_scenes_fast_rcnn``, ``detect_scenes``) for the
-same training-time budget (``train.time_budget_s``; the schedule is fitted to it), then its final weights are
+same training-time budget (``train.time_budget_s``; the schedule is fitted to it) on the same ``--n-train``
+training scenes (selective search runs once for both R-CNN and Fast R-CNN, cached), then its final weights are
 scored on the recipe's test scenes with pycocotools (AP, AP50). "s / image" is the wall-clock time of detecting
 one image at batch size 1, proposals included: selective search for R-CNN and Fast R-CNN, the RPN for Faster
 R-CNN. "proposals / image" is the mean number of regions the box head classifies at test time.
@@ -32,10 +33,11 @@ RECIPES = {"rcnn": ("R-CNN", "detect_scenes_rcnn"), "fast": ("Fast R-CNN", "dete
            "faster": ("Faster R-CNN", "detect_scenes")}
 
 
-def train(key: str, minutes: float, out_dir: str) -> Path:
+def train(key: str, minutes: float, out_dir: str, n_train: int) -> Path:
     name, recipe = RECIPES[key]
     result = paperzoo.train(recipe, overrides=[f"train.time_budget_s={minutes * 60}", f"run.out_dir={out_dir}",
-                                               f"run.name=lineage-{key}", "run.progress=lines"])
+                                               f"run.name=lineage-{key}", "run.progress=lines",
+                                               f"data.n_train={n_train}", "train.eval_every=100"])
     print(f"{name}: {result.status} after {result.train_time_s:.0f} s of training", file=sys.stderr)
     return Path(result.run_dir)
 
@@ -75,11 +77,13 @@ def main() -> None:
     p.add_argument("--runs", nargs="*", default=[], metavar="KEY=RUN", help="score these runs instead (rcnn, fast, "
                                                                             "faster)")
     p.add_argument("--out-dir", default="runs")
+    p.add_argument("--n-train", type=int, default=2000, help="training scenes (each model the same)")
     p.add_argument("--images", type=int, help="test scenes scored (default: the recipe's n_val)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    runs = dict(r.split("=", 1) for r in args.runs) or {k: train(k, args.minutes, args.out_dir) for k in RECIPES}
+    runs = dict(r.split("=", 1) for r in args.runs)
+    runs = runs or {k: train(k, args.minutes, args.out_dir, args.n_train) for k in RECIPES}
     print(f"CPU: {cpu_model()}, {args.threads} threads, torch {torch.__version__}")
     print("| model | AP50 | AP | proposals / image | s / image (batch 1) | run |\n|---|---:|---:|---:|---:|---|")
     for key in RECIPES:

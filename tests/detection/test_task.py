@@ -17,7 +17,7 @@ from paperzoo.train.checkpoint import find_checkpoint, read_weights
 pytest.importorskip("pycocotools")
 
 # a small, fast Faster R-CNN for the scenes: few anchors kept, few RoIs sampled
-TINY = ["data.n_train=8", "data.n_val=4", "data.batch_size=2", "data.eval_batch_size=4", "train.log_every=1",
+TINY = ["train.time_budget_s=null", "data.n_train=8", "data.n_val=4", "data.batch_size=2", "data.eval_batch_size=4", "train.log_every=1",
         "run.progress=off", "run.tensorboard=false", "run.plots=false", "train.threads=1",
         "model.args.rpn_pre_nms_top_n_train=200", "model.args.rpn_post_nms_top_n_train=100",
         "model.args.rpn_pre_nms_top_n_test=100", "model.args.rpn_post_nms_top_n_test=50",
@@ -132,7 +132,7 @@ def test_cli_rejects_a_classification_run_and_a_missing_image(tmp_path, capsys):
 def test_fast_rcnn_trains_on_cached_selective_search_proposals_that_flip_with_the_image(tmp_path):
     extra = ["data.proposals=selective_search", f"data.proposal_cache={tmp_path / 'cache'}", "data.hflip=1.0",
              "train.max_steps=1", "train.epochs=1"]
-    cfg = resolve_config("detect_scenes_fast_rcnn", [*TINY[:9], f"run.out_dir={tmp_path}", *extra])
+    cfg = resolve_config("detect_scenes_fast_rcnn", [*TINY[:10], f"run.out_dir={tmp_path}", *extra])
     flipped, plain = build_dataset(cfg.data, "train"), build_dataset(_cfg(tmp_path, *extra[:2]).data, "train")
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1  # the flip-free build reused the first
     (x, t), (_, u) = flipped[0], plain[0]
@@ -143,6 +143,6 @@ def test_fast_rcnn_trains_on_cached_selective_search_proposals_that_flip_with_th
 
 
 def test_a_region_classifier_without_proposals_is_refused_with_one_line(tmp_path, capsys):
-    code = main(["detect", "train", "detect_scenes_rcnn", "--set", *TINY[:9], "data.proposals=rpn",
+    code = main(["detect", "train", "detect_scenes_rcnn", "--set", *TINY[:10], "data.proposals=rpn",
                  "--out-dir", str(tmp_path)])
     assert code == 2 and "set data.proposals=selective_search" in capsys.readouterr().err

@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="change the evaluation data, e.g. --set data.n_val=1000")
     q.add_argument("--device", default="cpu", help="cpu or cuda")
+    q.add_argument("--score-thresh", type=float,
+                   help="minimum detection score (default: the model's, e.g. 0.05); lower adds low-ranked detections")
     q.add_argument("--json", help="also write the metrics to this JSON file")
     q.set_defaults(func=_eval)
 
@@ -54,8 +56,11 @@ def _eval(args: argparse.Namespace) -> int:
     from paperzoo.detection.coco_eval import format_coco_table
     from paperzoo.detection.task import evaluate_run
 
+    if args.score_thresh is not None and not 0.0 <= args.score_thresh <= 1.0:
+        raise ValueError(f"--score-thresh: must be in [0, 1], got {args.score_thresh}")
     stats = evaluate_run(args.run, args.which, overrides=[o if o.startswith("data.") else f"data.{o}"
-                                                          for o in args.overrides], device=args.device)
+                                                          for o in args.overrides],
+                         score_thresh=args.score_thresh, device=args.device)
     print(format_coco_table(stats))
     if args.json:
         Path(args.json).write_text(json.dumps(stats, indent=2) + "\n")

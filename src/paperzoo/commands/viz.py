@@ -146,7 +146,7 @@ def _detector_and_image(model: str, image: str | None, scene: int = 0):
         ck = load_detector(model)
         det, data = ck.model, ck.meta["data"]
     else:
-        from paperzoo.detection.faster_rcnn import create_detector
+        from paperzoo.detection.registry import create_detector
 
         det, data = create_detector(model, num_classes=11, min_size=128, max_size=128).eval(), None
     if not hasattr(det, "rpn"):

@@ -253,8 +253,8 @@ class DetectionTask(Task):
         return {"num_classes": len(self.categories), **self.cfg.model.args}
 
     def build_model(self) -> nn.Module:
-        from .faster_rcnn import create_detector
         from .rcnn import ProposalDetector
+        from .registry import create_detector
 
         try:
             model = create_detector(self.cfg.model.name, **self.model_args())
@@ -314,7 +314,7 @@ def load_detector(path: str | Path, which: str = "best", *, device: str | torch.
     from paperzoo.train import checkpoint as ckpt
     from paperzoo.weights import load_state_dict_checked
 
-    from .faster_rcnn import create_detector
+    from .registry import create_detector
 
     try:
         weights = ckpt.find_checkpoint(path, which)
@@ -341,14 +341,17 @@ def read_image(path: str | Path) -> Tensor:
 
 
 def evaluate_run(path: str | Path, which: str = "best", *, overrides: Sequence[str] = (),
-                 device: str | torch.device = "cpu") -> dict[str, float]:
+                 score_thresh: float | None = None, device: str | torch.device = "cpu") -> dict[str, float]:
     """COCO metrics of a run's checkpoint on its evaluation split (the run's data section, plus ``overrides``
-    such as ``data.n_val=1000`` or ``data.val=test2017``)."""
+    such as ``data.n_val=1000`` or ``data.val=test2017``); ``score_thresh`` replaces the box head's minimum
+    detection score (an inference setting: lower keeps more low-ranked detections, which can only add recall)."""
     from paperzoo.train.config import apply_overrides, build_config
 
     from .coco_eval import evaluate_coco
 
     ck = load_detector(path, which, device=device)
+    if score_thresh is not None:
+        ck.model.roi_heads.score_thresh = score_thresh
     data = apply_overrides({"data": dict(ck.meta["data"])}, list(overrides))["data"]
     d = build_config(DetectionDataConfig, data, "data.")
     val = build_dataset(d, "val")
