@@ -146,3 +146,26 @@ def test_a_region_classifier_without_proposals_is_refused_with_one_line(tmp_path
     code = main(["detect", "train", "detect_scenes_rcnn", "--set", *TINY[:10], "data.proposals=rpn",
                  "--out-dir", str(tmp_path)])
     assert code == 2 and "set data.proposals=selective_search" in capsys.readouterr().err
+
+
+def test_a_gray_classifier_starts_the_backbone_with_its_head_dropped_and_first_conv_adapted(tmp_path):
+    from safetensors.torch import save_file
+
+    from paperzoo import create_model
+    from paperzoo.detection.registry import create_detector
+    from paperzoo.detection.task import load_backbone
+    from paperzoo.weights import adapt_input_conv
+
+    clf = create_model("resnet18", num_classes=10, in_chans=1)
+    save_file(clf.state_dict(), tmp_path / "clf.safetensors")
+    det = create_detector("fasterrcnn_resnet18_fpn", num_classes=11)
+    changes = load_backbone(det, tmp_path / "clf.safetensors")
+    body, src = det.backbone.body.state_dict(), clf.state_dict()
+    assert torch.equal(body["conv1.weight"], adapt_input_conv(src["conv1.weight"], 3))
+    assert all(torch.equal(body[k], src[k]) for k in body if k != "conv1.weight")
+    assert any(c.startswith("fc.weight") for c in changes) and any(c.startswith("conv1.weight") for c in changes)
+    from paperzoo.weights import WeightLoadError
+
+    with pytest.raises(WeightLoadError, match="lacks 119 backbone tensors"):
+        save_file({"conv1.weight": src["conv1.weight"]}, tmp_path / "part.safetensors")
+        load_backbone(det, tmp_path / "part.safetensors")

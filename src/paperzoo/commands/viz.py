@@ -156,11 +156,14 @@ def _detector_and_image(model: str, image: str | None, scene: int = 0):
     from paperzoo.detection.task import DetectionDataConfig
     from paperzoo.train.config import build_config
 
-    cfg = build_config(DetectionDataConfig, {**(data or {}), "dataset": "scenes", "n_val": scene + 1}, "data.") \
-        if data is None or data.get("dataset") == "scenes" else None
-    if cfg is None:
+    if data is not None and data.get("dataset") != "scenes":
         raise ValueError("this run was not trained on the scenes: give an IMAGE")
-    img, target = build_dataset(cfg, "val")[scene]
+    # the run's own evaluation scenes (the whole split: scene i depends on how many are drawn), no proposals
+    cfg = build_config(DetectionDataConfig, {**(data or {}), "proposals": "rpn"}, "data.")
+    scenes = build_dataset(cfg, "val")
+    if not 0 <= scene < len(scenes):
+        raise ValueError(f"--scene must be in [0, {len(scenes) - 1}], got {scene}")
+    img, target = scenes[scene]
     return det, img, target["boxes"]
 
 

@@ -206,6 +206,36 @@ class DetectionLoader(StreamingLoader):
                    [{k: v.to(self.device) for k, v in t.items() if isinstance(v, Tensor)} for t in targets])
 
 
+def load_backbone(model: nn.Module, path: str | Path, source: str = "paperzoo") -> list[str]:
+    """Start a detector's backbone from a classifier's weights (e.g. a Fashion-MNIST run, or torchvision's
+    ImageNet ResNet-50): the classifier's head is left out and a first convolution trained on other input
+    channels adapted (:func:`paperzoo.weights.adapt_input_conv`); every backbone tensor must load. Returns one
+    line per change."""
+    from paperzoo.weights import WeightLoadError, adapt_input_conv, convert_state_dict, read_state_dict
+
+    holder = getattr(model, "backbone", None)
+    body = getattr(holder, "body", holder)  # Faster R-CNN: backbone.body (below the FPN); Fast R-CNN: backbone
+    if body is None or not hasattr(body, "feature_info"):
+        raise ValueError(f"{type(model).__name__} has no features_only backbone to start from {path}")
+    from paperzoo.train.checkpoint import find_checkpoint
+
+    if Path(path).is_dir():  # a paperzoo run or checkpoint directory: its final weights
+        path = find_checkpoint(path, "final")
+    own = body.state_dict()
+    sd = read_state_dict(path) if source == "paperzoo" else convert_state_dict(body, read_state_dict(path), source)
+    changes = [f"{k}: not used by the detector" for k in sorted(set(sd) - set(own))]
+    sd = {k: v for k, v in sd.items() if k in own}
+    for k, v in sd.items():  # a first convolution trained on gray images, say: (O, 1, kh, kw) -> (O, 3, kh, kw)
+        if v.dim() == 4 and v.shape != own[k].shape and v.shape[0] == own[k].shape[0]:
+            sd[k] = adapt_input_conv(v, own[k].shape[1])
+            changes.append(f"{k}: adapted from {v.shape[1]} to {own[k].shape[1]} input channels")
+    missing = sorted(set(own) - set(sd))
+    if missing:
+        raise WeightLoadError(f"{path} lacks {len(missing)} backbone tensors, e.g. {', '.join(missing[:3])}")
+    body.load_state_dict(sd)
+    return changes
+
+
 # ------------------------------------------------------------------------------------------------ inference
 @torch.no_grad()
 def predict_detections(model: nn.Module, dataset: Any, indices: Sequence[int], batch_size: int = 16,
@@ -232,6 +262,14 @@ class DetectionTask(Task):
     name, config_type = "detection", DetectionConfig
     primary_metric, higher_is_better = "val_AP", True  # test_AP on the scenes' test split (set in __init__)
     resume_command = "paperzoo detect train"
+    resuming = False  # set by from_config: a resumed run loads its own checkpoint, not model.pretrained
+
+    @classmethod
+    def from_config(cls, cfg: DetectionConfig, dist: DistInfo | None = None, *,
+                    resume_meta: dict[str, Any] | None = None) -> DetectionTask:
+        task = cls(cfg, dist)
+        task.resuming = resume_meta is not None
+        return task
 
     def __init__(self, cfg: DetectionConfig, dist: DistInfo | None = None) -> None:
         self.cfg, self.dist = cfg, dist or DistInfo()
@@ -263,6 +301,14 @@ class DetectionTask(Task):
         if isinstance(model, ProposalDetector) and self.cfg.data.proposals == "rpn":
             raise ValueError(f"{self.cfg.model.name} classifies given regions and has no RPN: "
                              "set data.proposals=selective_search")
+        m = self.cfg.model
+        if m.pretrained and not self.resuming:
+            changes = load_backbone(model, m.pretrained, m.pretrained_source)
+            if self.dist.is_main:
+                import sys
+
+                print(f"paperzoo: backbone from {m.pretrained} ({m.pretrained_source} weights)"
+                      + "".join(f"\npaperzoo:   {line}" for line in changes), file=sys.stderr)
         return model
 
     def train_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
