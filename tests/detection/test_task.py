@@ -169,3 +169,15 @@ def test_a_gray_classifier_starts_the_backbone_with_its_head_dropped_and_first_c
     with pytest.raises(WeightLoadError, match="lacks 119 backbone tensors"):
         save_file({"conv1.weight": src["conv1.weight"]}, tmp_path / "part.safetensors")
         load_backbone(det, tmp_path / "part.safetensors")
+
+
+@pytest.mark.parametrize("recipe", ["detect_scenes", "detect_scenes_fast_rcnn", "detect_scenes_rcnn"])
+def test_detection_recipes_are_valid_and_build_their_detector(recipe, tmp_path):
+    from paperzoo.detection.registry import detector_names
+
+    cfg = resolve_config(recipe, [f"run.out_dir={tmp_path}"])
+    assert cfg.task == "detection" and cfg.model.name in detector_names()
+    task = DetectionTask(resolve_config(recipe, [*TINY[:10], f"run.out_dir={tmp_path}",
+                                                 f"data.proposal_cache={tmp_path}"]))
+    model = task.build_model()
+    assert model.num_classes == len(task.categories) == 11

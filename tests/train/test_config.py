@@ -134,12 +134,13 @@ def test_save_and_reload_round_trip(tmp_path):
 
 def _is_image_recipe(path: Path) -> bool:
     """configs/ also holds `paperzoo tune` search spaces (with a `base:` recipe) and recipes of the sequence
-    tasks (models of kind "sequence", their own config schema)."""
+    tasks (models of kind "sequence", their own config schema) and of other tasks (a `task:` field, e.g.
+    detection; tests/detection/test_task.py checks those)."""
     from paperzoo.registry import list_models
 
     data = yaml.safe_load(path.read_text()) or {}
     name = (data.get("model") or {}).get("name", "resnet18")
-    return "base" not in data and name not in list_models(kind="sequence")
+    return "base" not in data and "task" not in data and name not in list_models(kind="sequence")
 
 
 RECIPES = [p for p in sorted(CONFIGS.glob("*.yaml")) if _is_image_recipe(p)]
