@@ -17,7 +17,8 @@ from paperzoo.train.checkpoint import find_checkpoint, read_weights
 pytest.importorskip("pycocotools")
 
 # a small, fast Faster R-CNN for the scenes: few anchors kept, few RoIs sampled
-TINY = ["train.time_budget_s=null", "data.n_train=8", "data.n_val=4", "data.batch_size=2", "data.eval_batch_size=4", "train.log_every=1",
+TINY = ["train.time_budget_s=null", "data.n_train=8", "data.n_val=4", "data.batch_size=2", "data.eval_batch_size=4",
+        "train.log_every=1",
         "run.progress=off", "run.tensorboard=false", "run.plots=false", "train.threads=1",
         "model.args.rpn_pre_nms_top_n_train=200", "model.args.rpn_post_nms_top_n_train=100",
         "model.args.rpn_pre_nms_top_n_test=100", "model.args.rpn_post_nms_top_n_test=50",
