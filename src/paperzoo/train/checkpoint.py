@@ -88,7 +88,8 @@ def fault_point(name: str) -> None:
         return
     _FAULT_COUNTS[name] = _FAULT_COUNTS.get(name, 0) + 1
     if _FAULT_COUNTS[name] == int(n):
-        os.kill(os.getpid(), signal.SIGINT if sig == "INT" else signal.SIGKILL)
+        # raise_signal, not os.kill(getpid()): delivered to this thread at once, so the fault lands where asked
+        signal.raise_signal(signal.SIGINT if sig == "INT" else signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------- atomic writes
