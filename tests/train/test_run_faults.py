@@ -60,7 +60,18 @@ def test_sigterm_saves_a_resumable_checkpoint_and_stops_like_ctrl_c(tmp_path):
     assert resumed.status == "done" and resumed.step == 8
 
 
-def test_a_second_signal_interrupts_at_once(tmp_path):
+@pytest.fixture
+def default_signal_handlers():
+    """Python's own SIGINT / SIGTERM handlers during the test, whatever the process (a pytest-xdist worker) was
+    started with: the run restores the handlers it found, and the test is about those being the defaults."""
+    defaults = ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))
+    saved = {sig: signal.signal(sig, handler) for sig, handler in defaults}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_a_second_signal_interrupts_at_once(tmp_path, default_signal_handlers):
     # two micro-batches per step: SIGTERM in the first of step 2 asks for a stop after the step; the Ctrl-C in
     # the second does not wait for it
     cfg = _cfg(tmp_path, "twice", grad_accum=2)
