@@ -1,6 +1,6 @@
 """Object detection as a :class:`paperzoo.train.task.Task`: the same trainer, checkpoints and resume as classification.
 
-A config with ``task: detection`` trains any registered detector (:func:`paperzoo.detection.faster_rcnn.
+A config with ``task: detection`` trains any registered detector (:func:`paperzoo.detection.registry.
 create_detector`: Faster R-CNN, Fast R-CNN, R-CNN) on
 
 * ``data.dataset: scenes`` — the built-in Fashion-MNIST scenes (:mod:`paperzoo.detection.scenes`), generated in
@@ -14,8 +14,10 @@ losses (Faster R-CNN: RPN objectness + RPN boxes + classifier + box regression, 
 Girshick 2015 Eq. 1), each also logged. Evaluation runs the detector on the held-out split and scores it with
 pycocotools' COCOeval (:mod:`paperzoo.detection.coco_eval`): ``<split>_AP`` picks the best checkpoint.
 
-Order and augmentation (a horizontal flip with probability ``data.hflip``) are functions of (seed, epoch, batch,
-rank), so a run resumes exactly (:class:`DetectionLoader`).
+The order is a function of (seed, epoch) and each image's flip (probability ``data.hflip``) of (seed, epoch,
+index), so a run resumes exactly (:class:`DetectionLoader`). Using a run: :func:`load_detector`,
+:func:`evaluate_run`, :func:`detect_files`, :func:`rpn_proposals`; :func:`load_backbone` starts a detector's
+backbone from a classifier (``model.pretrained``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from paperzoo.train.config import (
 from paperzoo.train.distributed import DistInfo, all_gather_object, broadcast_object
 from paperzoo.train.task import Task, register_task
 
-__all__ = ["DetectionConfig", "DetectionDataConfig", "DetectionLoader", "DetectionTask", "predict_detections"]
+__all__ = ["DetectionConfig", "DetectionDataConfig", "DetectionLoader", "DetectionTask", "DetectorCheckpoint",
+           "build_dataset", "detect_files", "evaluate_run", "load_backbone", "load_detector", "predict_detections",
+           "rpn_proposals", "selective_search_proposals"]
 
 
 @dataclass
