@@ -366,12 +366,7 @@ def load_detector(path: str | Path, which: str = "best", *, device: str | torch.
 
     from .registry import create_detector
 
-    try:
-        weights = ckpt.find_checkpoint(path, which)
-    except ckpt.CheckpointError:
-        if which != "best":
-            raise
-        weights = ckpt.find_checkpoint(path, "final")
+    weights = ckpt.find_weights(path, which)
     meta = ckpt.read_meta(weights)
     if meta.get("task") != "detection":
         raise ValueError(f"{weights} is not a paperzoo detection checkpoint (task={meta.get('task')!r})")

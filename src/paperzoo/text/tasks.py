@@ -355,12 +355,7 @@ def load_text_checkpoint(path: str | Path, which: str = "best", *, device: str |
     from paperzoo.train import checkpoint as ckpt
     from paperzoo.weights import load_state_dict_checked
 
-    try:
-        weights = ckpt.find_checkpoint(path, which)
-    except ckpt.CheckpointError:
-        if which != "best":
-            raise
-        weights = ckpt.find_checkpoint(path, "final")
+    weights = ckpt.find_weights(path, which)
     meta = ckpt.read_meta(weights)
     if meta.get("task") not in ("translation", "language_model") or "tokenizers" not in meta:
         raise ValueError(f"{weights} is not a paperzoo translation or language-model checkpoint "

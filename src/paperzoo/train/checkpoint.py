@@ -285,6 +285,16 @@ def find_checkpoint(path: str | os.PathLike, which: str = "final") -> Path:
                           + ("" if which == "best" else " and checkpoints/step_*/") + ")")
 
 
+def find_weights(path: str | os.PathLike, which: str = "best") -> Path:
+    """:func:`find_checkpoint`, where "best" falls back to "final" (a run that never evaluated has no best)."""
+    try:
+        return find_checkpoint(path, which)
+    except CheckpointError:
+        if which != "best":
+            raise
+        return find_checkpoint(path, "final")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_bytes())
