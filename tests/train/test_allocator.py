@@ -1,4 +1,4 @@
-"""retain_freed_memory: a training step reuses its freed activation memory instead of page-faulting it in again."""
+"""retain_freed_memory: freed activation memory stays in the process for the next step instead of going back to the kernel."""
 
 from __future__ import annotations
 
@@ -10,27 +10,26 @@ import pytest
 
 from paperzoo.train.allocator import retain_freed_memory
 
-# Minor page faults of three ResNet-20 training steps, in a fresh process (the setting is process-wide).
+# Resident memory kept after a 16 MiB activation-sized tensor is freed, in a fresh process (the setting is
+# process-wide). Without the setting glibc mmaps the block (above its 128 KiB start threshold) and unmaps it on
+# free; with it the block comes from the heap and stays there for the next step to reuse without faulting in.
+# (The page-fault saving over whole training steps depends on the heap's history and is measured in
+# BENCHMARKS.md, not asserted here.)
 SCRIPT = """
-import resource, sys, torch, torch.nn.functional as F
-from paperzoo.registry import create_model
+import os, sys, torch
 from paperzoo.train.allocator import retain_freed_memory
 if sys.argv[1] == "on":
     assert retain_freed_memory()
-torch.manual_seed(0); torch.set_num_threads(1)
-m = create_model("resnet20", num_classes=10, in_chans=1)
-x, y = torch.randn(64, 1, 28, 28), torch.randint(10, (64,))
-def step():
-    F.cross_entropy(m(x), y).backward()
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = resident()
+x = torch.ones(4 << 20)  # 16 MiB, every page touched
+del x
+print((resident() - before) >> 20)
 """
 
 
-def _faults(mode: str) -> int:
+def _kept_mib(mode: str) -> int:
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
@@ -39,9 +38,9 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
-def test_retained_memory_cuts_page_faults_of_training_steps_at_least_in_half():
-    off, on = _faults("off"), _faults("on")
-    assert on < off / 2, f"page faults per 3 steps: {off} without, {on} with retain_freed_memory"
+def test_a_freed_activation_block_stays_resident_for_reuse_only_with_retain_freed_memory():
+    off, on = _kept_mib("off"), _kept_mib("on")
+    assert on >= 15 and off <= 4, f"MiB kept resident after freeing 16 MiB: {off} without, {on} with the setting"
 
 
 def test_retain_freed_memory_is_idempotent_and_reports_whether_it_applied():
