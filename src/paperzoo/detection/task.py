@@ -319,7 +319,8 @@ class DetectionTask(Task):
         images, targets = batch
         proposals = [t.pop("proposals") for t in targets] if "proposals" in targets[0] else None
         losses = model(images, targets, proposals=proposals)
-        loss = sum(losses.values())
+        # entries named loss* are optimized; others (e.g. RetinaNet's loss on easy negatives) are only logged
+        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
         n = torch.tensor(len(images))
         # the logger divides every sum by count: weight each loss by the batch size so it logs the mean
         return loss, {"count": n, **{k: v.detach() * n for k, v in losses.items()}}
@@ -396,7 +397,8 @@ def evaluate_run(path: str | Path, which: str = "best", *, overrides: Sequence[s
 
     ck = load_detector(path, which, device=device)
     if score_thresh is not None:
-        ck.model.roi_heads.score_thresh = score_thresh
+        # two-stage detectors keep it in their box head, one-stage detectors on the model itself
+        getattr(ck.model, "roi_heads", ck.model).score_thresh = score_thresh
     data = apply_overrides({"data": dict(ck.meta["data"])}, list(overrides))["data"]
     d = build_config(DetectionDataConfig, data, "data.")
     val = build_dataset(d, "val")
