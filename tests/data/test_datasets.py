@@ -162,3 +162,18 @@ def test_debian_fashion_mnist(fmnist_dir):
     mean, std = train.compute_stats()
     # the constants shipped in datasets._STATS are the training split's statistics
     assert abs(mean[0] - train.mean[0]) < 1e-4 and abs(std[0] - train.std[0]) < 1e-4
+
+
+def test_data_image_size_resizes_a_tensor_dataset_once_with_antialiasing(tmp_path):
+    import torch.nn.functional as F
+
+    from paperzoo.train.classification import load_split
+
+    make_mnist_dir(tmp_path, n_train=6, n_test=4)
+    native = load_split("mnist", "train", root=str(tmp_path))
+    big = load_split("mnist", "train", root=str(tmp_path), image_size=32)
+    assert native.image_size == (28, 28) and big.image_size == (32, 32) and big.images.dtype == torch.uint8
+    want = F.interpolate(native.images.float(), size=(32, 32), mode="bilinear", antialias=True).round().clamp(0, 255)
+    assert torch.equal(big.images, want.to(torch.uint8))
+    assert torch.equal(big.labels, native.labels) and big.classes == native.classes and big.mean == native.mean
+    assert torch.equal(load_split("mnist", "train", root=str(tmp_path), image_size=28).images, native.images)

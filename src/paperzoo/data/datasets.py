@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import cifar, idx
@@ -102,6 +103,14 @@ class ImageDataset:
         """A new dataset of the given rows (same classes and statistics)."""
         index = torch.as_tensor(indices, dtype=torch.long)
         return ImageDataset(self.images[index], self.labels[index], list(self.classes), self.name,
+                            self.mean, self.std)
+
+    def resized(self, size: int) -> ImageDataset:
+        """Every image resized to ``size`` x ``size`` (bilinear with antialiasing, as the detection scenes scale
+        their items), still uint8; the normalisation statistics are kept (resizing barely moves them)."""
+        out = F.interpolate(self.images.float(), size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False)  # (N, C, size, size)
+        return ImageDataset(out.round_().clamp_(0, 255).to(torch.uint8), self.labels, list(self.classes), self.name,
                             self.mean, self.std)
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:

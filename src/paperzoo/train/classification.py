@@ -61,10 +61,13 @@ def make_synthetic(split: str, size: int, image_size: int = 16, num_classes: int
 
 def load_split(dataset: str, split: str, *, root: str | None = None, synthetic_size: int = 512,
                image_size: int | None = None) -> ImageDataset:
-    """One in-memory split ("train" / "test") of a named dataset, including the generated one."""
+    """One in-memory split ("train" / "test") of a named dataset, including the generated one; ``image_size``
+    resizes every image once to that square (e.g. 28-pixel items to 48 pixels, to pretrain a detector's backbone
+    at the scale of its objects)."""
     if dataset == "synthetic":
         return make_synthetic(split, synthetic_size, image_size or 16)
-    return load_image_dataset(dataset, split, root)
+    ds = load_image_dataset(dataset, split, root)
+    return ds if image_size is None or (image_size,) * 2 == ds.image_size else ds.resized(image_size)
 
 
 def _take(ds: ImageDataset, n: int | None, seed: int) -> ImageDataset:

@@ -96,7 +96,7 @@ class DataConfig:
     #: use only the first N (shuffled with the seed) training / test images: quick experiments and tests.
     train_subset: int | None = None
     test_subset: int | None = None
-    image_size: int | None = None  # ImageFolder resize target (tensor datasets keep their native size)
+    image_size: int | None = None  # resize target: ImageFolder images; tensor datasets resized once at load
     in_chans: Literal[1, 3] = 3  # ImageFolder: decode as RGB (3) or grayscale (1)
     train_crop: Literal["center", "random_resized"] = "center"  # ImageFolder training crop
     num_workers: int = 2  # ImageFolder DataLoader workers
