@@ -19,7 +19,7 @@ __all__ = ["register_detector", "create_detector", "detector_doc", "detector_nam
 
 _DETECTORS: dict[str, Callable[..., nn.Module]] = {}
 # The modules whose import registers their builders (those present: the package grows one file at a time).
-_MODULES = ("paperzoo.detection.faster_rcnn", "paperzoo.detection.rcnn")
+_MODULES = ("paperzoo.detection.faster_rcnn", "paperzoo.detection.rcnn", "paperzoo.detection.detr")
 
 
 class UnknownDetectorError(KeyError):
