@@ -100,6 +100,7 @@ def _import_builtin_tasks() -> None:
     # the built-in tasks register themselves when their modules are imported (on first use: the text tasks
     # pull in tokenizers and metrics)
     import paperzoo.detection.task  # noqa: F401
+    import paperzoo.segmentation.task  # noqa: F401
     import paperzoo.text.tasks  # noqa: F401
     import paperzoo.train.classification  # noqa: F401
 
