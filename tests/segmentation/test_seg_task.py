@@ -204,3 +204,17 @@ def test_two_ranks_sum_their_confusion_matrices_to_the_one_process_result(tmp_pa
     for rank in range(2):
         cm, loss = out[rank]
         assert torch.equal(cm, single[0]) and loss == pytest.approx(single[1], rel=1e-6)
+
+
+def test_the_scenes_recipe_is_valid_and_builds_its_fcn(tmp_path):
+    from paperzoo.segmentation.registry import segmenter_names
+
+    cfg = resolve_config("segment_scenes", [f"run.out_dir={tmp_path}"])
+    assert cfg.task == "segmentation" and cfg.model.name == "fcn" and cfg.data.canvas == 128
+    assert cfg.train.precision == "bf16" and cfg.train.channels_last and cfg.train.time_budget_s
+    if "fcn" not in segmenter_names():
+        pytest.skip("the FCN module is not there yet")
+    task = SegmentationTask(resolve_config("segment_scenes", [*TINY[2:], f"run.out_dir={tmp_path}"]))
+    model = task.build_model()
+    out = model(torch.zeros(1, 3, 64, 96))
+    assert out["out"].shape == (1, 11, 64, 96)
