@@ -126,7 +126,7 @@ def test_init_is_kaiming_uniform_a1_with_zero_bias():
             assert p.abs().max() <= bound and p.abs().max() > 0.9 * bound, name
 
 
-@pytest.mark.parametrize("bad", [dict(extra_block="p6p7"), dict(in_channels_list=[0, 4])])
+@pytest.mark.parametrize("bad", [dict(extra_block="p6"), dict(in_channels_list=[0, 4])])
 def test_bad_arguments_raise(bad):
     kwargs = dict(in_channels_list=[2, 4], out_channels=4) | bad
     with pytest.raises(ValueError):

@@ -75,7 +75,7 @@ def freeze_levels(body: nn.Module, trainable_layers: int) -> None:
 
 def fpn_backbone(name: str, *, frozen_bn: bool = True, trainable_layers: int = 3,
                  out_indices: Sequence[int] | None = None, out_channels: int = 256,
-                 **model_args: Any) -> BackboneWithFPN:
+                 extra_block: str | None = "maxpool", **model_args: Any) -> BackboneWithFPN:
     """A registered CNN with an FPN on its last four feature levels (C2..C5 of a ResNet: strides 4..32).
 
     Args:
@@ -85,6 +85,7 @@ def fpn_backbone(name: str, *, frozen_bn: bool = True, trainable_layers: int = 3
         trainable_layers: how many of the deepest feature levels train (:func:`freeze_levels`).
         out_indices: the levels the FPN takes (default: the last four).
         out_channels: d of the FPN.
+        extra_block: the FPN's extra levels (``"maxpool"``: P6 for the RPN; RetinaNet: ``"p6p7"``).
         **model_args: overrides for ``create_model`` (e.g. ``small_input=True``).
     """
     body = create_model(name, features_only=True, out_indices=out_indices or (-4, -3, -2, -1), **model_args)
@@ -95,7 +96,7 @@ def fpn_backbone(name: str, *, frozen_bn: bool = True, trainable_layers: int = 3
     if frozen_bn:
         freeze_batch_norm(body)
     freeze_levels(body, trainable_layers)
-    return BackboneWithFPN(body, out_channels)
+    return BackboneWithFPN(body, out_channels, extra_block)
 
 
 # ----------------------------------------------------------------------------------------------- the model

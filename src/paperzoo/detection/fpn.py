@@ -9,7 +9,9 @@ Lin et al. 2017, "Feature Pyramid Networks for Object Detection", arXiv:1612.031
 * each merged map goes through a 3x3 convolution "to reduce the aliasing effect of upsampling", giving P2 ... P5.
 
 Faster R-CNN with FPN (Sec. 4.1) adds P6, "a stride two subsampling of P5", used only by the RPN for the largest
-anchors (512^2): as in Detectron and torchvision, a max pooling with kernel 1 and stride 2.
+anchors (512^2): as in Detectron and torchvision, a max pooling with kernel 1 and stride 2. RetinaNet (Lin et al.
+2017, arXiv:1708.02002, Sec. 4) adds P6 = conv3x3/2(C5) and P7 = conv3x3/2(ReLU(P6)) instead (``"p6p7_c5"``);
+torchvision's ``retinanet_resnet50_fpn`` (v1) takes P6 from P5 (``"p6p7"``), its v2 from C5.
 
 Layout and details follow torchvision's ``ops/feature_pyramid_network.py`` so that the ``backbone.fpn.*`` tensors
 of its Faster R-CNN checkpoints load one to one:
@@ -34,14 +36,27 @@ from collections.abc import Callable, Mapping, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeaturePyramidNetwork", "BackboneWithFPN", "last_level_max_pool"]
+__all__ = ["FeaturePyramidNetwork", "BackboneWithFPN", "LastLevelP6P7", "last_level_max_pool"]
 
-EXTRA_BLOCKS = ("maxpool", None)
+EXTRA_BLOCKS = ("maxpool", "p6p7", "p6p7_c5", None)
 
 
 def last_level_max_pool(p5: Tensor) -> Tensor:
     """P6 of Faster R-CNN-FPN (Sec. 4.1): P5 subsampled with stride 2 (max pooling, kernel 1, no padding)."""
     return F.max_pool2d(p5, kernel_size=1, stride=2, padding=0)  # (B, d, ceil(H/2), ceil(W/2))
+
+
+class LastLevelP6P7(nn.Module):
+    """RetinaNet's P6 = conv3x3/2(x), P7 = conv3x3/2(ReLU(P6)), x being P5 or C5 (keys ``p6.*``, ``p7.*``)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.p6 = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        p6 = self.p6(x)  # (B, d, ceil(H/2), ceil(W/2))
+        return [p6, self.p7(F.relu(p6))]
 
 
 def _conv_block(in_chs: int, out_chs: int, kernel_size: int, norm_layer: Callable[..., nn.Module] | None
@@ -57,7 +72,9 @@ class FeaturePyramidNetwork(nn.Module):
     Args:
         in_channels_list: channels of the input maps, finest first (ResNet-50: ``[256, 512, 1024, 2048]``).
         out_channels: ``d``, the channels of every output map (256 in the paper).
-        extra_block: ``"maxpool"`` adds the ``"pool"`` level P6 = max_pool(P5, 1, stride 2); ``None`` adds none.
+        extra_block: ``"maxpool"`` adds the ``"pool"`` level P6 = max_pool(P5, 1, stride 2); ``"p6p7"`` /
+            ``"p6p7_c5"`` add RetinaNet's ``"p6"``, ``"p7"`` from P5 / from C5 (:class:`LastLevelP6P7`, module
+            ``extra_blocks``); ``None`` adds none.
         norm_layer: a norm after each convolution (e.g. ``nn.BatchNorm2d``); ``None`` in the paper.
 
     Forward takes a mapping ``name -> (B, C_i, H_i, W_i)`` in that order and returns an ``OrderedDict`` with the
@@ -77,6 +94,9 @@ class FeaturePyramidNetwork(nn.Module):
         self.inner_blocks = nn.ModuleList(_conv_block(c, out_channels, 1, norm_layer) for c in self.in_channels_list)
         self.layer_blocks = nn.ModuleList(
             _conv_block(out_channels, out_channels, 3, norm_layer) for _ in self.in_channels_list)
+        if extra_block in ("p6p7", "p6p7_c5"):
+            source = out_channels if extra_block == "p6p7" else self.in_channels_list[-1]
+            self.extra_blocks = LastLevelP6P7(source, out_channels)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_uniform_(m.weight, a=1)
@@ -95,6 +115,9 @@ class FeaturePyramidNetwork(nn.Module):
             outputs.insert(0, self.layer_blocks[i](top_down))  # 3x3 conv against upsampling's aliasing
         if self.extra_block == "maxpool":
             names, outputs = names + ["pool"], outputs + [last_level_max_pool(outputs[-1])]
+        elif self.extra_block in ("p6p7", "p6p7_c5"):
+            names = names + ["p6", "p7"]
+            outputs = outputs + self.extra_blocks(outputs[-1] if self.extra_block == "p6p7" else maps[-1])
         return OrderedDict(zip(names, outputs))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
