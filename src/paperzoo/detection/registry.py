@@ -19,7 +19,8 @@ __all__ = ["register_detector", "create_detector", "detector_doc", "detector_nam
 
 _DETECTORS: dict[str, Callable[..., nn.Module]] = {}
 # The modules whose import registers their builders (those present: the package grows one file at a time).
-_MODULES = ("paperzoo.detection.faster_rcnn", "paperzoo.detection.rcnn", "paperzoo.detection.detr")
+_MODULES = ("paperzoo.detection.faster_rcnn", "paperzoo.detection.rcnn", "paperzoo.detection.retinanet",
+           "paperzoo.detection.detr", "paperzoo.detection.yolo")
 
 
 class UnknownDetectorError(KeyError):
