@@ -52,7 +52,8 @@ def test_hungarian_matching_finds_the_least_cost_assignment_of_brute_force(n, ms
         m = len(target["labels"])
         # the cost of each pair by Sec. 3.1's formula, one pair at a time
         prob = logits[b].softmax(-1)
-        px, tx = box_convert(boxes[b], "cxcywh", "xyxy").tolist(), box_convert(target["boxes"], "cxcywh", "xyxy").tolist()
+        px = box_convert(boxes[b], "cxcywh", "xyxy").tolist()
+        tx = box_convert(target["boxes"], "cxcywh", "xyxy").tolist()
         direct = torch.tensor([[-float(prob[i, target["labels"][j]])
                                 + 5 * float((boxes[b, i] - target["boxes"][j]).abs().sum())
                                 - 2 * _giou(px[i], tx[j]) for j in range(m)] for i in range(n)]).reshape(n, m)
@@ -139,7 +140,8 @@ def test_encoder_and_decoder_layers_compute_the_official_layers_from_pytorch_wei
         ref_dec = nn.TransformerDecoderLayer(d, heads, ff, dropout=0.0, batch_first=True).eval()
         dec = DETRDecoderLayer(d, heads, ff, 0.0, False).eval()
         dec.load_state_dict(convert_torch_transformer_state_dict(ref_dec.state_dict()))
-        torch.testing.assert_close(dec(tgt, src, pos, qpos, None), _official_decoder_layer(ref_dec, tgt, src, pos, qpos))
+        expected = _official_decoder_layer(ref_dec, tgt, src, pos, qpos)
+        torch.testing.assert_close(dec(tgt, src, pos, qpos, None), expected)
 
 
 def test_detr_resnet50_has_the_official_parameter_count_and_key_layout():
@@ -243,6 +245,21 @@ def test_a_small_detr_overfits_two_scenes():
         iou = box_iou(t["boxes"], top["boxes"])  # (M, M)
         same = t["labels"][:, None] == top["labels"][None, :]
         assert ((iou > 0.5) & same).any(1).all(), f"targets {t['labels'].tolist()}, found {top['labels'].tolist()}"
+
+
+def test_backbone_starts_from_a_gray_classifiers_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    import paperzoo
+    from paperzoo.detection.task import load_backbone
+
+    classifier = paperzoo.create_model("resnet18", num_classes=10, in_chans=1)  # e.g. a Fashion-MNIST run
+    save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    model = _tiny(feature_level=-2)
+    changes = load_backbone(model, tmp_path / "w.safetensors")
+    assert any(c.startswith("conv1.weight: adapted") for c in changes)  # gray conv1 -> RGB
+    assert any(c.startswith("layer4.") for c in changes)  # beyond the level DETR reads: not used
+    torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, classifier.layer3[0].conv1.weight)
 
 
 def test_cli_trains_and_evaluates_the_detr_recipe(tmp_path):
