@@ -17,6 +17,11 @@ Deviations from the paper (all as in torchvision / timm, whose weights load here
 * Optional stochastic depth (``drop_path_rate``) and zero-initialised last BN of each block
   (``zero_init_residual``, Goyal et al. arXiv:1706.02677) for training from scratch.
 * SE reduction ratio r = 16 (SENet Sec. 6.1), FC layers as 1x1 convs with bias.
+* ``replace_stride_with_dilation`` (torchvision's option, for dense prediction: one flag per stage after the
+  first): a flagged stage keeps its input's resolution and dilates its 3x3 convolutions by the stride it dropped
+  (Chen et al., DeepLab, arXiv:1606.00915, Sec. 3.1), so later layers see the same context at a finer grid.
+  ``(False, True, True)`` gives output stride 8, as torchvision's FCN and DeepLabV3 backbones. The weights and
+  their shapes do not change; off (the default) the network is exactly the one above.
 
 The CIFAR-10 networks of Sec. 4.2 (ResNet-20/32/44/56/110: 6n+2 layers, three stages of n basic blocks with
 16, 32, 64 filters on 32x32 maps, global pool, FC) are registered too, with the paper's parameter-free
@@ -48,12 +53,14 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, se_ratio: float | None = None,
-                 drop_path: float = 0.0, zero_pad_shortcut: bool = False) -> None:
+                 drop_path: float = 0.0, zero_pad_shortcut: bool = False, dilation: int = 1,
+                 first_dilation: int | None = None) -> None:
         super().__init__()
         out_chs = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_chs, planes, 3, stride, 1, bias=False)
+        d1 = first_dilation or dilation  # a stage's first block keeps the previous stage's dilation (as timm)
+        self.conv1 = nn.Conv2d(in_chs, planes, 3, stride, d1, dilation=d1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.se = SqueezeExcite(out_chs, rd_ratio=se_ratio) if se_ratio else None
@@ -78,12 +85,14 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, se_ratio: float | None = None,
-                 drop_path: float = 0.0, zero_pad_shortcut: bool = False) -> None:
+                 drop_path: float = 0.0, zero_pad_shortcut: bool = False, dilation: int = 1,
+                 first_dilation: int | None = None) -> None:
         super().__init__()
         out_chs = planes * self.expansion
+        d = first_dilation or dilation  # a stage's first block keeps the previous stage's (as torchvision)
         self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)  # stride here: "v1.5"
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, d, dilation=d, bias=False)  # stride here: "v1.5"
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
@@ -142,6 +151,8 @@ class ResNetConfig:
     drop_path_rate: float = 0.0
     zero_init_residual: bool = False
     zero_pad_shortcut: bool = False  # option A shortcuts (Sec. 3.3), as the paper's CIFAR networks
+    # one flag per stage after the first: dilate instead of striding (dense prediction; None = all False)
+    replace_stride_with_dilation: tuple[bool, ...] | None = None
 
 
 class ResNet(ImageClassifier):
@@ -168,15 +179,19 @@ class ResNet(ImageClassifier):
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)
 
+        dilate = (False, *_dilation_flags(cfg.replace_stride_with_dilation, len(cfg.layers)))
         dpr = iter(drop_path_rates(cfg.drop_path_rate, sum(cfg.layers)))
-        in_chs = w
+        in_chs, dilation = w, 1
         stages = []
         for i, n in enumerate(cfg.layers):  # conv2_x .. conv5_x (Table 1), or the 3 CIFAR stages (Sec. 4.2)
             planes, stride = w * 2**i, 1 if i == 0 else 2
+            first_dilation = dilation
+            if dilate[i]:  # keep the resolution; the 3x3s look as far as they would have on the strided grid
+                dilation, stride = dilation * stride, 1
             blocks = []
             for j in range(n):
                 blocks.append(cfg.block(in_chs, planes, stride if j == 0 else 1, cfg.se_ratio, next(dpr),
-                                        cfg.zero_pad_shortcut))
+                                        cfg.zero_pad_shortcut, dilation, first_dilation if j == 0 else dilation))
                 in_chs = planes * cfg.block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             stages.append(f"layer{i + 1}")
@@ -204,7 +219,7 @@ class ResNet(ImageClassifier):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for name in self.stage_names:
             x = getattr(self, name)(x)
-        return x  # (B, C, H/32, W/32) on ImageNet ResNets, (B, 64, H/4, W/4) on CIFAR ones
+        return x  # (B, C, H/32, W/32) on ImageNet ResNets (H/8 with layer3-4 dilated), (B, 64, H/4, W/4) on CIFAR
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.global_pool(x).flatten(1)  # (B, C)
@@ -216,6 +231,17 @@ class ResNet(ImageClassifier):
         chain = [("conv1", 2, w), ("bn1", 1, w), ("relu", 1, w), ("maxpool", 2, w)]
         chain += [(name, 1 if i == 0 else 2, w * 2**i * e) for i, name in enumerate(self.stage_names)]
         return chain_levels(self, chain)
+
+
+def _dilation_flags(flags: tuple[bool, ...] | None, n_stages: int) -> tuple[bool, ...]:
+    """Check ``replace_stride_with_dilation``: one bool per stage after the first (layer2..4 of Table 1)."""
+    if flags is None:
+        return (False,) * (n_stages - 1)
+    flags = tuple(flags)
+    if len(flags) != n_stages - 1 or not all(isinstance(f, bool) for f in flags):
+        raise ValueError(f"replace_stride_with_dilation needs {n_stages - 1} bools (one per stage after the "
+                         f"first), got {flags!r}")
+    return flags
 
 
 def _resnet(block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], **kw) -> ResNet:
