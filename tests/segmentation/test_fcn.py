@@ -242,3 +242,23 @@ def test_a_backbone_without_resnets_options_is_refused_in_one_line_and_fcn_wraps
         create_segmenter("fcn", backbone="mobilenetv2_100", num_classes=3)
     model = FCN(create_model("resnet18", features_only=True, out_indices=(-1,)), FCNHead(512, 3))
     assert model(torch.randn(1, 3, 64, 64))["out"].shape == (1, 3, 64, 64)
+
+
+def test_q3_picture_shows_one_fcn_on_three_sizes_and_what_the_fc_head_does(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from paperzoo.viz.segmentation import _fc_verdict, plot_any_input_size
+
+    model = create_segmenter("fcn", num_classes=11, width=8)
+    fc = FullyConnectedSegmenter(fcn_backbone("resnet18", aux_loss=False, small_input=True, stem_stride=2, width=8),
+                                 num_classes=11, input_size=(64, 64))
+    images = [torch.rand(3, h, w) for h, w in SIZES]
+    path = plot_any_input_size(model, images, tmp_path / "q3.png", mean=(0.5,) * 3, std=(0.25,) * 3, fc_model=fc)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+        assert np.asarray(im.convert("RGB")).std() > 5
+    assert model.training and fc.training  # modes restored
+    assert [_fc_verdict(fc, im[None]) for im in images] == [
+        "fully connected head: runs", "fully connected head: refused (built for 64x64)",
+        "fully connected head: refused (built for 64x64)"]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .common import new_figure, save_figure
 
-__all__ = ["voc_palette", "colorize", "overlay_mask", "save_mask_png", "plot_segmentation"]
+__all__ = ["voc_palette", "colorize", "overlay_mask", "save_mask_png", "plot_segmentation", "plot_any_input_size"]
 
 _IGNORE = 255
 
@@ -85,3 +85,59 @@ def plot_segmentation(image: Tensor, mask: Tensor, categories: Sequence[str], ou
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
     return save_figure(fig, out)
+
+
+def plot_any_input_size(model: torch.nn.Module, images: Sequence[Tensor], out: str | os.PathLike, *,
+                        mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                        fc_model: torch.nn.Module | None = None, title: str | None = None) -> Path:
+    """The notes' Q3 in one figure: one fully convolutional ``model`` run on ``images`` of different sizes.
+
+    Each column is one image ((3, H, W) in [0, 1]; normalised by ``mean``/``std`` for the model) above its
+    predicted class map, both drawn at one pixel scale and captioned with the sizes in and out. With ``fc_model``
+    (a network with a fully connected head, e.g. :class:`~paperzoo.segmentation.fcn.FullyConnectedSegmenter`)
+    each column also says whether that network ran on the size or what it raised.
+    """
+    widths, tallest = [int(im.shape[-1]) for im in images], max(int(im.shape[-2]) for im in images)
+    fig, axes = new_figure(ncols=len(images), nrows=2, size=(0.028 * sum(widths) + 0.6, 0.056 * tallest + 1.4),
+                           gridspec_kw={"width_ratios": widths})
+    was_training = model.training
+    model.eval()
+    for col, image in enumerate(images):
+        x = image[None].float()
+        if mean is not None and std is not None:
+            x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        with torch.no_grad():
+            scores = model(x)["out"]  # (1, K, H, W): the same H x W as the input, whatever it is
+        h, w = image.shape[-2:]
+        k = scores.shape[1]
+        panels = [(image.permute(1, 2, 0).clamp(0, 1), f"input {h}x{w}"),
+                  (colorize(scores[0].argmax(0)), f"class map of {k} x {scores.shape[2]}x{scores.shape[3]} scores")]
+        for row, (picture, caption) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(picture.cpu().numpy(), extent=(0, w, h, 0))
+            ax.set_xlim(0, w)
+            ax.set_ylim(tallest, 0)  # every panel spans the tallest image: one pixel scale across the figure
+            ax.set_title(caption, fontsize=8)
+            ax.set_axis_off()
+        if fc_model is not None:
+            ax.text(0.5, -0.04, _fc_verdict(fc_model, x), transform=axes[1, col].transAxes, ha="center", va="top",
+                    fontsize=7, wrap=True)
+    model.train(was_training)
+    fig.suptitle(title or "one fully convolutional network, three input sizes", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, out)
+
+
+def _fc_verdict(fc_model: torch.nn.Module, x: Tensor) -> str:
+    """What a network with a fully connected head does with input ``x``: a one-line verdict for a caption."""
+    was_training = fc_model.training
+    try:
+        with torch.no_grad():
+            fc_model.eval()(x)
+        return "fully connected head: runs"
+    except (ValueError, RuntimeError) as e:
+        built = getattr(fc_model, "input_size", None)
+        return "fully connected head: " + (f"refused (built for {built[0]}x{built[1]})" if built else
+                                           f"{type(e).__name__}")
+    finally:
+        fc_model.train(was_training)
