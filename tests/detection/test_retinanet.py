@@ -272,8 +272,8 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
-                var = "running_var" in name
-                t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.5 if var else torch.randn(t.shape, generator=g) * 0.05)
+                r = torch.rand(t.shape, generator=g) if "running_var" in name else torch.randn(t.shape, generator=g)
+                t.copy_(r * 0.5 + 0.5 if "running_var" in name else r * 0.05)
     return model
 
 

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from ..layers.frozen_bn import set_frozen_bn_eps
 from ..weights import register_converter
+from .anchors import AnchorGenerator
 from .boxes import BoxCoder, box_iou, clip_boxes_to_image
 from .faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, _match_bn_counters, check_targets, fpn_backbone
 from .matcher import Matcher
@@ -93,12 +94,12 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float | None = 0.
 
 def focal_loss_split(loss: Tensor, logits: Tensor, targets: Tensor, valid: Tensor, num_pos: Tensor
                      ) -> dict[str, Tensor]:
-    """Each image's summed element loss over its positive anchors (at least 1), averaged over the batch, whole
-    and split three ways (the parts add up to the whole).
+    """The loss of each image (summed over its anchors and classes, divided by its number of positive anchors, at
+    least 1; Sec. 4.1) averaged over the batch: whole, and split three ways that add up to it.
 
     Args:
         loss, logits, targets: ``(B, T, K)``: per (anchor, class) loss, logit, 0 / 1 target.
-        valid: ``(B, T)`` anchors that are not ignored (IoU in [0.4, 0.5)).
+        valid: ``(B, T)`` the anchors that count (the matcher ignores those of best IoU in [0.4, 0.5)).
         num_pos: ``(B,)`` foreground anchors per image.
 
     Returns ``{"all", "pos", "hard_neg", "easy_neg"}``: ``pos`` sums the elements of target 1 (an object's class on
@@ -150,7 +151,7 @@ class _Subnet(nn.Module):
         return torch.cat([_per_anchor(out(self.conv(f)), self.per_anchor) for f in features], dim=1)  # (B, T, n)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        """Accept torchvision < 0.13's keys, ``conv.{2i}.*`` (convs and ReLUs in one Sequential), as ``conv.{i}.0.*``."""
+        """Accept torchvision < 0.13's keys ``conv.{2i}.*`` (convs and ReLUs in one Sequential) as ``conv.{i}.0.*``."""
         _rename_old_trunk_keys(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -175,7 +176,7 @@ class RetinaNetHead(nn.Module):
         self.regression_head = _Subnet(in_channels, num_anchors, 4, "bbox_reg", 0.0)
 
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """Maps ``[(B, d, H_l, W_l)]`` -> class logits ``(B, T, K)`` and box deltas ``(B, T, 4)``, T = sum H_l W_l A."""
+        """Maps ``[(B, d, H_l, W_l)]`` -> class logits ``(B, T, K)``, box deltas ``(B, T, 4)``; T = sum H_l W_l A."""
         return self.classification_head(features), self.regression_head(features)
 
 
@@ -208,8 +209,6 @@ class RetinaNet(nn.Module):
                  prior: float = 0.01, score_thresh: float = 0.05, topk_candidates: int = 1000,
                  nms_thresh: float = 0.5, detections_per_img: int = 300) -> None:
         super().__init__()
-        from .anchors import AnchorGenerator
-
         if not hasattr(backbone, "out_channels"):
             raise ValueError("the backbone must say its maps' channels in .out_channels (e.g. a BackboneWithFPN)")
         if num_classes < 2:
@@ -353,7 +352,7 @@ def _build(backbone_name: str, num_classes: int, frozen_bn: bool, trainable_laye
 def retinanet_fpn(*, backbone: str = "resnet18", num_classes: int = 91, frozen_bn: bool = False,
                   trainable_layers: int = 5, extra_block: str = "p6p7", frozen_bn_eps: float | None = None,
                   backbone_args: dict[str, Any] | None = None, **kw: Any) -> RetinaNet:
-    """RetinaNet (focal loss) on any registered CNN ``backbone`` with an FPN on P3-P7; ``**kw`` go to :class:`RetinaNet`.
+    """RetinaNet (focal loss) on any registered CNN with an FPN on P3-P7; ``**kw`` go to :class:`RetinaNet`.
 
     Defaults suit training from scratch (BatchNorm, every level trains); for a pretrained backbone take
     ``frozen_bn=True, trainable_layers=3``. ``extra_block="p6p7_c5"`` takes P6 from C5 as the paper does.
