@@ -262,6 +262,18 @@ def test_backbone_starts_from_a_gray_classifiers_weights(tmp_path):
     torch.testing.assert_close(model.backbone.layer3[0].conv1.weight, classifier.layer3[0].conv1.weight)
 
 
+def test_backbone_lr_mult_gives_the_cnn_its_own_rate_as_detrs_lr_backbone():
+    from paperzoo.train.optim import build_optimizer
+
+    model = _tiny()
+    opt = build_optimizer(model, "adamw", lr=1e-4, weight_decay=1e-4, backbone_lr_mult=0.1)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    for group in opt.param_groups:
+        in_backbone = {id(p) in backbone for p in group["params"]}
+        assert len(in_backbone) == 1  # a group is all CNN or all the rest
+        assert group["lr"] == pytest.approx(1e-5 if in_backbone.pop() else 1e-4)
+
+
 def test_cli_trains_and_evaluates_the_detr_recipe(tmp_path):
     pytest.importorskip("pycocotools")
     from paperzoo.cli import main

@@ -355,7 +355,7 @@ def detr_resnet50(*, num_classes: int = 91, frozen_bn: bool = True, trainable_la
     :func:`convert_official_state_dict`.
     """
     model = DETR(_backbone("resnet50", -1, frozen_bn, trainable_layers, None), num_classes, **kw)
-    model.backbone_name = "resnet50"
+    model.model_family, model.backbone_name = "detr", "resnet50"
     return model
 
 
@@ -372,5 +372,5 @@ def detr(*, backbone: str = "resnet18", num_classes: int = 91, feature_level: in
              "dim_feedforward": 512, "min_size": 128, "max_size": 128}
     model = DETR(_backbone(backbone, feature_level, frozen_bn, trainable_layers, backbone_args), num_classes,
                  **{**small, **kw})
-    model.backbone_name = backbone
+    model.model_family, model.backbone_name = "detr", backbone
     return model
