@@ -30,6 +30,7 @@ __all__ = [
     "ensemble",
     "average_checkpoints",
     "predict",
+    "fuse",
 ]
 
 # The training API is imported on first use, so ``import paperzoo`` stays fast. ``paperzoo.train`` is the
@@ -43,6 +44,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(".train", __name__)
+    if name == "fuse":
+        from .deploy import fuse
+
+        return fuse
     if name in _LAZY:
         from .train import evaluate as _evaluate
 

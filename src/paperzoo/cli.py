@@ -52,10 +52,13 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
     import yaml
 
+    from paperzoo.detection.registry import UnknownDetectorError
     from paperzoo.registry import UnknownModelError
+    from paperzoo.segmentation.registry import UnknownSegmenterError
     from paperzoo.weights import WeightLoadError
 
-    return ValueError, OSError, UnknownModelError, pickle.UnpicklingError, yaml.YAMLError, WeightLoadError
+    return (ValueError, OSError, UnknownModelError, UnknownDetectorError, UnknownSegmenterError,
+            pickle.UnpicklingError, yaml.YAMLError, WeightLoadError)
 
 
 def describe(e: BaseException) -> str:

@@ -130,6 +130,13 @@ def test_cli_rejects_a_classification_run_and_a_missing_image(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
+def test_an_unknown_detector_name_is_one_line_with_exit_status_2(tmp_path, capsys):
+    code = main(["detect", "train", "detect_scenes", "--model", "fasterrcnn_resnet81_fpn", "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown detector 'fasterrcnn_resnet81_fpn'" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_fast_rcnn_trains_on_cached_selective_search_proposals_that_flip_with_the_image(tmp_path):
     extra = ["data.proposals=selective_search", f"data.proposal_cache={tmp_path / 'cache'}", "data.hflip=1.0",
              "train.max_steps=1", "train.epochs=1"]

@@ -2,8 +2,7 @@
 
 import pytest
 
-from paperzoo.segmentation.registry import (UnknownSegmenterError, create_segmenter, register_segmenter,
-                                            segmenter_names)
+from paperzoo.segmentation.registry import UnknownSegmenterError, create_segmenter, register_segmenter, segmenter_names
 
 
 def test_unknown_segmenter_is_a_key_error_that_lists_the_known_names():

@@ -1,4 +1,4 @@
-"""retain_freed_memory: freed activation memory stays in the process for the next step instead of going back to the kernel."""
+"""retain_freed_memory: freed activation memory stays in the process for the next step, not returned to the kernel."""
 
 from __future__ import annotations
 
