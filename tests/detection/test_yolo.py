@@ -28,10 +28,11 @@ def _tiny(**kw):
 
 
 # ------------------------------------------------------------------------------------------------ the tensor
-@pytest.mark.parametrize("grid, boxes, classes", [(8, 2, 10), (7, 3, 20), (2, 2, 3)])
-def test_the_network_outputs_an_s_by_s_by_b5_plus_c_tensor(grid, boxes, classes):
+@pytest.mark.parametrize("grid, boxes, classes, head", [(8, 2, 10, "conv"), (7, 3, 20, "conv"), (2, 2, 3, "conv"),
+                                                     (7, 2, 20, "fc")])
+def test_the_network_outputs_an_s_by_s_by_b5_plus_c_tensor(grid, boxes, classes, head):
     model = create_detector("yolo_v1", num_classes=classes + 1, grid=grid, boxes_per_cell=boxes, out_index=-2,
-                            image_size=128, head_channels=16).eval()
+                            image_size=128, head_channels=16, head=head, fc_hidden=32).eval()
     out = model.head(model.backbone(torch.randn(2, 3, 128, 128)))
     assert out.shape == (2, grid, grid, boxes * 5 + classes)
 
@@ -230,3 +231,18 @@ def test_cli_trains_and_evaluates_the_scenes_recipe(tmp_path, capsys):
     assert main(["detect", "eval", str(tmp_path / "run"), "--json", str(tmp_path / "m.json"),
                  "--score-thresh", "0.0"]) == 0
     assert "AP50" in capsys.readouterr().out and "AP50" in json.loads((tmp_path / "m.json").read_text())
+
+
+def test_the_backbone_starts_from_a_classifiers_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from paperzoo import create_model
+    from paperzoo.detection.task import load_backbone
+
+    clf = create_model("resnet18", num_classes=10)
+    save_file(clf.state_dict(), tmp_path / "clf.safetensors")
+    model = _tiny()
+    changes = load_backbone(model, tmp_path / "clf.safetensors")
+    body = model.backbone.body.state_dict()
+    assert all(torch.equal(v, clf.state_dict()[k]) for k, v in body.items())
+    assert any(c.startswith("layer4.") for c in changes) and not any(k.startswith("layer4.") for k in body)

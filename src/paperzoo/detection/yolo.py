@@ -6,7 +6,7 @@ responsible for it. Each cell predicts B boxes ``(x, y, w, h, confidence)`` — 
 the cell's bounds, ``w, h`` relative to the whole image, confidence = Pr(Object) * IoU(pred, truth) — and C
 conditional class probabilities Pr(Class_i | Object), one set per cell: an S x S x (B * 5 + C) tensor. Training
 minimises the sum-squared error of Eq. 3 (:func:`yolo_loss`); testing multiplies class probabilities and box
-confidences into class-specific scores (Sec. 2, Eq. 1 of the test-time paragraph) and runs NMS.
+confidences into class-specific scores (Sec. 2, Eq. 1) and runs NMS.
 
 Notable features:
 
@@ -217,7 +217,8 @@ class ConvHead(nn.Module):
 
 class FCHead(nn.Module):
     """The paper's head (Fig. 3, Sec. 2.2): flatten the S x S map, FC 4096 + leaky ReLU, dropout 0.5, FC to the
-    S x S x (B * 5 + C) tensor. Only for inputs whose map pools to S x S without changing what a weight means."""
+    S x S x (B * 5 + C) tensor. Each weight belongs to one map position: train and test at one input size (the
+    adaptive pool only makes a map of another size S x S, e.g. 14 x 14 -> 7 x 7)."""
 
     def __init__(self, in_channels: int, grid: int, outputs_per_cell: int, hidden: int = 4096,
                  dropout: float = 0.5) -> None:
