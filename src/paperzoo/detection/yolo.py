@@ -61,7 +61,7 @@ class GridTargets:
 
     Attributes:
         obj: bool ``(N, S, S)``: an object's centre falls in the cell (the paper's 1^obj_i).
-        xy: ``(N, S, S, 2)`` that centre relative to the cell's bounds, in [0, 1).
+        xy: ``(N, S, S, 2)`` that centre relative to the cell's bounds, in [0, 1].
         sqrt_wh: ``(N, S, S, 2)`` square roots of the box's width and height relative to the image.
         classes: ``(N, S, S, C)`` one-hot Pr(Class | Object).
         boxes: ``(N, S, S, 4)`` the box, xyxy pixels of the resized image (for the IoU of Eq. 3's confidence).
