@@ -81,3 +81,20 @@ def test_bench_warns_when_the_spread_of_its_repeats_is_too_wide_to_trust():
     assert trust_notes([calm], BenchConfig(repeats=5)) == []
     (line,) = trust_notes([noisy], BenchConfig(repeats=5))
     assert line.startswith("warning: m: the training times spread 60 %") and "--repeats" in line
+
+
+def test_bench_fused_times_the_folded_model_for_inference_only_and_names_the_bf16_features(capsys):
+    rc = main(["bench", "resnet18", "--small-input", "--size", "16", "--batch", "2", "--warmup", "0",
+               "--repeats", "1", "--fused", "--format", "csv"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "inference only" in err and "native bf16:" in err
+    header, row = out.splitlines()[:2]
+    assert "train_img_s" not in header and dict(zip(header.split(","), row.split(",")))["fused"] == "True"
+    # the folded model has a bias per conv and no BatchNorm: fewer parameters than the 11.2M of the eager one
+    eager = bench_model("resnet18", BenchConfig(batch_size=2, input_size=16, small_input=True, num_classes=10,
+                                                warmup=0, repeats=1, modes=("infer",)))
+    fused = bench_model("resnet18", BenchConfig(batch_size=2, input_size=16, small_input=True, num_classes=10,
+                                                warmup=0, repeats=1, modes=("infer",), fused=True))
+    assert fused.params < eager.params and fused.fused and eager.fused is None
+    with pytest.raises(ValueError, match="inference only"):
+        bench_model("resnet18", BenchConfig(batch_size=2, input_size=16, small_input=True, fused=True))

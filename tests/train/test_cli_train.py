@@ -107,6 +107,23 @@ def test_eval_ensemble_average_predict(trained, tmp_path, capsys):
     assert "rank" in capsys.readouterr().out
 
 
+def test_eval_and_predict_fold_batchnorm_by_default_and_no_fuse_gives_the_same_answers(trained, tmp_path, capsys):
+    assert main(["eval", str(trained), "--format", "json", "-o", str(tmp_path / "a")]) == 0
+    fused = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(trained), "--format", "json", "--no-fuse", "-o", str(tmp_path / "b")]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert fused["fused"] and not plain["fused"]
+    assert fused["accuracy"] == plain["accuracy"] and fused["nll"] == pytest.approx(plain["nll"], rel=1e-4)
+    img = tmp_path / "a.png"
+    Image.fromarray(make_synthetic("test", 4, 8).images[0, 0].numpy(), mode="L").save(img)
+    tops = []
+    for flag in ([], ["--no-fuse"]):
+        assert main(["predict", str(trained), str(img), "--format", "json", *flag]) == 0
+        tops.append(json.loads(capsys.readouterr().out)[0]["top"])
+    assert [t["class"] for t in tops[0]] == [t["class"] for t in tops[1]]
+    assert tops[0][0]["prob"] == pytest.approx(tops[1][0]["prob"], abs=1e-4)
+
+
 def test_demo_in_one_process_prints_accuracy_and_run_dir(cfg_path, tmp_path, capsys):
     assert main(["demo", "--recipe", str(cfg_path), "--out-dir", str(tmp_path), "--procs", "1"]) == 0
     out = capsys.readouterr().out

@@ -12,13 +12,14 @@ from paperzoo.tools.bench import (
     BenchConfig,
     bench_model,
     matmul_gflops,
+    native_bf16,
     plot_results,
     resolve_models,
     trust_notes,
 )
 from paperzoo.tools.tables import FORMATS, render
 
-COLUMNS = ["name", "params", "input", "batch", "dtype", "gflops_per_img", "infer_img_s", "infer_gflop_s",
+COLUMNS = ["name", "params", "input", "batch", "dtype", "fused", "gflops_per_img", "infer_img_s", "infer_gflop_s",
            "util_infer_pct", "train_img_s", "train_gflop_s", "util_train_pct", "train_spread_pct", "train_mem_mb"]
 
 
@@ -38,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fp32, or bf16 / fp16 autocast (as train.precision)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for inputs and weights")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
+    p.add_argument("--fused", action="store_true",
+                   help="fold every BatchNorm into its convolution first (paperzoo.fuse; inference only)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
@@ -55,15 +58,21 @@ def run(args: argparse.Namespace) -> int:
     modes = tuple(m.strip() for m in args.mode.split(",") if m.strip())
     if not set(modes) <= {"infer", "train"}:
         raise ValueError(f"--mode takes infer and/or train, got {args.mode!r}")
+    if args.fused and "train" in modes:
+        modes = tuple(m for m in modes if m != "train")
+        if not modes:
+            raise ValueError("--fused models are for inference only: use --mode infer")
+        print("paperzoo bench: --fused times inference only (a fused model cannot train)", file=sys.stderr)
     cfg = BenchConfig(batch_size=args.batch, input_size=args.size, in_chans=args.in_chans,
                       num_classes=args.num_classes, small_input=args.small_input, dtype=args.precision,
-                      channels_last=args.channels_last, compile=args.compile, device=args.device,
+                      channels_last=args.channels_last, compile=args.compile, fused=args.fused, device=args.device,
                       threads=args.threads, warmup=args.warmup, repeats=args.repeats, modes=modes)
     names = resolve_models(args.models)
     machine = matmul_gflops(args.precision if args.precision != "fp16" or args.device != "cpu" else "fp32", args.device)
     header = (f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, device {args.device}; "
-              f"measured {args.precision} matmul: {machine:,.0f} GFLOP/s")
+              f"measured {args.precision} matmul: {machine:,.0f} GFLOP/s; "
+              f"native bf16: {', '.join(native_bf16()) or 'none'}")
     print(header, file=sys.stderr)
     results = []
     for name in names:

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "ensembles" / "-".join(Path(p).name for p in args.paths)[:120]
     result = ensemble(args.paths, weights=weights, which=args.which, ema=args.ema, split=args.split, tta=args.tta,
                       dataset=args.dataset, root=args.data_dir, batch_size=args.batch_size, device=args.device,
-                      limit=args.limit, out_dir=out, precision=args.precision, progress=not args.quiet)
+                      limit=args.limit, out_dir=out, precision=args.precision, progress=not args.quiet,
+                      fused=args.fused)
     print_result(result, args.format)
     return 0

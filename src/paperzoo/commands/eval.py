@@ -24,6 +24,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto = as the checkpoint was trained (bf16 autocast + channels_last for such runs)")
+    p.add_argument("--no-fuse", dest="fused", action="store_false",
+                   help="run the model as it trained (default: BatchNorms folded into the convolutions, faster, "
+                        "equal up to fp32 rounding)")
     p.add_argument("-o", "--out", help="report directory (default: <run or checkpoint>/eval-<options>)")
     p.add_argument("--format", choices=("table", "json"), default="table", help="how to print the metrics")
     p.add_argument("-q", "--quiet", action="store_true",
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out(args.path, args)
     result = evaluate(args.path, which=args.which, ema=args.ema, split=args.split, tta=args.tta,
                       dataset=args.dataset, root=args.data_dir, batch_size=args.batch_size, device=args.device,
-                      limit=args.limit, out_dir=out, precision=args.precision, progress=not args.quiet)
+                      limit=args.limit, out_dir=out, precision=args.precision, progress=not args.quiet,
+                      fused=args.fused)
     print_result(result, args.format)
     return 0

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", action="store_true", help="use the EMA weights (runs trained with train.ema=true)")
     p.add_argument("--tta", default="", help="test-time augmentation: comma list of flip, shift")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-fuse", dest="fused", action="store_false",
+                   help="run the model as it trained (default: BatchNorms folded into the convolutions)")
     p.add_argument("--format", choices=("table", "json"), default="table", help="how to print the predictions")
     p.set_defaults(func=run)
 
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from paperzoo.train.evaluate import predict_files
 
     preds = predict_files(args.path, args.images, topk=args.topk, which=args.which, ema=args.ema, tta=args.tta,
-                          device=args.device)
+                          device=args.device, fused=args.fused)
     if args.format == "json":
         print(json.dumps(preds, indent=2))
         return 0

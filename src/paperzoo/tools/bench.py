@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from paperzoo.flops import count_flops, count_params
 from paperzoo.registry import create_model, get_entry, list_models
 
-__all__ = ["BenchConfig", "BenchResult", "SPREAD_WARN_PCT", "matmul_gflops", "bench_model", "resolve_models",
-           "trust_notes"]
+__all__ = ["BenchConfig", "BenchResult", "SPREAD_WARN_PCT", "matmul_gflops", "bench_model", "native_bf16",
+           "resolve_models", "trust_notes"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,6 +45,7 @@ class BenchConfig:
     dtype: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    fused: bool = False  # BatchNorms folded into their convolutions (paperzoo.fuse): inference only
     device: str = "cpu"
     threads: int | None = None
     warmup: int = 3
@@ -60,6 +61,7 @@ class BenchResult:
     batch: int
     dtype: str
     gflops_per_img: float
+    fused: bool | None = None  # True: BatchNorms folded (paperzoo.fuse); None leaves the column out
     infer_img_s: float | None = None
     infer_ms: float | None = None
     infer_spread_pct: float | None = None
@@ -100,6 +102,18 @@ def matmul_gflops(dtype: str = "fp32", device: str = "cpu", n: int = 2048, repea
     b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
     times = _time(lambda: a @ b, 2, repeats, device)
     return 2 * n**3 / min(times) / 1e9
+
+
+def native_bf16() -> list[str]:
+    """The CPU's native bf16 features, from /proc/cpuinfo: ``avx512_bf16`` (bf16 dot products) and ``amx_bf16``
+    (Intel AMX tiles, where a bf16 matmul runs ~8x fp32). Empty elsewhere: there bf16 autocast is emulated and
+    usually slower than fp32, so the fast inference path stays fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
 
 
 def resolve_models(patterns: Sequence[str]) -> list[str]:
@@ -150,8 +164,14 @@ def bench_model(name: str, cfg: BenchConfig, machine_gflops: float | None = None
     device, dtype = cfg.device, DTYPES[cfg.dtype]
     model = create_model(name, num_classes=cfg.num_classes, in_chans=cfg.in_chans, **kw).to(device)
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=mf)
     x = torch.randn(shape, device=device).to(memory_format=mf)
+    if cfg.fused:
+        if "train" in cfg.modes:
+            raise ValueError("a fused model is for inference only: bench it with --mode infer")
+        from paperzoo.deploy import fuse
+
+        model = fuse(model, x[:1].contiguous())
+    model = model.to(memory_format=mf)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=device)
     run = torch.compile(model) if cfg.compile else model
     # low precision through autocast: weights stay fp32 (as in real mixed-precision training)
@@ -159,7 +179,7 @@ def bench_model(name: str, cfg: BenchConfig, machine_gflops: float | None = None
                 else contextlib.nullcontext())
 
     res = BenchResult(name=name, params=count_params(model), input=f"{size}x{size}", batch=cfg.batch_size,
-                      dtype=cfg.dtype, gflops_per_img=fwd_flops / 1e9)
+                      dtype=cfg.dtype, gflops_per_img=fwd_flops / 1e9, fused=True if cfg.fused else None)
 
     if "infer" in cfg.modes:
         model.eval()
@@ -229,7 +249,7 @@ def trust_notes(results: Sequence[BenchResult], cfg: BenchConfig) -> list[str]:
                                                 ("in_chans", cfg.in_chans, 3),
                                                 ("small_input", cfg.small_input, False)) if v != default]
     if changed:
-        for r in results:
+        for r in (r for r in results if not r.fused):  # folding changes the count by construction
             with torch.device("meta"):
                 registered = count_params(create_model(r.name))
             if registered != r.params:
