@@ -179,8 +179,8 @@ def test_a_gray_classifier_starts_the_backbone_with_its_head_dropped_and_first_c
         load_backbone(det, tmp_path / "part.safetensors")
 
 
-@pytest.mark.parametrize("recipe", ["detect_scenes", "detect_scenes_fast_rcnn", "detect_scenes_rcnn", "detect_scenes_retinanet",
-                                    "detect_scenes_yolo", "detect_scenes_detr"])
+@pytest.mark.parametrize("recipe", ["detect_scenes", "detect_scenes_fast_rcnn", "detect_scenes_rcnn",
+                                    "detect_scenes_retinanet", "detect_scenes_yolo", "detect_scenes_detr"])
 def test_detection_recipes_are_valid_and_build_their_detector(recipe, tmp_path):
     from paperzoo.detection.registry import detector_names
 
