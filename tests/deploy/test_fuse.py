@@ -66,6 +66,7 @@ def _representatives() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _representatives())
+@torch.no_grad()
 def test_every_family_fused_gives_the_same_outputs_without_a_batchnorm_after_a_conv(name):
     torch.manual_seed(0)
     model = _randomize_norms(create_model(name, num_classes=10, in_chans=1, small_input=True))

@@ -19,8 +19,9 @@ from paperzoo.tools.bench import (
 )
 from paperzoo.tools.tables import FORMATS, render
 
-COLUMNS = ["name", "params", "input", "batch", "dtype", "fused", "gflops_per_img", "infer_img_s", "infer_gflop_s",
-           "util_infer_pct", "train_img_s", "train_gflop_s", "util_train_pct", "train_spread_pct", "train_mem_mb"]
+COLUMNS = ["name", "params", "input", "batch", "dtype", "fused", "runtime", "gflops_per_img", "infer_img_s",
+           "infer_gflop_s", "util_infer_pct", "train_img_s", "train_gflop_s", "util_train_pct", "train_spread_pct",
+           "train_mem_mb"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     p.add_argument("--fused", action="store_true",
                    help="fold every BatchNorm into its convolution first (paperzoo.fuse; inference only)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="onnxruntime: time the model exported to ONNX in ONNX Runtime (inference only, fp32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
@@ -58,15 +61,17 @@ def run(args: argparse.Namespace) -> int:
     modes = tuple(m.strip() for m in args.mode.split(",") if m.strip())
     if not set(modes) <= {"infer", "train"}:
         raise ValueError(f"--mode takes infer and/or train, got {args.mode!r}")
-    if args.fused and "train" in modes:
+    if (args.fused or args.runtime != "torch") and "train" in modes:
         modes = tuple(m for m in modes if m != "train")
         if not modes:
-            raise ValueError("--fused models are for inference only: use --mode infer")
-        print("paperzoo bench: --fused times inference only (a fused model cannot train)", file=sys.stderr)
+            raise ValueError("--fused and --runtime onnxruntime models are for inference only: use --mode infer")
+        print("paperzoo bench: --fused / --runtime onnxruntime time inference only (such a model cannot train)",
+              file=sys.stderr)
     cfg = BenchConfig(batch_size=args.batch, input_size=args.size, in_chans=args.in_chans,
                       num_classes=args.num_classes, small_input=args.small_input, dtype=args.precision,
-                      channels_last=args.channels_last, compile=args.compile, fused=args.fused, device=args.device,
-                      threads=args.threads, warmup=args.warmup, repeats=args.repeats, modes=modes)
+                      channels_last=args.channels_last, compile=args.compile, fused=args.fused,
+                      runtime=args.runtime, device=args.device, threads=args.threads, warmup=args.warmup,
+                      repeats=args.repeats, modes=modes)
     names = resolve_models(args.models)
     machine = matmul_gflops(args.precision if args.precision != "fp16" or args.device != "cpu" else "fp32", args.device)
     header = (f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "

@@ -1,8 +1,12 @@
-"""Deployment (issue 18): fused inference; exported and quantized models come next.
+"""Deployment (issue 18): fused inference and exported models (docs/deploy.md).
 
 * :mod:`.fuse` — :func:`fuse` folds every BatchNorm into the convolution or linear layer before it.
+* :mod:`.export` — :func:`export_run` writes a run's fused classifier as ONNX or a ``torch.export`` program,
+  verified against the eager model, with its class names and normalization beside it.
 """
 
+from .export import EXPORT_FORMATS, ExportCard, ExportError, export_model, export_run, load_card, predict_onnx, run_onnx
 from .fuse import fold_batchnorm, fusable_pairs, fuse
 
-__all__ = ["fold_batchnorm", "fuse", "fusable_pairs"]
+__all__ = ["EXPORT_FORMATS", "ExportCard", "ExportError", "export_model", "export_run", "fold_batchnorm",
+           "fusable_pairs", "fuse", "load_card", "predict_onnx", "run_onnx"]

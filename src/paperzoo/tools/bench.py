@@ -46,6 +46,7 @@ class BenchConfig:
     channels_last: bool = False
     compile: bool = False
     fused: bool = False  # BatchNorms folded into their convolutions (paperzoo.fuse): inference only
+    runtime: str = "torch"  # or "onnxruntime": the fused model exported to ONNX, run by ONNX Runtime (fp32)
     device: str = "cpu"
     threads: int | None = None
     warmup: int = 3
@@ -62,6 +63,7 @@ class BenchResult:
     dtype: str
     gflops_per_img: float
     fused: bool | None = None  # True: BatchNorms folded (paperzoo.fuse); None leaves the column out
+    runtime: str | None = None  # "onnxruntime" when not torch; None leaves the column out
     infer_img_s: float | None = None
     infer_ms: float | None = None
     infer_spread_pct: float | None = None
@@ -147,6 +149,26 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: c
     return total
 
 
+def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Callable[[torch.Tensor], object]:
+    """``model`` exported to ONNX (dynamic batch, in a temporary file) as an ONNX Runtime session; the returned
+    function runs it on a tensor like ``x``."""
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from paperzoo.deploy.export import export_graph
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model.onnx"
+        export_graph(model.eval(), x[:1].contiguous(), Path(path), "onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda t: sess.run(None, {name: t.contiguous().numpy()})
+
+
 def bench_model(name: str, cfg: BenchConfig, machine_gflops: float | None = None) -> BenchResult:
     """Benchmark one registered image model under ``cfg``."""
     if cfg.threads:
@@ -165,21 +187,28 @@ def bench_model(name: str, cfg: BenchConfig, machine_gflops: float | None = None
     model = create_model(name, num_classes=cfg.num_classes, in_chans=cfg.in_chans, **kw).to(device)
     mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
     x = torch.randn(shape, device=device).to(memory_format=mf)
-    if cfg.fused:
+    if cfg.runtime not in ("torch", "onnxruntime"):
+        raise ValueError(f"unknown runtime {cfg.runtime!r}; valid: torch, onnxruntime")
+    if cfg.runtime == "onnxruntime" and (cfg.dtype != "fp32" or cfg.compile):
+        raise ValueError("the onnxruntime benchmark runs the exported fp32 graph: no --precision or --compile")
+    if cfg.fused or cfg.runtime != "torch":
         if "train" in cfg.modes:
-            raise ValueError("a fused model is for inference only: bench it with --mode infer")
+            raise ValueError("a fused or exported model is for inference only: bench it with --mode infer")
         from paperzoo.deploy import fuse
 
         model = fuse(model, x[:1].contiguous())
     model = model.to(memory_format=mf)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=device)
     run = torch.compile(model) if cfg.compile else model
+    if cfg.runtime == "onnxruntime":
+        run = _onnxruntime_runner(model, x, cfg.threads or torch.get_num_threads())
     # low precision through autocast: weights stay fp32 (as in real mixed-precision training)
     autocast = (torch.autocast(device_type=torch.device(device).type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
 
     res = BenchResult(name=name, params=count_params(model), input=f"{size}x{size}", batch=cfg.batch_size,
-                      dtype=cfg.dtype, gflops_per_img=fwd_flops / 1e9, fused=True if cfg.fused else None)
+                      dtype=cfg.dtype, gflops_per_img=fwd_flops / 1e9, fused=True if cfg.fused else None,
+                      runtime=None if cfg.runtime == "torch" else cfg.runtime)
 
     if "infer" in cfg.modes:
         model.eval()

@@ -445,8 +445,13 @@ def predict_files(path: str | os.PathLike, images: Sequence[str | os.PathLike], 
     C, H, W = m.meta["input_size"]
     x = torch.stack([_load_image(p, C, (H, W)) for p in images])  # (B, C, H, W)
     probs = predict_probs(m.model, x, m.meta, _parse_tta(tta), device)
-    k = min(topk, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [{"image": str(p), "top": [{"class": m.classes[int(i)], "prob": float(v)}
+    return top_classes(probs, m.classes, images, topk)
+
+
+def top_classes(probs: Tensor, classes: Sequence[str], images: Sequence[str | os.PathLike],
+                topk: int) -> list[dict[str, Any]]:
+    """``[{"image", "top": [{"class", "prob"}, ...]}]``: the ``topk`` most probable classes of each image."""
+    top = probs.topk(min(topk, probs.shape[1]), dim=1)
+    return [{"image": str(p), "top": [{"class": classes[int(i)], "prob": float(v)}
                                       for v, i in zip(top.values[b], top.indices[b])]}
             for b, p in enumerate(images)]

@@ -1,0 +1,163 @@
+"""Export a trained image classifier for inference outside paperzoo: ONNX or a ``torch.export`` program (``.pt2``).
+
+The exported graph is the **fused** model (:func:`paperzoo.deploy.fuse`): BatchNorms folded, eval mode, fp32,
+with a dynamic batch dimension and the height and width of its training images. Beside the file a JSON "card"
+(``<file>.json``) keeps what a user needs to feed it: the class names in output order, the input size and the
+per-channel normalization ``(x / 255 - mean) / std`` that inputs must get (the graph takes normalized float
+images, as the model did in training), the source run and the tolerance the export was verified to.
+
+Verification: the exported model runs on a seeded batch of 2 (ONNX through ONNX Runtime, ``.pt2`` through
+``torch.export.load``) and its logits must equal the eager model's within ``atol = rtol_of_max x max |logit|``;
+otherwise the file is removed and ``RuntimeError`` says by how much they differed.
+
+A model torch cannot trace into one graph (data-dependent Python control flow) fails with the exporter's reason
+in one line (``ExportError``, a ``ValueError`` the CLI reports with exit status 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from paperzoo.train.checkpoint import atomic_write_bytes
+
+__all__ = ["EXPORT_FORMATS", "ExportCard", "ExportError", "export_graph", "export_model", "export_run", "load_card",
+           "predict_onnx", "run_onnx"]
+
+EXPORT_FORMATS = ("onnx", "pt2")
+#: largest |exported - eager| logit difference accepted, relative to the largest |logit| (fp32 rounding of a
+#: differently ordered graph: ONNX Runtime fuses and reorders reductions)
+RTOL_OF_MAX = 1e-4
+
+
+class ExportError(ValueError):
+    """The model cannot be exported in that format (the exporter's reason in one line)."""
+
+
+@dataclass
+class ExportCard:
+    """What travels beside an exported file (``<file>.json``)."""
+
+    format: str
+    model: str
+    classes: list[str]
+    input_size: list[int]  # (C, H, W)
+    mean: list[float]
+    std: list[float]
+    max_abs_diff: float  # |exported - eager| on the verification batch, relative to max |logit|
+    source: str = ""
+    fused: bool = True
+    opset: int | None = None
+
+
+def _example(input_size: list[int]) -> Tensor:
+    return torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+
+
+def run_onnx(path: str | os.PathLike, x: Tensor) -> Tensor:
+    """Logits of an exported ``.onnx`` file on ``x`` (normalized float (B, C, H, W)) through ONNX Runtime."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return torch.from_numpy(sess.run(None, {name: x.detach().float().contiguous().numpy()})[0])
+
+
+def export_graph(model: nn.Module, x: Tensor, path: Path, fmt: str) -> int | None:
+    """Write ``model`` traced on ``x`` with a dynamic batch to ``path``; returns the ONNX opset (None for pt2)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        if fmt == "pt2":
+            program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+            torch.export.save(program, str(path))
+            return None
+        onnx_program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: batch},),
+                                         input_names=["images"], output_names=["logits"], verbose=False)
+        onnx_program.save(str(path))
+        return int(onnx_program.model_proto.opset_import[0].version)
+    except ImportError as e:  # onnx / onnxscript missing: the `deploy` extra
+        raise ExportError(f"ONNX export needs the onnx and onnxscript packages (pip install "
+                          f"'paperzoo[deploy]'): {e}") from None
+    except Exception as e:  # the exporters raise many types; the first line says what could not be traced
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{getattr(model, 'model_name', type(model).__name__)} cannot be exported to {fmt}: "
+                          f"{first}") from None
+
+
+def _run_exported(path: Path, fmt: str, x: Tensor) -> Tensor:
+    if fmt == "onnx":
+        return run_onnx(path, x)
+    return torch.export.load(str(path)).module()(x)
+
+
+@torch.no_grad()
+def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: Literal["onnx", "pt2"] = "onnx",
+                 input_size: list[int], classes: list[str], mean: list[float], std: list[float],
+                 source: str = "", fused: bool = True) -> ExportCard:
+    """Export ``model`` (an image classifier taking normalized (B, *input_size)) to ``path``, verify it, and write
+    the card beside it. Returns the card."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    x = _example(input_size)
+    if fused:
+        from .fuse import fuse
+
+        model = fuse(model, x[:1])
+    want = model(x)
+    opset = export_graph(model, x, path, fmt)
+    got = _run_exported(path, fmt, x)
+    scale = float(want.abs().max().clamp_min(1e-12))
+    diff = float((got - want).abs().max()) / scale
+    if not diff <= RTOL_OF_MAX:  # also catches NaN
+        path.unlink(missing_ok=True)
+        raise RuntimeError(f"the exported {fmt} model's logits differ from the eager model's by {diff:.2e} of "
+                           f"their largest value (> {RTOL_OF_MAX:.0e}); nothing was written")
+    card = ExportCard(format=fmt, model=getattr(model, "model_name", type(model).__name__), classes=list(classes),
+                      input_size=list(input_size), mean=list(mean), std=list(std), max_abs_diff=diff,
+                      source=source, fused=fused, opset=opset)
+    atomic_write_bytes(Path(f"{path}.json"), (json.dumps(asdict(card), indent=1) + "\n").encode())
+    return card
+
+
+def export_run(run: str | os.PathLike, out: str | os.PathLike, *, fmt: Literal["onnx", "pt2"] = "onnx",
+               which: str = "final", ema: bool = False, fused: bool = True) -> ExportCard:
+    """Export the image classifier of a paperzoo run (or checkpoint) to ``out`` (see :func:`export_model`)."""
+    from paperzoo.train.evaluate import load_checkpoint
+
+    ck = load_checkpoint(run, which=which, ema=ema)
+    norm = ck.meta["normalization"]
+    return export_model(ck.model, out, fmt=fmt, input_size=list(ck.meta["input_size"]), classes=ck.classes,
+                        mean=norm["mean"], std=norm["std"], source=str(ck.path), fused=fused)
+
+
+def load_card(path: str | os.PathLike) -> ExportCard:
+    """The card written beside an exported file (``<file>.json``)."""
+    card = Path(f"{path}.json")
+    if not card.is_file():
+        raise FileNotFoundError(f"{card}: no export card beside {path} (was it written by paperzoo export?)")
+    try:
+        return ExportCard(**json.loads(card.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"{card}: not a paperzoo export card ({e})") from None
+
+
+def predict_onnx(path: str | os.PathLike, images: list[str | os.PathLike], *, topk: int = 5) -> list[dict]:
+    """Top-k classes of image files through ONNX Runtime, from an exported ``.onnx`` and its card (the same
+    output as :func:`paperzoo.predict`)."""
+    from paperzoo.train.evaluate import _load_image, top_classes
+
+    card = load_card(path)
+    c, h, w = card.input_size
+    x = torch.stack([_load_image(p, c, (h, w)) for p in images])  # (B, C, H, W) in [0, 1]
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (card.mean, card.std))  # (1, C, 1, 1)
+    probs = run_onnx(path, (x - mean) / std).softmax(-1)
+    return top_classes(probs, card.classes, images, topk)
