@@ -1,14 +1,17 @@
-"""The R-CNN lineage on one test set: R-CNN, Fast R-CNN and Faster R-CNN trained on the Fashion-MNIST scenes.
+"""Detectors on one test set: the R-CNN lineage (R-CNN, Fast R-CNN, Faster R-CNN) and the one-stage / set
+detectors (RetinaNet, YOLO, DETR), trained on the Fashion-MNIST scenes.
 
-    python benchmarks/bench_detection_lineage.py --minutes 10            # train each for 10 min, then score
+    python benchmarks/bench_detection_lineage.py --minutes 10            # train the lineage 10 min each, score
     python benchmarks/bench_detection_lineage.py --runs faster=runs/a fast=runs/b rcnn=runs/c   # score runs
+    python benchmarks/bench_detection_lineage.py --runs faster=runs/a yolo=runs/y retinanet=runs/r detr=runs/d
 
 Each model trains from its recipe (``detect_scenes_rcnn``, ``detect_scenes_fast_rcnn``, ``detect_scenes``) for the
 same training-time budget (``train.time_budget_s``; the schedule is fitted to it) on the same ``--n-train``
 training scenes (selective search runs once for both R-CNN and Fast R-CNN, cached), then its final weights are
 scored on the recipe's test scenes with pycocotools (AP, AP50). "s / image" is the wall-clock time of detecting
 one image at batch size 1, proposals included: selective search for R-CNN and Fast R-CNN, the RPN for Faster
-R-CNN. "proposals / image" is the mean number of regions the box head classifies at test time.
+R-CNN. "proposals / image" is the mean number of regions the box head classifies at test time (one-stage and
+set detectors have none: "-").
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from paperzoo.detection.task import DetectionDataConfig, build_dataset, load_det
 from paperzoo.train.config import build_config  # noqa: E402
 
 RECIPES = {"rcnn": ("R-CNN", "detect_scenes_rcnn"), "fast": ("Fast R-CNN", "detect_scenes_fast_rcnn"),
-           "faster": ("Faster R-CNN", "detect_scenes")}
+           "faster": ("Faster R-CNN", "detect_scenes"), "retinanet": ("RetinaNet", "detect_scenes_retinanet"),
+           "yolo": ("YOLO v1", "detect_scenes_yolo"), "detr": ("DETR", "detect_scenes_detr")}
+LINEAGE = ("rcnn", "fast", "faster")  # what --minutes trains when no --runs are given
 
 
 def train(key: str, minutes: float, out_dir: str, n_train: int) -> Path:
@@ -54,6 +59,7 @@ def score(key: str, run: Path, n_images: int | None) -> dict[str, float]:
     d.proposal_cache = None  # time selective search itself, not a cache read
     base = build_dataset(build_config(DetectionDataConfig, {**ck.meta["data"], "proposals": "rpn",
                                                             "n_val": d.n_val}, "data."), "val")
+    two_stage = d.proposals == "selective_search" or hasattr(ck.model, "rpn")
     preds, seconds, regions = {}, 0.0, 0
     for i in range(len(base)):
         image, target = base[i]
@@ -62,14 +68,15 @@ def score(key: str, run: Path, n_images: int | None) -> dict[str, float]:
             props = selective_search(image, mode=d.ss_mode, upscale=d.ss_upscale)
             det = ck.model([image], proposals=[props])[0]
         else:
-            det = ck.model([image])[0]  # the RPN runs inside
+            det = ck.model([image])[0]  # the RPN (if any) runs inside
         seconds += time.perf_counter() - t0
-        if d.proposals != "selective_search":
+        if d.proposals != "selective_search" and two_stage:
             props = rpn_proposals(ck.model, image)  # counted, not timed (the forward above made them)
-        regions += len(props)
+        regions += len(props) if two_stage else 0
         preds[int(target["image_id"])] = det
     stats = evaluate_coco(base.coco_gt(), preds, label_to_cat=base.label_to_cat)
-    return {"AP50": stats["AP50"], "AP": stats["AP"], "proposals": regions / len(base), "s": seconds / len(base)}
+    return {"AP50": stats["AP50"], "AP": stats["AP"], "proposals": regions / len(base) if two_stage else None,
+            "s": seconds / len(base), "params": paperzoo.count_params(ck.model)}
 
 
 def main() -> None:
@@ -84,14 +91,16 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     runs = dict(r.split("=", 1) for r in args.runs)
-    runs = runs or {k: train(k, args.minutes, args.out_dir, args.n_train) for k in RECIPES}
+    runs = runs or {k: train(k, args.minutes, args.out_dir, args.n_train) for k in LINEAGE}
     print(f"CPU: {cpu_model()}, {args.threads} threads, torch {torch.__version__}")
-    print("| model | AP50 | AP | proposals / image | s / image (batch 1) | run |\n|---|---:|---:|---:|---:|---|")
+    print("| model | parameters | AP50 | AP | proposals / image | s / image (batch 1) | images / s | run |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---|")
     for key in RECIPES:
         if key in runs:
             s = score(key, Path(runs[key]), args.images)
-            print(f"| {RECIPES[key][0]} | {s['AP50']:.3f} | {s['AP']:.3f} | {s['proposals']:.0f} | {s['s']:.3f} | "
-                  f"{runs[key]} |")
+            props = "-" if s["proposals"] is None else f"{s['proposals']:.0f}"
+            print(f"| {RECIPES[key][0]} | {s['params']:,} | {s['AP50']:.3f} | {s['AP']:.3f} | {props} | "
+                  f"{s['s']:.3f} | {1 / s['s']:.1f} | {runs[key]} |", flush=True)
 
 
 if __name__ == "__main__":

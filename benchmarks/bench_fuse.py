@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-from paperzoo.deploy import fuse
-from paperzoo.registry import create_model, get_entry
-from paperzoo.tools.bench import native_bf16
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_nms import cpu_model  # noqa: E402
+
+from paperzoo.deploy import fuse  # noqa: E402
+from paperzoo.registry import create_model, get_entry  # noqa: E402
+from paperzoo.tools.bench import native_bf16  # noqa: E402
 
 MODELS = ["resnet50", "mobilenetv2_100", "mobilenetv3_large_100", "efficientnet_b0", "shufflenet_v2_x1_0"]
 
@@ -68,7 +72,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     bf16 = native_bf16()
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+    print(f"# {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, native bf16: {', '.join(bf16) or 'none'}\n")
     print("| model | batch | eager fp32 img/s | fused fp32 | fused + channels_last | fused + cl + bf16 "
           "| fused fp32 max rel. diff |")
