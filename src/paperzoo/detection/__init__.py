@@ -1,4 +1,4 @@
-"""Object detection, the R-CNN line (issue 15): selective search, R-CNN, Fast R-CNN, Faster R-CNN with FPN.
+"""Object detection: the R-CNN line (issue 15) and one-stage / set detectors (issue 17).
 
 Each module is a small, tested, paper-cited piece; docs/models/detection.md explains them in the papers' order.
 
@@ -26,6 +26,11 @@ Detectors:
   and loads its checkpoints through ``paperzoo.load_weights(..., source="torchvision")``.
 * :mod:`.rcnn` — R-CNN (warped regions through a whole classifier) and Fast R-CNN (RoI pooling on one shared map),
   on given proposals.
+* :mod:`.retinanet` — RetinaNet: the sigmoid focal loss, prior init, class and box subnets on P3-P7;
+  ``retinanet_resnet50_fpn`` is torchvision's v1.
+* :mod:`.yolo` — YOLO v1: the S x S grid, B boxes per cell, Eq. 3's sum-squared loss; the paper's own network.
+* :mod:`.detr` and :mod:`.set_loss` — DETR: sine positions, object queries, Hungarian matching (scipy) with the
+  paper's cost, the set loss with auxiliary decoding losses.
 * :mod:`.registry` — the detector registry: ``register_detector``, ``create_detector(name, **kwargs)``,
   ``detector_names()``.
 
