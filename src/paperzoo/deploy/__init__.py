@@ -3,6 +3,8 @@
 * :mod:`.fuse` — :func:`fuse` folds every BatchNorm into the convolution or linear layer before it.
 * :mod:`.export` — :func:`export_run` writes a run's fused classifier as ONNX or a ``torch.export`` program,
   verified against the eager model, with its class names and normalization beside it.
+* :mod:`.quantize` — :func:`~.quantize.quantize_run`: static int8 through ONNX Runtime's quantizer, calibrated on
+  training images, with the accuracy before and after.
 """
 
 from .export import EXPORT_FORMATS, ExportCard, ExportError, export_model, export_run, load_card, predict_onnx, run_onnx

@@ -54,6 +54,7 @@ class ExportCard:
     source: str = ""
     fused: bool = True
     opset: int | None = None
+    quantization: dict | None = None  # int8 files (paperzoo quantize): calibration, accuracy and sizes
 
 
 def _example(input_size: list[int]) -> Tensor:

@@ -164,6 +164,8 @@ def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Call
         export_graph(model.eval(), x[:1].contiguous(), Path(path), "onnx")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        # no spin-waiting after a call: it would steal the CPU from whatever runs next (e.g. the eager model)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return lambda t: sess.run(None, {name: t.contiguous().numpy()})

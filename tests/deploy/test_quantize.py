@@ -1,0 +1,61 @@
+"""paperzoo quantize: a static int8 ONNX model calibrated on training images, smaller, agreeing with the fp32
+model, its accuracy before and after in the card; predict runs it."""
+
+import json
+
+import pytest
+import torch
+
+from paperzoo.cli import main
+from paperzoo.deploy import load_card, run_onnx
+from paperzoo.deploy.quantize import quantize_run
+from paperzoo.train.api import train
+from paperzoo.train.evaluate import load_checkpoint
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = train({
+        "model": {"name": "resnet18", "args": {"small_input": True, "width": 8}},
+        "data": {"dataset": "synthetic", "image_size": 16, "synthetic_size": 128, "batch_size": 32},
+        "train": {"epochs": 2, "threads": 1},
+        "run": {"out_dir": str(out), "name": "tiny", "progress": "off", "tensorboard": False, "plots": False}})
+    assert result.status == "done"
+    return result.run_dir
+
+
+def test_int8_model_agrees_with_fp32_is_smaller_and_records_accuracy_before_and_after(run_dir, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    r = quantize_run(run_dir, out, calib=64)
+    assert r.calib_images == 64 and r.test_images == 128
+    assert r.size_int8_bytes * 2.5 < r.size_fp32_bytes  # int8 weights: ~4x smaller for a conv net
+    assert abs(r.accuracy_int8 - r.accuracy_fp32) <= 0.05
+    card = load_card(out)
+    assert card.format == "onnx-int8" and card.quantization["accuracy_int8"] == r.accuracy_int8
+    ck = load_checkpoint(run_dir, fused=False)
+    x = (torch.rand(16, *ck.meta["input_size"]) - 0.5) / 0.3
+    with torch.no_grad():
+        want = ck.model(x)
+    got = run_onnx(out, x)
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.8  # int8 rounding moves few decisions
+    assert float((got - want).abs().max()) < 0.25 * float(want.abs().max())
+
+
+def test_cli_quantize_prints_accuracy_and_size_and_predict_runs_the_int8_file(run_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from paperzoo.train.classification import make_synthetic
+
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(run_dir), "--calib", "32", "-o", str(out), "--limit", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "test accuracy on 64 images: fp32" in text and "smaller" in text
+    img = tmp_path / "a.png"
+    Image.fromarray(make_synthetic("test", 4, 16).images[0, 0].numpy(), mode="L").save(img)
+    assert main(["predict", str(out), str(img), "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["top"]) == 4
+    assert main(["quantize", str(run_dir), "--calib", "0", "-o", str(tmp_path / "x.onnx")]) == 2
