@@ -6,8 +6,9 @@ with a dynamic batch dimension and the height and width of its training images. 
 per-channel normalization ``(x / 255 - mean) / std`` that inputs must get (the graph takes normalized float
 images, as the model did in training), the source run and the tolerance the export was verified to.
 
-Verification: the exported model runs on a seeded batch of 2 (ONNX through ONNX Runtime, ``.pt2`` through
-``torch.export.load``) and its logits must equal the eager model's within ``atol = rtol_of_max x max |logit|``;
+Verification: traced on a batch of 2, the exported model runs on a seeded batch of 3 (ONNX through ONNX Runtime,
+``.pt2`` through ``torch.export.load``), so a batch dimension fixed by the trace is caught, and its logits must
+equal the eager model's within ``atol = rtol_of_max x max |logit|``;
 otherwise the file is removed and ``RuntimeError`` says by how much they differed.
 
 A model torch cannot trace into one graph (data-dependent Python control flow) fails with the exporter's reason
@@ -57,8 +58,9 @@ class ExportCard:
     quantization: dict | None = None  # int8 files (paperzoo quantize): calibration, accuracy and sizes
 
 
-def _example(input_size: list[int]) -> Tensor:
-    return torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+def _example(input_size: list[int], batch: int = 2) -> Tensor:
+    # batch 2 to trace: torch.export specializes sizes 0 and 1, so a batch of 1 would fix the batch dimension
+    return torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0))
 
 
 def run_onnx(path: str | os.PathLike, x: Tensor) -> Tensor:
@@ -113,9 +115,14 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, fmt: Literal["onn
         from .fuse import fuse
 
         model = fuse(model, x[:1])
-    want = model(x)
     opset = export_graph(model, x, path, fmt)
-    got = _run_exported(path, fmt, x)
+    x = _example(input_size, batch=3)  # checked at another batch size than traced: the batch must stay dynamic
+    want = model(x)
+    try:
+        got = _run_exported(path, fmt, x)
+    except Exception as e:  # e.g. ONNX Runtime refusing batch 3 of a graph that fixed the batch dimension
+        path.unlink(missing_ok=True)
+        raise ExportError(f"the exported {fmt} model does not run on a batch of 3: {str(e).strip()[:200]}") from None
     scale = float(want.abs().max().clamp_min(1e-12))
     diff = float((got - want).abs().max()) / scale
     if not diff <= RTOL_OF_MAX:  # also catches NaN

@@ -161,7 +161,8 @@ def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Call
 
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/model.onnx"
-        export_graph(model.eval(), x[:1].contiguous(), Path(path), "onnx")
+        # traced on 2 images: torch.export specializes a batch of 1, fixing the batch dimension
+        export_graph(model.eval(), x[:1].expand(2, *x.shape[1:]).contiguous(), Path(path), "onnx")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         # no spin-waiting after a call: it would steal the CPU from whatever runs next (e.g. the eager model)
