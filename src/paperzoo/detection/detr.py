@@ -58,7 +58,7 @@ from ..layers.residual import residual
 from ..models.transformer import PositionwiseFeedForward, convert_torch_transformer_state_dict
 from ..registry import create_model
 from .boxes import box_convert, clip_boxes_to_image
-from .faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, check_targets, freeze_levels
+from .faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, freeze_levels, transform_inputs
 from .registry import register_detector
 from .set_loss import SetCriterion
 from .transform import DetectionTransform
@@ -282,12 +282,7 @@ class DETR(nn.Module):
             with ``aux_loss``), weighted by their λ, plus the logged ``class_error`` and ``cardinality_error``;
             eval: per image ``{"boxes": (K, 4) xyxy in original coordinates, "scores": (K,), "labels": (K,)}``.
         """
-        if self.training and targets is None:
-            raise ValueError("in training mode the model needs targets (one dict of boxes and labels per image)")
-        if targets is not None:
-            check_targets(targets, len(images), self.num_classes)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        batch, targets = self.transform(list(images), None if targets is None else [dict(t) for t in targets])
+        batch, targets, original_sizes = transform_inputs(self, images, targets)
         logits, boxes = self.predict(batch.tensors, batch.image_sizes)  # (L, B, N, K+1), (L, B, N, 4)
         if self.training:
             return self.criterion(logits, boxes, _normalized_targets(targets, batch.image_sizes), self.aux_loss)

@@ -44,7 +44,7 @@ from .fpn import BackboneWithFPN
 from .registry import create_detector, detector_names, register_detector
 from .roi_heads import FastRCNNPredictor, MultiScaleRoIAlign, RoIHeads, TwoMLPHead
 from .rpn import RegionProposalNetwork, RPNHead
-from .transform import DetectionTransform, resize_boxes
+from .transform import DetectionTransform, ImageList, resize_boxes
 
 __all__ = ["FasterRCNN", "fpn_backbone", "freeze_levels", "check_targets", "create_detector", "detector_names",
            "register_detector", "fasterrcnn_fpn",
@@ -189,15 +189,9 @@ class FasterRCNN(nn.Module):
             training: ``{"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}`` (scalars);
             eval: per image ``{"boxes": (K, 4) in original coordinates, "scores": (K,), "labels": (K,)}``.
         """
-        if self.training and targets is None:
-            raise ValueError("in training mode the model needs targets (one dict of boxes and labels per image)")
-        if targets is not None:
-            check_targets(targets, len(images), self.num_classes)
         if proposals is not None and len(proposals) != len(images):
             raise ValueError(f"got {len(proposals)} proposal sets for {len(images)} images")
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-
-        batch, targets = self.transform(list(images), None if targets is None else [dict(t) for t in targets])
+        batch, targets, original_sizes = transform_inputs(self, images, targets)
         features = self.backbone(batch.tensors)  # {"0": P2, ..., "3": P5, "pool": P6}
         if proposals is None:
             proposals, rpn_losses = self.rpn(batch, features, targets)  # Faster R-CNN: the RPN proposes
@@ -215,6 +209,20 @@ def _predictor_classes(predictor: nn.Module) -> int:
     if not isinstance(cls_score, nn.Linear):
         raise ValueError("with a custom box_predictor, give num_classes too (it has no cls_score layer to read)")
     return cls_score.out_features
+
+
+def transform_inputs(model: nn.Module, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None
+                     ) -> tuple[ImageList, list[dict[str, Tensor]] | None, list[tuple[int, int]]]:
+    """What every detector's forward does first: require targets in training and check them, keep the images'
+    original sizes (detections are mapped back to them), and pass images and targets (copied: the transform
+    resizes their boxes) through ``model.transform``. Returns (batch, targets, original sizes)."""
+    if model.training and targets is None:
+        raise ValueError("in training mode the model needs targets (one dict of boxes and labels per image)")
+    if targets is not None:
+        check_targets(targets, len(images), model.num_classes)
+    original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+    batch, targets = model.transform(list(images), None if targets is None else [dict(t) for t in targets])
+    return batch, targets, original_sizes
 
 
 def check_targets(targets: Sequence[dict[str, Tensor]], num_images: int, num_classes: int) -> None:

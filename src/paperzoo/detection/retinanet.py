@@ -53,7 +53,7 @@ from ..layers.frozen_bn import set_frozen_bn_eps
 from ..weights import register_converter
 from .anchors import AnchorGenerator
 from .boxes import BoxCoder, box_iou, clip_boxes_to_image
-from .faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, _match_bn_counters, check_targets, fpn_backbone
+from .faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, _match_bn_counters, fpn_backbone, transform_inputs
 from .matcher import Matcher
 from .nms import batched_nms
 from .registry import register_detector
@@ -241,12 +241,7 @@ class RetinaNet(nn.Module):
             ``num_pos`` (foreground anchors per image);
             eval: per image ``{"boxes": (K, 4) in original coordinates, "scores": (K,), "labels": (K,)}``.
         """
-        if self.training and targets is None:
-            raise ValueError("in training mode the model needs targets (one dict of boxes and labels per image)")
-        if targets is not None:
-            check_targets(targets, len(images), self.num_classes)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        batch, targets = self.transform(list(images), None if targets is None else [dict(t) for t in targets])
+        batch, targets, original_sizes = transform_inputs(self, images, targets)
         features = list(self.backbone(batch.tensors).values())  # [P3, ..., P7], (B, d, H_l, W_l)
         cls_logits, box_deltas = self.head(features)  # (B, T, K), (B, T, 4)
         # the anchors (T, 4), the same for every padded image, in float32 even under bf16 autocast (which would

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from ..registry import create_model
 from .boxes import box_convert, clip_boxes_to_image
-from .faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, check_targets
+from .faster_rcnn import IMAGENET_MEAN, IMAGENET_STD, transform_inputs
 from .nms import batched_nms
 from .registry import register_detector
 from .transform import DetectionTransform
@@ -323,12 +323,7 @@ class YOLO(nn.Module):
             training: Eq. 3's terms ``loss_xy, loss_wh, loss_obj, loss_noobj, loss_class`` (their sum is Eq. 3);
             eval: per image ``{"boxes": (K, 4) xyxy in original coordinates, "scores": (K,), "labels": (K,)}``.
         """
-        if self.training and targets is None:
-            raise ValueError("in training mode the model needs targets (one dict of boxes and labels per image)")
-        if targets is not None:
-            check_targets(targets, len(images), self.num_classes)
-        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-        batch, targets = self.transform(list(images), None if targets is None else [dict(t) for t in targets])
+        batch, targets, original_sizes = transform_inputs(self, images, targets)
         pred = self.head(self.backbone(batch.tensors))  # (N, S, S, B*5+C)
         if self.training:
             grid_targets = encode_targets(targets, self.image_size, self.grid, self.num_classes - 1)
