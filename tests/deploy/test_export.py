@@ -11,7 +11,6 @@ from torch import nn
 from paperzoo.cli import main
 from paperzoo.deploy import ExportError, export_model, export_run, load_card, run_onnx
 from paperzoo.registry import create_model, get_entry, list_models
-from paperzoo.train.api import train
 from paperzoo.train.evaluate import load_checkpoint
 
 pytest.importorskip("onnxruntime")
@@ -19,15 +18,8 @@ pytest.importorskip("onnxscript")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    result = train({
-        "model": {"name": "resnet18", "args": {"small_input": True, "width": 4}},
-        "data": {"dataset": "synthetic", "image_size": 8, "synthetic_size": 32, "batch_size": 16},
-        "train": {"epochs": 1, "threads": 1},
-        "run": {"out_dir": str(out), "name": "tiny", "progress": "off", "tensorboard": False, "plots": False}})
-    assert result.status == "done"
-    return result.run_dir
+def run_dir(tmp_path_factory, tiny_run):
+    return tiny_run(tmp_path_factory.mktemp("runs"), width=4, image_size=8, images=32, batch_size=16, epochs=1)
 
 
 def _load(path, fmt):

@@ -9,7 +9,6 @@ import torch
 from paperzoo.cli import main
 from paperzoo.deploy import load_card, run_onnx
 from paperzoo.deploy.quantize import quantize_run
-from paperzoo.train.api import train
 from paperzoo.train.evaluate import load_checkpoint
 
 pytest.importorskip("onnxruntime")
@@ -17,15 +16,8 @@ pytest.importorskip("onnxscript")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    result = train({
-        "model": {"name": "resnet18", "args": {"small_input": True, "width": 8}},
-        "data": {"dataset": "synthetic", "image_size": 16, "synthetic_size": 128, "batch_size": 32},
-        "train": {"epochs": 2, "threads": 1},
-        "run": {"out_dir": str(out), "name": "tiny", "progress": "off", "tensorboard": False, "plots": False}})
-    assert result.status == "done"
-    return result.run_dir
+def run_dir(tmp_path_factory, tiny_run):
+    return tiny_run(tmp_path_factory.mktemp("runs"), width=8, image_size=16, images=128, batch_size=32, epochs=2)
 
 
 def test_int8_model_agrees_with_fp32_is_smaller_and_records_accuracy_before_and_after(run_dir, tmp_path):

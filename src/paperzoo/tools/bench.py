@@ -53,6 +53,14 @@ class BenchConfig:
     repeats: int = 10
     modes: tuple[str, ...] = ("infer", "train")
 
+    def __post_init__(self) -> None:
+        if self.runtime not in ("torch", "onnxruntime"):
+            raise ValueError(f"unknown runtime {self.runtime!r}; valid: torch, onnxruntime")
+        if self.runtime == "onnxruntime" and (self.dtype != "fp32" or self.compile):
+            raise ValueError("the onnxruntime benchmark runs the exported fp32 graph: no --precision or --compile")
+        if (self.fused or self.runtime != "torch") and "train" in self.modes:
+            raise ValueError("a fused or exported model is for inference only: bench it with --mode infer")
+
 
 @dataclass
 class BenchResult:
@@ -172,6 +180,22 @@ def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Call
     return lambda t: sess.run(None, {name: t.contiguous().numpy()})
 
 
+def _build(name: str, cfg: BenchConfig, shape: tuple[int, ...], kw: dict) -> tuple[nn.Module, torch.Tensor,
+                                                                                  Callable[[torch.Tensor], object]]:
+    """(model, input batch, what to time on it): eager, fused, compiled or exported as ``cfg`` asks."""
+    model = create_model(name, num_classes=cfg.num_classes, in_chans=cfg.in_chans, **kw).to(cfg.device)
+    mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    x = torch.randn(shape, device=cfg.device).to(memory_format=mf)
+    if cfg.fused or cfg.runtime != "torch":
+        from paperzoo.deploy import fuse
+
+        model = fuse(model, x[:1].contiguous())
+    model = model.to(memory_format=mf)
+    if cfg.runtime == "onnxruntime":
+        return model, x, _onnxruntime_runner(model, x, cfg.threads or torch.get_num_threads())
+    return model, x, torch.compile(model) if cfg.compile else model
+
+
 def bench_model(name: str, cfg: BenchConfig, machine_gflops: float | None = None) -> BenchResult:
     """Benchmark one registered image model under ``cfg``."""
     if cfg.threads:
@@ -187,24 +211,8 @@ def bench_model(name: str, cfg: BenchConfig, machine_gflops: float | None = None
     del meta_model
 
     device, dtype = cfg.device, DTYPES[cfg.dtype]
-    model = create_model(name, num_classes=cfg.num_classes, in_chans=cfg.in_chans, **kw).to(device)
-    mf = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    x = torch.randn(shape, device=device).to(memory_format=mf)
-    if cfg.runtime not in ("torch", "onnxruntime"):
-        raise ValueError(f"unknown runtime {cfg.runtime!r}; valid: torch, onnxruntime")
-    if cfg.runtime == "onnxruntime" and (cfg.dtype != "fp32" or cfg.compile):
-        raise ValueError("the onnxruntime benchmark runs the exported fp32 graph: no --precision or --compile")
-    if cfg.fused or cfg.runtime != "torch":
-        if "train" in cfg.modes:
-            raise ValueError("a fused or exported model is for inference only: bench it with --mode infer")
-        from paperzoo.deploy import fuse
-
-        model = fuse(model, x[:1].contiguous())
-    model = model.to(memory_format=mf)
+    model, x, run = _build(name, cfg, shape, kw)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=device)
-    run = torch.compile(model) if cfg.compile else model
-    if cfg.runtime == "onnxruntime":
-        run = _onnxruntime_runner(model, x, cfg.threads or torch.get_num_threads())
     # low precision through autocast: weights stay fp32 (as in real mixed-precision training)
     autocast = (torch.autocast(device_type=torch.device(device).type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
