@@ -186,3 +186,14 @@ def load_text_run(args: argparse.Namespace, task: str, other_command: str) -> An
     if ck.task != task:
         raise ValueError(f"{ck.path} is a {ck.task} checkpoint; use `paperzoo {other_command}`")
     return ck
+
+
+def add_run_eval_args(q: argparse.ArgumentParser) -> None:
+    """The arguments of ``detect eval`` and ``segment eval``: a run, which checkpoint, data overrides, device, JSON."""
+    q.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
+    q.add_argument("--which", choices=["best", "final", "last"], default="best",
+                   help="which checkpoint of a run directory")
+    q.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="change the evaluation data, e.g. --set data.n_val=1000")
+    q.add_argument("--device", default="cpu", help="cpu or cuda")
+    q.add_argument("--json", help="also write the metrics to this JSON file")

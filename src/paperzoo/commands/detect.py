@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._shared import COMMON_SHORTCUTS, add_training_args, run_training
+from ._shared import COMMON_SHORTCUTS, add_run_eval_args, add_training_args, run_training
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,15 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=lambda a: run_training(a, task="detection"))
 
     q = ds.add_parser("eval", help="COCO metrics of a checkpoint on its run's evaluation split")
-    q.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
-    q.add_argument("--which", choices=["best", "final", "last"], default="best",
-                   help="which checkpoint of a run directory")
-    q.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="change the evaluation data, e.g. --set data.n_val=1000")
-    q.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_run_eval_args(q)
     q.add_argument("--score-thresh", type=float,
                    help="minimum detection score (default: the model's, e.g. 0.05); lower adds low-ranked detections")
-    q.add_argument("--json", help="also write the metrics to this JSON file")
     q.set_defaults(func=_eval)
 
     q = ds.add_parser("predict", help="detect objects in image files: pictures with boxes and a JSON file")

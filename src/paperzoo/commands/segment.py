@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from ._shared import COMMON_SHORTCUTS, add_training_args, run_training
+from ._shared import COMMON_SHORTCUTS, add_run_eval_args, add_training_args, run_training
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,13 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=lambda a: run_training(a, task="segmentation"))
 
     q = ss.add_parser("eval", help="mean IoU, pixel accuracy and per-class IoU of a checkpoint")
-    q.add_argument("run", help="run directory, checkpoint directory or .safetensors file")
-    q.add_argument("--which", choices=["best", "final", "last"], default="best",
-                   help="which checkpoint of a run directory")
-    q.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="change the evaluation data, e.g. --set data.n_val=1000")
-    q.add_argument("--device", default="cpu", help="cpu or cuda")
-    q.add_argument("--json", help="also write the metrics to this JSON file")
+    add_run_eval_args(q)
     q.set_defaults(func=_eval)
 
     q = ss.add_parser("predict", help="segment image files: mask PNGs and masks drawn over the images")
