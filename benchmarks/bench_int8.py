@@ -14,6 +14,7 @@ Sizes are the ONNX files' bytes.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -26,22 +27,11 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_nms import cpu_model  # noqa: E402
 
-from paperzoo.deploy.export import export_model  # noqa: E402
+from paperzoo.deploy.export import export_model, onnx_session, run_onnx  # noqa: E402
 from paperzoo.deploy.quantize import quantize_onnx  # noqa: E402
 from paperzoo.registry import create_model, get_entry  # noqa: E402
 
 MODELS = ["resnet50", "mobilenetv2_100"]
-
-
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    # no spin-waiting after a call: it would steal the CPU from whatever runs next (e.g. the eager model)
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return lambda x: sess.run(None, {"images": x.numpy()})
 
 
 def main() -> None:
@@ -64,7 +54,9 @@ def main() -> None:
                          mean=[0.0] * 3, std=[1.0] * 3)
             g = torch.Generator().manual_seed(0)
             quantize_onnx(fp32, int8, (torch.randn(4, 3, *size, generator=g) for _ in range(8)))
-            runs = {"eager": model, "ort32": session(fp32, threads), "ort8": session(int8, threads)}
+            ort32, ort8 = onnx_session(fp32, threads), onnx_session(int8, threads)
+            runs = {"eager": model, "ort32": functools.partial(run_onnx, ort32),
+                    "ort8": functools.partial(run_onnx, ort8)}
             mib = f"{fp32.stat().st_size / 2**20:.1f} / {int8.stat().st_size / 2**20:.1f}"
             for batch in args.batches:
                 x = torch.randn(batch, 3, *size)

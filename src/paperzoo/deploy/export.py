@@ -21,7 +21,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from paperzoo.train.checkpoint import atomic_write_bytes
 
 __all__ = ["EXPORT_FORMATS", "ExportCard", "ExportError", "export_graph", "export_model", "export_run", "load_card",
-           "predict_onnx", "run_onnx"]
+           "onnx_session", "predict_onnx", "run_onnx"]
 
 EXPORT_FORMATS = ("onnx", "pt2")
 #: largest |exported - eager| logit difference accepted, relative to the largest |logit| (fp32 rounding of a
@@ -63,11 +63,22 @@ def _example(input_size: list[int], batch: int = 2) -> Tensor:
     return torch.randn(batch, *input_size, generator=torch.Generator().manual_seed(0))
 
 
-def run_onnx(path: str | os.PathLike, x: Tensor) -> Tensor:
-    """Logits of an exported ``.onnx`` file on ``x`` (normalized float (B, C, H, W)) through ONNX Runtime."""
+def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session of ``path`` (``threads`` intra-op threads, default ONNX Runtime's choice)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    # no spin-waiting after a call: it would steal the CPU from whatever runs next (e.g. an eager model timed after)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model: str | os.PathLike | Any, x: Tensor) -> Tensor:
+    """Logits of an exported ``.onnx`` file (or an :func:`onnx_session` of one, to run many batches) on ``x``
+    (normalized float (B, C, H, W)) through ONNX Runtime."""
+    sess = onnx_session(model) if isinstance(model, (str, os.PathLike)) else model
     name = sess.get_inputs()[0].name
     return torch.from_numpy(sess.run(None, {name: x.detach().float().contiguous().numpy()})[0])
 

@@ -25,7 +25,7 @@ import torch
 
 from paperzoo.train.checkpoint import atomic_write_bytes
 
-from .export import export_model, run_onnx
+from .export import export_model, onnx_session, run_onnx
 
 __all__ = ["QuantReport", "onnx_accuracy", "quantize_onnx", "quantize_run"]
 
@@ -54,7 +54,8 @@ def _normalized_batches(meta: dict, split: str, limit: int | None, batch_size: i
 def onnx_accuracy(path: str | os.PathLike, meta: dict, limit: int | None = None) -> tuple[float, int]:
     """(top-1 accuracy, images) of an ONNX classifier on the run's test split, through ONNX Runtime."""
     n, batches = _normalized_batches(meta, "test", limit)
-    correct = sum(int((run_onnx(path, x).argmax(1) == y).sum()) for x, y in batches)
+    sess = onnx_session(path)  # one session for every batch
+    correct = sum(int((run_onnx(sess, x).argmax(1) == y).sum()) for x, y in batches)
     return correct / max(n, 1), n
 
 

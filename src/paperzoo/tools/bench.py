@@ -163,19 +163,13 @@ def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, threads: int) -> Call
     import tempfile
     from pathlib import Path
 
-    import onnxruntime as ort
-
-    from paperzoo.deploy.export import export_graph
+    from paperzoo.deploy.export import export_graph, onnx_session
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/model.onnx"
+        path = Path(tmp) / "model.onnx"
         # traced on 2 images: torch.export specializes a batch of 1, fixing the batch dimension
-        export_graph(model.eval(), x[:1].expand(2, *x.shape[1:]).contiguous(), Path(path), "onnx")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        # no spin-waiting after a call: it would steal the CPU from whatever runs next (e.g. the eager model)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        export_graph(model.eval(), x[:1].expand(2, *x.shape[1:]).contiguous(), path, "onnx")
+        sess = onnx_session(path, threads)
     name = sess.get_inputs()[0].name
     return lambda t: sess.run(None, {name: t.contiguous().numpy()})
 
