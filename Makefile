@@ -6,6 +6,8 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 TORCH   ?= torch==2.13.0
+# pyproject extras to install; `make install EXTRAS=all,dev` leaves Ray out (its tests then skip)
+EXTRAS  ?= all,ray,dev
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 FORTUNES := /usr/share/games/fortunes/fortunes
@@ -20,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned, so nothing below can pull a CUDA build
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[all,dev]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 # Debian packages: Fashion-MNIST (idx .gz files) and the fortunes corpus for the language model.

@@ -137,7 +137,9 @@ def test_two_workers_on_a_new_study_share_it_without_duplicates(tmp_path):
 
 
 def test_reporting_task_reports_each_epoch_and_prunes_when_told():
-    from paperzoo.tools.tune import _ReportingTask
+    from functools import partial
+
+    from paperzoo.tools.tune import EpochReporter, _report_to_optuna
 
     class Trial:
         def __init__(self, prune_at):
@@ -156,7 +158,7 @@ def test_reporting_task_reports_each_epoch_and_prunes_when_told():
             return {"val_acc": 0.5}
 
     trial = Trial(prune_at=2)
-    wrapped = _ReportingTask(Task(), trial, "val_acc")
+    wrapped = EpochReporter(Task(), "val_acc", partial(_report_to_optuna, trial))  # as the Optuna objective does
     assert wrapped.primary_metric == "val_acc"  # everything else is delegated
     assert wrapped.evaluate(None) == {"val_acc": 0.5}
     with pytest.raises(optuna.TrialPruned):

@@ -31,6 +31,10 @@ the same URL and study name at once: Optuna hands each worker distinct trials, a
 running the command again. Workers that start together on a new SQLite file take turns creating it (a lock
 file beside the database, see :func:`open_study`); a server database (PostgreSQL, MySQL) lets workers on
 several machines share a study.
+
+The Ray Tune backend (:mod:`paperzoo.tools.tune_ray`, ``--backend ray``) shares everything but the search
+itself: a trial is trained by :func:`train_trial` (config, run directory, per-evaluation reports through
+:class:`EpochReporter`, resume), and its results are written by :func:`write_results` from :class:`TrialRow` s.
 """
 
 from __future__ import annotations
@@ -41,15 +45,16 @@ import fcntl
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["SearchSpace", "ParamSpec", "find_search_space", "load_search_space", "open_study", "run_study",
-           "export_results", "study_dir"]
+__all__ = ["SearchSpace", "ParamSpec", "TrialRow", "find_search_space", "load_search_space", "open_study",
+           "run_study", "export_results", "write_results", "train_trial", "study_dir"]
 
 PARAM_TYPES = ("float", "log_float", "int", "log_int", "categorical")
 
@@ -181,26 +186,84 @@ def _trial_config(space: SearchSpace, values: dict[str, Any], run_name: str | No
     return config_from_dict(data)
 
 
-class _ReportingTask:
-    """Wraps a task: after each evaluation, report the metric to the trial and prune if it falls behind."""
+def space_metric(space: SearchSpace) -> str:
+    """The metric trials are compared on: the space's ``metric``, else the task's primary one (``val_acc``:
+    trials always evaluate on the held-out validation split)."""
+    from paperzoo.train.classification import ImageClassificationTask
 
-    def __init__(self, task, trial, metric: str) -> None:
-        self._task, self._trial, self._metric, self._epoch = task, trial, metric, 0
+    return space.metric or ImageClassificationTask.primary_metric
+
+
+def space_direction(space: SearchSpace) -> str:
+    """``maximize`` or ``minimize``: the space's ``direction``, else minimize a loss and maximize the rest."""
+    return space.direction or ("minimize" if space.metric and "loss" in space.metric else "maximize")
+
+
+class EpochReporter:
+    """Wraps a task: after each evaluation, hand ``(value of metric, evaluation number)`` to ``report``, which
+    may raise to stop the trial early (a pruner's or a scheduler's decision). ``start``: evaluations already
+    made by a resumed run, so that the numbers go on where they stopped."""
+
+    def __init__(self, task, metric: str, report: Callable[[float, int], None], start: int = 0) -> None:
+        self._task, self._metric, self._report, self._epoch = task, metric, report, start
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._task, name)
 
     def evaluate(self, model):
-        import optuna
-
         metrics = self._task.evaluate(model)
         if self._metric not in metrics:
             raise ValueError(f"metric {self._metric!r} not among the evaluation metrics {sorted(metrics)}")
         self._epoch += 1
-        self._trial.report(float(metrics[self._metric]), self._epoch)
-        if self._trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {self._epoch}: {self._metric}={metrics[self._metric]}")
+        self._report(float(metrics[self._metric]), self._epoch)
         return metrics
+
+
+def _report_to_optuna(trial, value: float, epoch: int) -> None:
+    """Optuna's ``report`` for :class:`EpochReporter`: report to the trial, prune if it falls behind."""
+    import optuna
+
+    trial.report(value, epoch)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"pruned after epoch {epoch}: {value}")
+
+
+def _evaluations_done(run_dir: Path, metric: str) -> int:
+    """Evaluations a run made up to its newest intact checkpoint (those after it are redone on resume): the
+    records of ``metrics.jsonl`` that hold the metric (the others are training records)."""
+    from paperzoo.train import checkpoint as ckpt
+    from paperzoo.train.logger import read_metrics
+
+    last, _ = ckpt.latest_intact_checkpoint(run_dir / "checkpoints")
+    if last is None:
+        return 0
+    step = ckpt.read_meta(last / "model.safetensors")["step"]
+    return sum(1 for r in read_metrics(run_dir / "metrics.jsonl") if metric in r and r.get("step", 0) <= step)
+
+
+def train_trial(space: SearchSpace, values: dict[str, Any], number: int, out_dir: str | os.PathLike,
+                report: Callable[[float, int], None], *, resume: bool = False) -> tuple[float, Path]:
+    """Train trial ``number`` with the sampled ``values`` in ``out_dir/trial_NNNN`` and return its final metric
+    and run directory; ``report`` gets the metric after every evaluation (:class:`EpochReporter`). With
+    ``resume``, a run directory left by an interrupted attempt of the same trial continues from its newest
+    checkpoint. Raises RuntimeError for a trial that did not finish (a NaN loss, a stop signal)."""
+    from paperzoo.train.classification import ImageClassificationTask
+    from paperzoo.train.distributed import DistInfo
+    from paperzoo.train.trainer import fit
+
+    cfg = _trial_config(space, values, trial_run_name(number), str(out_dir))
+    run_dir = Path(out_dir) / trial_run_name(number)
+    earlier = resume and (run_dir / "config.yaml").is_file()
+    metric = space_metric(space)
+    task = EpochReporter(ImageClassificationTask(cfg, DistInfo()), metric, report,
+                         start=_evaluations_done(run_dir, metric) if earlier else 0)
+    result = fit(cfg, task, resume=run_dir if earlier else None)
+    if result.status != "done" or metric not in result.metrics:
+        raise RuntimeError(f"trial {number} ended with status {result.status!r}")
+    value = float(result.metrics[metric])
+    if math.isnan(value):
+        raise RuntimeError(f"trial {number}: {metric} is NaN")
+    return value, result.run_dir
 
 
 def _storage(url: str):
@@ -236,7 +299,7 @@ def open_study(space: SearchSpace, *, study_name: str, storage: str, seed: int |
     """Create the study, or load it if it exists; safe for workers that start together (see _creation_lock)."""
     import optuna
 
-    direction = space.direction or ("minimize" if space.metric and "loss" in space.metric else "maximize")
+    direction = space_direction(space)
     with _creation_lock(storage):
         study = optuna.create_study(
             study_name=study_name, storage=_storage(storage), direction=direction, load_if_exists=True,
@@ -269,65 +332,85 @@ def run_study(space: SearchSpace, *, study_name: str, storage: str, n_trials: in
     ``n`` trains in ``out_dir/trial_000n`` (``out_dir``: the study's directory, :func:`study_dir`)."""
     import optuna
 
-    from paperzoo.train.classification import ImageClassificationTask
-    from paperzoo.train.distributed import DistInfo
-    from paperzoo.train.trainer import fit
-
     study = open_study(space, study_name=study_name, storage=storage, seed=seed, n_startup_trials=n_startup_trials,
                        n_warmup_steps=n_warmup_steps)
+    study.set_user_attr("metric", space_metric(space))  # named on the plots' axes
 
     def objective(trial: optuna.Trial) -> float:
         values = {s.key: s.suggest(trial) for s in space.params}
-        cfg = _trial_config(space, values, trial_run_name(trial.number), str(out_dir))
-        task = ImageClassificationTask(cfg, DistInfo())
-        metric = space.metric or task.primary_metric
-        study.set_user_attr("metric", metric)  # named on the plots' axes
-        result = fit(cfg, _ReportingTask(task, trial, metric))
-        trial.set_user_attr("run_dir", str(result.run_dir))
-        if result.status != "done" or metric not in result.metrics:
-            raise RuntimeError(f"trial {trial.number} ended with status {result.status!r}")
-        value = float(result.metrics[metric])
-        if math.isnan(value):
-            raise RuntimeError(f"trial {trial.number}: {metric} is NaN")
+        value, run_dir = train_trial(space, values, trial.number, out_dir, partial(_report_to_optuna, trial))
+        trial.set_user_attr("run_dir", str(run_dir))
         return value
 
     study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(RuntimeError,), gc_after_trial=True)
     return study
 
 
-def export_results(study, space: SearchSpace, out: str | os.PathLike) -> dict[str, Path]:
-    """Write the best config (ready-to-run YAML), the trials table (CSV) and the two plots into ``out``."""
-    from optuna.trial import TrialState
+@dataclass
+class TrialRow:
+    """One trial of either backend, as the results table and the best config see it."""
 
+    number: int
+    state: str  # COMPLETE, PRUNED (stopped early), FAIL, RUNNING, ...
+    value: float | None  # the final metric, or the last one reported before the trial stopped
+    duration_s: float | None
+    params: dict[str, Any]
+    run_dir: str | None
+
+
+def best_row(rows: list[TrialRow], direction: str) -> TrialRow | None:
+    """The complete trial with the best value (the first of equals); None if no trial completed."""
+    done = [r for r in rows if r.state == "COMPLETE" and r.value is not None and not math.isnan(r.value)]
+    if not done:
+        return None
+    sign = 1.0 if direction == "maximize" else -1.0
+    return max(done, key=lambda r: (sign * r.value, -r.number))
+
+
+def write_results(rows: list[TrialRow], space: SearchSpace, study_name: str, out: str | os.PathLike
+                  ) -> dict[str, Path]:
+    """Write the trials table (``trials.csv``), the best complete trial's config (``best_config.yaml``, ready
+    to train) and the optimization history plot into ``out``; returns the files written."""
     from paperzoo.train.config import config_to_dict
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    files["trials"] = out / "trials.csv"
-    keys = sorted({k for t in study.trials for k in t.params})
+    files: dict[str, Path] = {"trials": out / "trials.csv"}
+    keys = sorted({k for r in rows for k in r.params})
     with files["trials"].open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["number", "state", "value", "duration_s", *keys, "run_dir"])
-        for t in study.trials:
-            dur = t.duration.total_seconds() if t.duration else None
-            w.writerow([t.number, t.state.name, t.value, dur, *(t.params.get(k) for k in keys),
-                        t.user_attrs.get("run_dir")])
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if not complete:
+        for r in rows:
+            w.writerow([r.number, r.state, r.value, r.duration_s, *(r.params.get(k) for k in keys), r.run_dir])
+    best = best_row(rows, space_direction(space))
+    if best is None:
         return files
-    best = study.best_trial
     cfg = _trial_config(space, best.params, None)
-    text = (f"# best trial {best.number} of study {study.study_name!r}: value {best.value}\n"
+    text = (f"# best trial {best.number} of study {study_name!r}: value {best.value}\n"
             f"# params: {best.params}\n" + yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     files["best_config"] = out / "best_config.yaml"
     files["best_config"].write_text(text)
+    files["history"] = _plot_history(rows, study_name, space_metric(space), space_direction(space),
+                                     out / "optimization_history.png")
+    return files
 
-    metric = space.metric or study.user_attrs.get("metric", "objective")
-    files["history"] = _plot_history(study, metric, out / "optimization_history.png")
+
+def optuna_rows(study) -> list[TrialRow]:
+    """The trials of an Optuna study as :class:`TrialRow` s."""
+    return [TrialRow(t.number, t.state.name, t.value, t.duration.total_seconds() if t.duration else None,
+                     dict(t.params), t.user_attrs.get("run_dir")) for t in study.trials]
+
+
+def export_results(study, space: SearchSpace, out: str | os.PathLike) -> dict[str, Path]:
+    """Write the best config (ready-to-run YAML), the trials table (CSV) and the two plots into ``out``."""
+    from optuna.trial import TrialState
+
+    files = write_results(optuna_rows(study), space, study.study_name, out)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if len(complete) >= 2 and len(space.params) >= 1:
+        metric = space.metric or study.user_attrs.get("metric", "objective")
         try:
-            files["importance"] = _plot_importances(study, metric, out / "param_importances.png")
+            files["importance"] = _plot_importances(study, metric, Path(out) / "param_importances.png")
         except (RuntimeError, ValueError) as e:  # e.g. all trials sampled the same values
             print(f"param importance plot skipped: {e}")
     return files
@@ -336,21 +419,19 @@ def export_results(study, space: SearchSpace, out: str | os.PathLike) -> dict[st
 # Both plots are drawn here rather than by optuna.visualization.matplotlib, whose figures stack two titles and
 # cut long parameter names and legends off: one title naming the study, the metric on the axis, the config keys
 # in full.
-def _plot_history(study, metric: str, path: Path) -> Path:
+def _plot_history(rows: list[TrialRow], study_name: str, metric: str, direction: str, path: Path) -> Path:
     """Each finished trial's value against its number, and the best value so far."""
-    from optuna.trial import TrialState
-
     from paperzoo.viz.common import new_figure, save_figure
 
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    xs, ys = [t.number for t in done], [t.value for t in done]
-    pick = max if study.direction.name == "MAXIMIZE" else min
+    done = [r for r in rows if r.state == "COMPLETE"]
+    xs, ys = [r.number for r in done], [r.value for r in done]
+    pick = max if direction == "maximize" else min
     best = [pick(ys[: i + 1]) for i in range(len(ys))]
     fig, axes = new_figure(1, size=(7, 4.5))
     ax = axes[0, 0]
     ax.plot(xs, ys, "o", label="trial")
-    ax.step(xs, best, where="post", color="tab:red", label=f"best so far ({study.direction.name.lower()})")
-    ax.set(title=f"Optimization history: study {study.study_name!r}", xlabel="trial", ylabel=metric)
+    ax.step(xs, best, where="post", color="tab:red", label=f"best so far ({direction})")
+    ax.set(title=f"Optimization history: study {study_name!r}", xlabel="trial", ylabel=metric)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
