@@ -34,7 +34,7 @@ __all__ = ["WeightLoadError", "register_converter", "read_state_dict", "convert_
 StateDict = dict[str, Tensor]
 Converter = Callable[[StateDict, nn.Module], StateDict]
 
-SOURCES = ("paperzoo", "torchvision", "timm")
+SOURCES = ("paperzoo", "torchvision", "timm", "openai")  # openai: the released DALL-E dVAE (dalle/dvae.py)
 _CONVERTERS: dict[tuple[str, str], Converter] = {}
 
 

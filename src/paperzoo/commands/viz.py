@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("viz", help="pictures: swin-mask, posenc, attention, curves, confusion, features, anchors, "
-                                   "proposals",
+                                   "proposals, tokens",
                        description="Draw a picture of a mechanism as a PNG file.")
     vs = p.add_subparsers(dest="what", metavar="WHAT", required=True)
 
@@ -62,6 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("-o", "--out", help="PNG file to write", default="features.png")
     q.set_defaults(func=_features)
 
+    _register_detection_and_dalle(vs)
+
+
+def _register_detection_and_dalle(vs: argparse._SubParsersAction) -> None:
+    """The pictures of trained detectors (anchors, proposals) and of DALL-E's dVAE (tokens)."""
     q = vs.add_parser("anchors", help="each FPN level's anchors (sizes x aspect ratios) and grid over an image")
     q.add_argument("model", help="detection run directory / checkpoint, or a registered detector name")
     q.add_argument("image", nargs="?", help="image file (default: a Fashion-MNIST test scene)")
@@ -78,6 +83,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--show", type=int, default=50, help="proposals drawn per panel (the best first)")
     q.add_argument("-o", "--out", help="PNG file to write", default="proposals.png")
     q.set_defaults(func=_proposals)
+
+    q = vs.add_parser("tokens", help="DALL-E's discrete VAE: an image, its grid of codes and the reconstruction")
+    q.add_argument("run", help="dalle_vae run directory, checkpoint directory or .safetensors file")
+    q.add_argument("image", help="image file (converted to grayscale and resized to 28x28)")
+    q.add_argument("--which", choices=["best", "final", "last"], default="best",
+                   help="which checkpoint of a run directory")
+    q.add_argument("-o", "--out", help="PNG file to write", default="tokens.png")
+    q.set_defaults(func=_tokens)
 
 
 def _done(path) -> int:
@@ -197,3 +210,13 @@ def _proposals(args: argparse.Namespace) -> int:
         print(f"{name}: {len(props)} proposals in {t * 1000:.0f} ms{rec}")
     return _done(plot_proposals(image, [(f"selective search ({args.mode})", ss, t_ss), ("RPN", rpn, t_rpn)],
                                 args.out, gt=gt, show=args.show))
+
+
+def _tokens(args: argparse.Namespace) -> int:
+    from paperzoo.commands.dalle import read_images
+    from paperzoo.dalle import load_dvae
+    from paperzoo.viz.tokens import plot_tokens
+
+    images = read_images([args.image])  # before loading the model: a typo costs nothing
+    model = load_dvae(args.run, which=args.which)
+    return _done(plot_tokens(model, images[0], args.out, title=f"{args.image}: image -> tokens -> image"))

@@ -145,11 +145,14 @@ class MultiHeadAttention(nn.Module):
         return (*self._split_heads(q, 1), *self._split_heads(kv, 2))
 
     def forward(self, query: Tensor, memory: Tensor | None = None, *, key_padding_mask: Tensor | None = None,
-                is_causal: bool = False, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+                attn_mask: Tensor | None = None, is_causal: bool = False, need_weights: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
         """Attend ``query`` (B, L, C) to itself, or to ``memory`` (B, S, C).
 
-        ``key_padding_mask`` (B, S) bool is True at padding keys; ``is_causal`` lets position i see only
-        positions <= i. Returns ``(out (B, L, C), weights (B, heads, L, S) or None)``; the weights come from
+        ``key_padding_mask`` (B, S) bool is True at padding keys; ``attn_mask`` bool (L, S), or any shape that
+        broadcasts to (B, heads, L, S), is True where a query may attend to a key (e.g. DALL-E's sparse masks);
+        ``is_causal`` lets position i see only positions <= i. The three combine (a key must pass each).
+        Returns ``(out (B, L, C), weights (B, heads, L, S) or None)``; the weights come from
         the explicit path, only with ``need_weights``.
         """
         if query.dim() != 3 or query.shape[-1] != self.embed_dim:
@@ -164,6 +167,10 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"key_padding_mask must be bool (B, S) = ({b}, {k_len}), got "
                                  f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
             mask = ~key_padding_mask[:, None, None, :]  # (B, S) True = padding -> (B, 1, 1, S) True = may attend
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool:
+                raise ValueError(f"attn_mask must be bool (True = may attend), got {attn_mask.dtype}")
+            mask = attn_mask if mask is None else mask & attn_mask
         q, k, v = self.project_qkv(query, memory)
         out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0,
                                                     is_causal=is_causal, need_weights=need_weights)

@@ -157,15 +157,17 @@ def attention_weights(attn: MultiHeadAttention) -> AttentionWeights:
                             attn.num_heads)
 
 
-def self_attention_step(x: Tensor, cache: KVCache, w: AttentionWeights) -> Tensor:
+def self_attention_step(x: Tensor, cache: KVCache, w: AttentionWeights, attn_mask: Tensor | None = None) -> Tensor:
     """Causal self-attention of positions x (B, L, C) that follow the cached ones: their keys/values are
-    appended to ``cache``, and they attend to every cached position and causally among themselves."""
+    appended to ``cache``, and they attend to every cached position and causally among themselves (and only
+    where a bool ``attn_mask`` (L, cached + L) is True, if one is given: DALL-E's sparse masks)."""
     b, n, c = x.shape
     qkv = F.linear(x, w.in_proj_weight, w.in_proj_bias)  # (B, L, 3C), one fused matmul
     qkv = qkv.view(b, n, 3, w.num_heads, c // w.num_heads)  # (B, L, 3C) -> (B, L, 3, heads, d)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (3, B, heads, L, d) -> q, k, v each (B, heads, L, d)
     k, v = cache.append(k, v)  # (B, heads, cached + L, d)
-    out, _ = scaled_dot_product_attention(q, k, v, is_causal=n > 1)  # one new position sees every key: no mask
+    # one new position sees every key: no causal mask
+    out, _ = scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=n > 1)
     out = out.transpose(1, 2).reshape(b, n, c)  # (B, heads, L, d) -> (B, L, C): Concat
     return F.linear(out, w.out_proj_weight, w.out_proj_bias)  # · Wᴼ
 
@@ -303,10 +305,12 @@ def block_weights(block: Block) -> BlockWeights:
                         block.ln_1.eps, mlp.act.approximate)
 
 
-def block_step(x: Tensor, cache: KVCache, w: BlockWeights) -> Tensor:
-    """``Block.forward`` in eval mode for positions x (B, L, C) that follow the cached ones."""
+def block_step(x: Tensor, cache: KVCache, w: BlockWeights, attn_mask: Tensor | None = None) -> Tensor:
+    """``Block.forward`` in eval mode for positions x (B, L, C) that follow the cached ones (``attn_mask``: the
+    rows of these positions, (L, cached + L) bool)."""
     c = x.shape[-1]
-    x = x + self_attention_step(F.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, w.eps), cache, w.attn)
+    x = x + self_attention_step(F.layer_norm(x, (c,), w.ln_1_weight, w.ln_1_bias, w.eps), cache, w.attn,
+                                attn_mask)
     h = F.layer_norm(x, (c,), w.ln_2_weight, w.ln_2_bias, w.eps)
     h = F.gelu(F.linear(h, w.c_fc_weight, w.c_fc_bias), approximate=w.gelu)
     return x + F.linear(h, w.c_proj_weight, w.c_proj_bias)

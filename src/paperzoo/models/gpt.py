@@ -28,6 +28,7 @@ Deviations:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,7 +42,7 @@ from ..layers.pos_embed import SinusoidalPositionalEncoding
 from ..registry import Paper, register_model
 from .fast_decode import GPTCache, start_gpt, step_gpt
 
-__all__ = ["GPTConfig", "GPT", "Block", "GPTState"]
+__all__ = ["GPTConfig", "GPT", "Block", "GPTState", "gpt2_init_"]
 
 PAPER = Paper("Language Models are Unsupervised Multitask Learners (GPT-2)", "n/a", 2019)
 
@@ -88,9 +89,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, T, C) -> (B, T, C); position i attends to positions <= i."""
-        x = x + self.drop(self.attn(self.ln_1(x), is_causal=True)[0])
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """x: (B, T, C) -> (B, T, C); position i attends to positions <= i (and, with a bool ``attn_mask``
+        broadcasting to (B, heads, T, T), only where it is True: DALL-E's sparse masks)."""
+        x = x + self.drop(self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=True)[0])
         return x + self.mlp(self.ln_2(x))
 
 
@@ -109,6 +111,22 @@ class GPTState:
     def reorder(self, index: Tensor) -> GPTState:
         """Select batch rows (beam search expands and reorders beams with this)."""
         return GPTState(self.tokens.index_select(0, index))
+
+
+def gpt2_init_(model: nn.Module, blocks: Iterable[Block], params: Iterable[nn.Parameter] = ()) -> None:
+    """GPT-2's initialisation, in place: N(0, 0.02) for every Linear / Embedding weight and for ``params`` (free
+    embedding tensors), zero biases, and the residual projections of ``blocks`` N(0, 0.02/√(2·n_layer))."""
+    blocks = list(blocks)
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    for p in params:
+        nn.init.normal_(p, std=0.02)
+    for block in blocks:
+        for proj in (block.attn.out_proj, block.mlp.c_proj):
+            nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * len(blocks)))
 
 
 class GPT(nn.Module):
@@ -135,15 +153,7 @@ class GPT(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # GPT-2: N(0, 0.02) everywhere, zero biases; residual projections N(0, 0.02/√(2·n_layer)).
-        for m in self.modules():
-            if isinstance(m, nn.Linear | nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-        for block in self.h:
-            for proj in (block.attn.out_proj, block.mlp.c_proj):
-                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
+        gpt2_init_(self, self.h)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without the position table (as GPT-2's paper counts)."""

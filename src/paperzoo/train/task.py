@@ -99,6 +99,9 @@ def register_task(cls: type[Task]) -> type[Task]:
 def _import_builtin_tasks() -> None:
     # the built-in tasks register themselves when their modules are imported (on first use: the text tasks
     # pull in tokenizers and metrics)
+    import paperzoo.dalle.clip_task  # noqa: F401
+    import paperzoo.dalle.task  # noqa: F401
+    import paperzoo.dalle.vae_task  # noqa: F401
     import paperzoo.detection.task  # noqa: F401
     import paperzoo.segmentation.task  # noqa: F401
     import paperzoo.text.tasks  # noqa: F401
