@@ -107,3 +107,39 @@ class _ConvUsedTwice(nn.Module):
 def test_a_conv_whose_output_is_also_used_elsewhere_is_refused():
     with pytest.raises(RuntimeError, match="also used elsewhere"):
         fuse(_randomize_norms(_ConvUsedTwice()), torch.randn(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("native", [["avx512_bf16", "amx_bf16"], []], ids=["native-bf16", "no-bf16"])
+def test_fast_path_is_fused_channels_last_and_bf16_only_where_the_cpu_is_native(native, monkeypatch):
+    import paperzoo.tools.bench as tb
+
+    monkeypatch.setattr(tb, "native_bf16", lambda: native)
+    model = _randomize_norms(create_model("resnet18", num_classes=10, in_chans=1, small_input=True, width=8))
+    x = torch.randn(4, 1, 16, 16)
+    fast = paperzoo.deploy.fast_path(model, x[:1])
+    assert fast.bf16 == bool(native) and fast.label.endswith("bf16" if native else "fp32")
+    assert fast.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.model.modules())
+    with torch.no_grad():
+        want, got = model(x), fast(x)
+    # bf16 rounds activations to 8 mantissa bits; fp32 only reorders sums
+    assert float((got.float() - want).abs().max() / want.abs().max()) < (5e-2 if native else 1e-5)
+
+
+@pytest.mark.parametrize("native,dtype", [(["amx_bf16"], "bf16"), ([], "fp32")], ids=["native-bf16", "no-bf16"])
+def test_bench_fused_defaults_to_the_fast_path_and_says_what_it_detected(native, dtype, monkeypatch, capsys):
+    import paperzoo.commands.bench as cb
+    from paperzoo.cli import main
+
+    monkeypatch.setattr(cb, "native_bf16", lambda: native)
+    monkeypatch.setattr(cb, "matmul_gflops", lambda *a, **k: 1.0)  # the machine's GEMM speed is not under test
+    assert main(["bench", "resnet18", "--small-input", "--size", "16", "--batch", "2", "--warmup", "0",
+                 "--repeats", "1", "--fused", "--mode", "infer", "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    row = dict(zip(*(line.split(",") for line in out.splitlines()[:2])))
+    assert row["dtype"] == dtype and row["fused"] == "True"
+    assert f"fused + channels_last + {dtype} (native bf16 on this CPU: {', '.join(native) or 'none'})" in err
+    # an explicit precision wins over the default
+    assert main(["bench", "resnet18", "--small-input", "--size", "16", "--batch", "2", "--warmup", "0",
+                 "--repeats", "1", "--fused", "--mode", "infer", "--format", "csv", "--precision", "fp32"]) == 0
+    assert dict(zip(*(line.split(",") for line in capsys.readouterr().out.splitlines()[:2])))["dtype"] == "fp32"

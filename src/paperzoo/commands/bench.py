@@ -36,12 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=1000,
                    help="classifier outputs (1000 counts parameters as `paperzoo models` does)")
     p.add_argument("--small-input", action="store_true", help="build the small-input (28x28/32x32) configuration")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="fp32, or bf16 / fp16 autocast (as train.precision)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for inputs and weights")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="fp32, or bf16 / fp16 autocast (as train.precision); default fp32, and with --fused bf16 "
+                        "where the CPU has native bf16 (AVX-512 BF16 / AMX), else fp32")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format for inputs and weights (default: on with --fused, off otherwise)")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     p.add_argument("--fused", action="store_true",
-                   help="fold every BatchNorm into its convolution first (paperzoo.fuse; inference only)")
+                   help="the fast inference path: every BatchNorm folded into its convolution (paperzoo.fuse), "
+                        "channels_last, and bf16 autocast where the CPU has native bf16 (inference only)")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
                    help="onnxruntime: time the model exported to ONNX in ONNX Runtime (inference only, fp32)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -53,6 +56,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", help="also write the table to this file (format from --format)")
     p.add_argument("--plot", help="write a throughput-vs-FLOPs/params PNG here")
     p.set_defaults(func=run)
+
+
+def inference_path(args: argparse.Namespace) -> tuple[str, bool]:
+    """(precision, channels_last): what the user gave, else the defaults. With --fused on the CPU the defaults are
+    the fast inference path of issue 18 (docs/deploy.md): channels_last, and bf16 autocast only where the CPU has
+    native bf16 (elsewhere bf16 is emulated and slower than fp32); said on stderr."""
+    fused_cpu = args.fused and args.runtime == "torch" and args.device == "cpu"
+    native = native_bf16()
+    precision = args.precision or ("bf16" if fused_cpu and native else "fp32")
+    channels_last = args.fused if args.channels_last is None else args.channels_last
+    if fused_cpu:
+        print(f"paperzoo bench --fused: fused + {'channels_last' if channels_last else 'contiguous'} + {precision} "
+              f"(native bf16 on this CPU: {', '.join(native) or 'none'})", file=sys.stderr)
+    return precision, channels_last
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--fused and --runtime onnxruntime models are for inference only: use --mode infer")
         print("paperzoo bench: --fused / --runtime onnxruntime time inference only (such a model cannot train)",
               file=sys.stderr)
+    args.precision, args.channels_last = inference_path(args)
     cfg = BenchConfig(batch_size=args.batch, input_size=args.size, in_chans=args.in_chans,
                       num_classes=args.num_classes, small_input=args.small_input, dtype=args.precision,
                       channels_last=args.channels_last, compile=args.compile, fused=args.fused,

@@ -8,7 +8,7 @@
 """
 
 from .export import EXPORT_FORMATS, ExportCard, ExportError, export_model, export_run, load_card, predict_onnx, run_onnx
-from .fuse import fold_batchnorm, fusable_pairs, fuse
+from .fuse import FastPath, fast_path, fold_batchnorm, fusable_pairs, fuse
 
-__all__ = ["EXPORT_FORMATS", "ExportCard", "ExportError", "export_model", "export_run", "fold_batchnorm",
-           "fusable_pairs", "fuse", "load_card", "predict_onnx", "run_onnx"]
+__all__ = ["EXPORT_FORMATS", "ExportCard", "ExportError", "FastPath", "export_model", "export_run", "fast_path",
+           "fold_batchnorm", "fusable_pairs", "fuse", "load_card", "predict_onnx", "run_onnx"]

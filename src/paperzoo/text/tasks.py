@@ -364,6 +364,10 @@ def load_text_checkpoint(path: str | Path, which: str = "best", *, device: str |
     if tokenizer is not None:
         for k, t in toks.items():
             check_same_tokenizer(t, tokenizer, f"{weights} ({k} side)")
+    from paperzoo.deploy.quantize_text import is_int8_text_file, load_int8_text
+
+    if is_int8_text_file(weights):  # written by `paperzoo quantize`: dynamic int8, CPU
+        return load_int8_text(weights, device=device)
     model = create_model(meta["model"]["name"], **meta["model"]["args"])
     load_state_dict_checked(model, ckpt.read_weights(weights), what=str(weights))
     return TextCheckpoint(model.to(device).eval(), meta, toks, weights)
