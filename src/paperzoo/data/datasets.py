@@ -30,6 +30,7 @@ from . import cifar, idx
 
 __all__ = [
     "DATASETS",
+    "dataset_stats",
     "DatasetCorruptError",
     "DatasetNotFoundError",
     "ImageDataset",
@@ -143,6 +144,11 @@ _STATS = {
 }
 
 DATASETS = tuple(_STATS)
+
+
+def dataset_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel of a named dataset's training split, in [0, 1] units."""
+    return _STATS[name]
 
 _HOW_TO_GET = {
     "fashion_mnist": (

@@ -41,6 +41,7 @@ between epochs, and :meth:`DetectionDataset.get` takes a caller's generator inst
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 import xml.etree.ElementTree as ET
@@ -59,8 +60,8 @@ from .scenes import make_scenes
 
 __all__ = [
     "BACKGROUND", "EDGE_TOLERANCE", "VOC_CLASSES", "Target", "PairTransform", "DetectionDataset", "CocoDetection",
-    "VOCDetection", "ScenesDetection", "hflip_boxes", "RandomHorizontalFlip", "RandomResize", "Compose", "collate",
-    "pad_images",
+    "VOCDetection", "ScenesDetection", "hflip_boxes", "RandomHorizontalFlip", "RandomResize", "affine_boxes",
+    "RandomScaleTranslate", "RandomExposureSaturation", "Compose", "collate", "pad_images",
 ]
 
 BACKGROUND = "__background__"
@@ -73,6 +74,7 @@ VOC_CLASSES = (
 )
 _UNUSED = "N/A"  # name of a label no category has (labels="category_id"; torchvision's COCO list has them too)
 _AUGMENT = 3  # stream id for derive_seed, apart from the loaders' order (1) and batch augmentation (2)
+_FRESH_SCENE = 4  # stream id of ScenesDetection(fresh=True)'s scenes
 
 Target = dict[str, Any]  # boxes (N, 4) float32 xyxy, labels (N,) int64, image_id int, optional masks (N, H, W)
 
@@ -486,27 +488,47 @@ class ScenesDetection(DetectionDataset):
     scoring does not read it and RLE-encoding thousands of masks costs seconds (instance masks, issue 17, will
     add it).
     ``seed`` draws the scenes; ``transform_seed`` the augmentation.
+
+    ``fresh=True`` draws a new scene for every (epoch, index): scene ``index`` of epoch ``e`` is ``make_scenes(split,
+    1, seed=derive_seed(seed, e, index, 4))``, made when it is loaded (~1.5 ms; nothing is kept, so ``n`` costs no
+    memory), a function of the epoch like the augmentation, hence exactly resumable. An unbounded supply of
+    training scenes; :meth:`coco_dict` (a fixed ground truth) is then not available.
+
+    ``masks=False`` leaves the masks out of the targets and out of memory (16 KB an item: 1.1 GB for 20,000
+    scenes), and the augmentation and the detector's resize do not resample them: detectors train on boxes.
     """
 
     def __init__(self, split: str, n: int, *, seed: int = 0, canvas: int = 128, min_items: int = 1,
                  max_items: int = 6, scale: tuple[float, float] = (0.6, 2.0), max_overlap: float = 0.3,
-                 root: str | None = None, transform: PairTransform | None = None, transform_seed: int = 0) -> None:
+                 root: str | None = None, transform: PairTransform | None = None, transform_seed: int = 0,
+                 fresh: bool = False, masks: bool = True) -> None:
         super().__init__(transform, transform_seed)
-        self.scenes = make_scenes(split, n, canvas=canvas, min_items=min_items, max_items=max_items, scale=scale,
-                                  max_overlap=max_overlap, seed=seed, root=root)
+        self.split, self.n, self.seed, self.fresh, self.masks = split, n, seed, fresh, masks
+        self._scene_args = {"canvas": canvas, "min_items": min_items, "max_items": max_items, "scale": scale,
+                            "max_overlap": max_overlap, "root": root}
+        # fresh: one scene checks the arguments and gives the categories
+        self.scenes = make_scenes(split, 1 if fresh else n, seed=seed, **self._scene_args)
+        if not masks:
+            self.scenes.masks = []
         self.categories = [BACKGROUND, *self.scenes.categories]
         self.cat_ids = list(range(1, len(self.categories)))
 
     def __len__(self) -> int:
-        return len(self.scenes)
+        return self.n
 
     def load(self, index: int) -> tuple[Tensor, Target]:
-        s = self.scenes
-        image = s.images[index].float().div_(255).expand(3, -1, -1).contiguous()  # (1, H, W) -> (3, H, W)
-        return image, {"boxes": s.boxes[index].clone(), "labels": s.labels[index].clone(), "image_id": index + 1,
-                       "masks": s.masks[index].clone()}
+        s, k = self.scenes, index
+        if self.fresh:  # this epoch's scene `index`
+            s, k = make_scenes(self.split, 1, seed=derive_seed(self.seed, self.epoch, index, _FRESH_SCENE),
+                               **self._scene_args), 0
+        image = s.images[k].float().div_(255).expand(3, -1, -1).contiguous()  # (1, H, W) -> (3, H, W)
+        target = {"boxes": s.boxes[k].clone(), "labels": s.labels[k].clone(), "image_id": index + 1}
+        return image, ({**target, "masks": s.masks[k].clone()} if self.masks else target)
 
     def coco_dict(self) -> dict:
+        if self.fresh or not self.masks:
+            raise ValueError("scenes made with fresh=True (new every epoch) or masks=False (the areas are the "
+                             "masks') have no COCO ground truth")
         s = self.scenes
         height, width = s.images.shape[-2:]
         images, annotations = [], []
@@ -592,6 +614,119 @@ class RandomResize:
 
     def __repr__(self) -> str:
         return f"RandomResize(sizes={self.sizes}, max_size={self.max_size})"
+
+
+#: an augmented box is kept when at least this fraction of its area stays inside the image (after clipping)
+MIN_VISIBLE = 0.25
+
+
+def affine_boxes(boxes: Tensor, scale: float, shift: tuple[float, float], size: tuple[int, int]) -> Tensor:
+    """Move xyxy boxes ``(N, 4)`` as :class:`RandomScaleTranslate` moves the pixels of an ``(H, W) = size`` image:
+    ``x' = s (x - W/2) + W/2 + t_x``, ``y' = s (y - H/2) + H/2 + t_y`` (pixel edges; not clipped)."""
+    height, width = size
+    centre = boxes.new_tensor([width / 2, height / 2, width / 2, height / 2])
+    return (boxes - centre) * scale + centre + boxes.new_tensor([shift[0], shift[1], shift[0], shift[1]])
+
+
+class RandomScaleTranslate:
+    """YOLO's geometric augmentation (Redmon et al. 2016, arXiv:1506.02640, Sec. 2.2): "random scaling and
+    translations of up to 20% of the original image size".
+
+    One scale factor ``s ~ U(1 - scale, 1 + scale)`` about the image centre and a shift ``t ~ U(-translate,
+    translate)`` times the width (height) per axis, drawn from the generator (3 draws); the image keeps its size.
+    Pixels are resampled by one ``grid_sample`` (bilinear, pixel-edge coordinates: ``align_corners=False``, so
+    the boxes of :func:`affine_boxes` follow the pixels exactly); uncovered pixels get ``fill``. Masks are
+    resampled with ``nearest``.
+
+    Box rule: every box is clipped to the image; a ground-truth box that keeps less than ``min_visible`` of its
+    area inside (or no area at all) is dropped with its label and mask. Region proposals (``"proposals"``) are
+    clipped and dropped only when empty. ``scale = translate = 0`` is the identity (and draws nothing).
+    """
+
+    def __init__(self, scale: float = 0.2, translate: float = 0.2, min_visible: float = MIN_VISIBLE,
+                 fill: float = 0.0) -> None:
+        if not (0.0 <= scale < 1.0 and 0.0 <= translate <= 1.0 and 0.0 <= min_visible <= 1.0):
+            raise ValueError(f"need 0 <= scale < 1, 0 <= translate <= 1, 0 <= min_visible <= 1; got {scale}, "
+                             f"{translate}, {min_visible}")
+        self.scale, self.translate, self.min_visible, self.fill = scale, translate, min_visible, fill
+
+    def draw(self, generator: torch.Generator | None = None) -> tuple[float, float, float]:
+        """``(s, t_x, t_y)``: the scale factor and the shift as fractions of the width and height."""
+        u = torch.rand(3, generator=generator) * 2 - 1  # U(-1, 1)
+        return 1.0 + self.scale * float(u[0]), self.translate * float(u[1]), self.translate * float(u[2])
+
+    def __call__(self, image: Tensor, target: Target, generator: torch.Generator | None = None
+                 ) -> tuple[Tensor, Target]:
+        if self.scale == 0 and self.translate == 0:
+            return image, target
+        s, tx, ty = self.draw(generator)
+        height, width = image.shape[-2:]
+        # grid_sample reads the output pixel at normalised u' (u = 2x / W - 1) from the input at u = (u' - 2 t) / s
+        theta = torch.tensor([[[1 / s, 0.0, -2 * tx / s], [0.0, 1 / s, -2 * ty / s]]])  # (1, 2, 3)
+        grid = F.affine_grid(theta, [1, 1, height, width], align_corners=False)  # (1, H, W, 2)
+        shifted = (image - self.fill)[None]  # zero padding outside = fill
+        image = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0] + self.fill
+        target = dict(target)
+        shift = (tx * width, ty * height)
+        if "proposals" in target:
+            p = clip_boxes_to_image(affine_boxes(target["proposals"], s, shift, (height, width)), (height, width))
+            target["proposals"] = p[(p[:, 2] > p[:, 0]) & (p[:, 3] > p[:, 1])]
+        boxes = affine_boxes(target["boxes"], s, shift, (height, width))
+        clipped = clip_boxes_to_image(boxes, (height, width))
+        visible = box_area(clipped)
+        keep = (visible > 0) & (visible >= self.min_visible * box_area(boxes))  # (N,)
+        target["boxes"], target["labels"] = clipped[keep], target["labels"][keep]
+        if "masks" in target:
+            masks = target["masks"][keep]
+            target["masks"] = (F.grid_sample(masks[:, None].float(), grid.expand(len(masks), -1, -1, -1),
+                                             mode="nearest", align_corners=False)[:, 0] > 0.5
+                               if len(masks) else masks)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"RandomScaleTranslate(scale={self.scale}, translate={self.translate}, min_visible={self.min_visible})"
+
+
+def _log_uniform(factor: float, generator: torch.Generator | None) -> float:
+    """A factor in ``[1 / factor, factor]``, its logarithm uniform (as likely to darken as to brighten)."""
+    return math.exp(math.log(factor) * (float(torch.rand((), generator=generator)) * 2 - 1))
+
+
+class RandomExposureSaturation:
+    """YOLO's photometric augmentation (Sec. 2.2): "randomly adjust the exposure and saturation of the image by up
+    to a factor of 1.5 in the HSV color space".
+
+    Two draws, ``e`` and ``f``, each log-uniform in ``[1 / factor, factor]``. In HSV, ``V = max(R, G, B)`` and
+    ``S = (V - min) / V``; scaling S by ``f`` at fixed H and V maps each channel to ``V - f (V - c)``, and
+    scaling V by ``e`` at fixed H and S maps it to ``e c``. Both are clipped in HSV (``S, V <= 1``, so the hue
+    never shifts) and computed on the RGB tensor directly. On a gray image (R = G = B, S = 0) only the exposure
+    acts: ``min(e c, 1)``. Boxes are untouched; factors of 1 are the identity (and draw nothing).
+    """
+
+    def __init__(self, exposure: float = 1.5, saturation: float = 1.5) -> None:
+        if exposure < 1 or saturation < 1:
+            raise ValueError(f"exposure and saturation are factors >= 1 (1: off), got {exposure}, {saturation}")
+        self.exposure, self.saturation = exposure, saturation
+
+    def __call__(self, image: Tensor, target: Target, generator: torch.Generator | None = None
+                 ) -> tuple[Tensor, Target]:
+        if self.exposure == 1 and self.saturation == 1:
+            return image, target
+        value = image.amax(0, keepdim=True)  # (1, H, W): V
+        if self.saturation != 1:
+            f = _log_uniform(self.saturation, generator)
+            chroma = value - image.amin(0, keepdim=True)  # V * S
+            # S' = min(f S, 1): the factor is at most V / (V - min) = 1 / S where S > 0
+            f_eff = torch.where(chroma > 0, (value / chroma.clamp_min(1e-12)).clamp(max=f), f)
+            image = value - f_eff * (value - image)
+        if self.exposure != 1:
+            e = _log_uniform(self.exposure, generator)
+            # V' = min(e V, 1): every channel by the same factor, at most 1 / V
+            image = image * torch.where(value > 0, (1 / value.clamp_min(1e-12)).clamp(max=e), e)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"RandomExposureSaturation(exposure={self.exposure}, saturation={self.saturation})"
 
 
 class Compose:

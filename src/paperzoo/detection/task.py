@@ -63,6 +63,15 @@ class DetectionDataConfig:
     batch_size: int = 8  # images per optimizer step (all DDP ranks together)
     eval_batch_size: int = 16
     hflip: float = 0.5  # probability of a horizontal flip of a training image (its boxes move with it)
+    #: YOLO's augmentation of training images (Redmon et al. 2016, Sec. 2.2; off at 0 and 1): scaling by up to
+    #: +-scale_jitter and translation by up to +-translate of the image size (boxes move with the pixels, clipped;
+    #: a box less than 25% inside is dropped), exposure and saturation (HSV) by up to these factors
+    scale_jitter: float = 0.0
+    translate: float = 0.0
+    exposure: float = 1.0
+    saturation: float = 1.0
+    #: scenes: new training scenes every epoch (a function of the epoch and index: resumable), n_train per epoch
+    fresh_scenes: bool = False
     num_workers: int = 0  # DataLoader worker processes decoding images (coco / voc)
     skip_invalid: bool = False  # coco / voc: drop bad annotations with a warning instead of stopping
     #: coco: labels 1..C in category order, or the raw category ids (torchvision's COCO checkpoints: 91 classes)
@@ -78,7 +87,12 @@ class DetectionDataConfig:
     def __post_init__(self) -> None:
         check_fields(self, "data", n_train="count", n_val="count", canvas="count", batch_size="count",
                      eval_batch_size="count", hflip="probability", num_workers="non_negative",
-                     ss_upscale="positive")
+                     ss_upscale="positive", scale_jitter="fraction", translate="probability")
+        for name in ("exposure", "saturation"):
+            if not 1 <= getattr(self, name) < float("inf"):
+                raise ConfigError(f"data.{name}: must be a factor >= 1 (1: off), got {getattr(self, name)!r}")
+        if self.fresh_scenes and self.dataset != "scenes":
+            raise ConfigError(f"data.fresh_scenes: only the scenes are generated, not dataset {self.dataset!r}")
         if self.dataset != "scenes" and not self.root:
             raise ConfigError(f"data.root: dataset {self.dataset!r} needs its directory (data.root=PATH)")
 
@@ -98,7 +112,8 @@ class DetectionConfig:
 # ------------------------------------------------------------------------------------------------ data
 def build_dataset(d: DetectionDataConfig, split: str, *, seed: int = 0) -> Any:
     """The dataset of one split (``"train"`` or ``"val"``) of a config's data section; the training split flips
-    images with probability ``d.hflip``, seeded by ``seed``, the epoch and the index. With
+    images with probability ``d.hflip`` and applies YOLO's scale / translation / exposure / saturation jitter where
+    set, every draw seeded by ``seed``, the epoch and the index. With
     ``d.proposals == "selective_search"`` each target also holds its image's ``"proposals"``."""
     ds = _base_dataset(d, split, seed=seed)
     if d.proposals == "selective_search":
@@ -110,12 +125,20 @@ def _base_dataset(d: DetectionDataConfig, split: str, *, seed: int = 0) -> Any:
     from . import data as D
 
     kw: dict[str, Any] = {}
+    steps: list[Any] = []  # the training split's augmentation, drawn from one generator in this order
     if split == "train" and d.hflip > 0:
-        kw = {"transform": D.RandomHorizontalFlip(d.hflip), "transform_seed": seed}
+        steps.append(D.RandomHorizontalFlip(d.hflip))
+    if split == "train" and (d.scale_jitter > 0 or d.translate > 0):
+        steps.append(D.RandomScaleTranslate(d.scale_jitter, d.translate))
+    if split == "train" and (d.exposure != 1 or d.saturation != 1):
+        steps.append(D.RandomExposureSaturation(d.exposure, d.saturation))
+    if steps:
+        kw = {"transform": steps[0] if len(steps) == 1 else D.Compose(steps), "transform_seed": seed}
     if d.dataset == "scenes":  # scenes seeds differ per split; their items come from different splits anyway
         train = split == "train"
+        # training: boxes only (the masks cost memory and resampling); evaluation: masks give the COCO areas
         return D.ScenesDetection("train" if train else "test", d.n_train if train else d.n_val, canvas=d.canvas,
-                                 seed=0 if train else 1, **kw)
+                                 seed=0 if train else 1, fresh=train and d.fresh_scenes, masks=not train, **kw)
     name = d.train if split == "train" else d.val
     root = Path(d.root)
     if d.dataset == "voc":
@@ -387,40 +410,65 @@ def read_image(path: str | Path) -> Tensor:
 
 
 def evaluate_run(path: str | Path, which: str = "best", *, overrides: Sequence[str] = (),
-                 score_thresh: float | None = None, device: str | torch.device = "cpu") -> dict[str, float]:
+                 score_thresh: float | None = None, device: str | torch.device = "cpu",
+                 rescore: str | Path | None = None, rescore_args: dict[str, Any] | None = None) -> dict[str, float]:
     """COCO metrics of a run's checkpoint on its evaluation split (the run's data section, plus ``overrides``
     such as ``data.n_val=1000`` or ``data.val=test2017``); ``score_thresh`` replaces the box head's minimum
-    detection score (an inference setting: lower keeps more low-ranked detections, which can only add recall)."""
+    detection score (an inference setting: lower keeps more low-ranked detections, which can only add recall).
+    ``rescore``: a classifier run that re-classifies the boxes (:mod:`.rescore`, settings ``rescore_args``)."""
     from paperzoo.train.config import apply_overrides, build_config
 
     from .coco_eval import evaluate_coco
 
     ck = load_detector(path, which, device=device)
+    rescorer = _rescorer(rescore, ck, rescore_args, device)
     if score_thresh is not None:
         # two-stage detectors keep it in their box head, one-stage detectors on the model itself
         getattr(ck.model, "roi_heads", ck.model).score_thresh = score_thresh
     data = apply_overrides({"data": dict(ck.meta["data"])}, list(overrides))["data"]
     d = build_config(DetectionDataConfig, data, "data.")
     val = build_dataset(d, "val")
-    preds = predict_detections(ck.model, val, range(len(val)), d.eval_batch_size, device)
+    if rescorer is None:
+        preds = predict_detections(ck.model, val, range(len(val)), d.eval_batch_size, device)
+    else:
+        from .rescore import rescore_predictions
+
+        preds = rescore_predictions(ck.model, rescorer, val, range(len(val)), d.eval_batch_size, device)
     return evaluate_coco(val.coco_gt(), preds, label_to_cat=val.label_to_cat)
+
+
+def _rescorer(run: str | Path | None, ck: DetectorCheckpoint, settings: dict[str, Any] | None,
+              device: str | torch.device) -> Any:
+    """The :class:`.rescore.Rescorer` of a classifier run for ``ck``'s categories, or None without a run."""
+    if run is None:
+        return None
+    from .rescore import load_rescorer
+
+    return load_rescorer(run, ck.categories, device=device, **(settings or {}))
 
 
 @torch.no_grad()
 def detect_files(run: str | Path, images: Sequence[str | Path], out_dir: str | Path, *, which: str = "best",
-                 score_thresh: float = 0.5, device: str | torch.device = "cpu") -> dict[str, list[dict[str, Any]]]:
+                 score_thresh: float = 0.5, device: str | torch.device = "cpu", rescore: str | Path | None = None,
+                 rescore_args: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Detect objects in image files: ``out_dir/<stem>.png`` with the boxes drawn and ``out_dir/detections.json``
-    ({image path: [{"box": [x1, y1, x2, y2], "label", "category", "score"}, ...]}). Returns that mapping."""
+    ({image path: [{"box": [x1, y1, x2, y2], "label", "category", "score"}, ...]}). Returns that mapping.
+    ``rescore``: a classifier run that re-classifies the boxes (:mod:`.rescore`)."""
     from paperzoo.train.checkpoint import atomic_write_bytes
     from paperzoo.viz.detection import plot_detections
 
+    from .rescore import rescore_detections
+
     ck = load_detector(run, which, device=device)
+    rescorer = _rescorer(rescore, ck, rescore_args, device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, list[dict[str, Any]]] = {}
     for path in images:
         image = read_image(path)
-        det = {k: v.cpu() for k, v in ck.model([image.to(device)])[0].items()}
+        dets = ck.model([image.to(device)]) if rescorer is None else rescore_detections(ck.model, rescorer,
+                                                                                          [image.to(device)])
+        det = {k: v.cpu() for k, v in dets[0].items()}
         keep = det["scores"] >= score_thresh
         det = {k: v[keep] for k, v in det.items()}
         plot_detections(image, det, ck.categories, out_dir / f"{Path(path).stem}.png", title=str(path))

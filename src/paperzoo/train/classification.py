@@ -66,6 +66,10 @@ def load_split(dataset: str, split: str, *, root: str | None = None, synthetic_s
     at the scale of its objects)."""
     if dataset == "synthetic":
         return make_synthetic(split, synthetic_size, image_size or 16)
+    if dataset == "scene_crops":  # R-CNN's region set: items of the Fashion-MNIST scenes, cropped as detected
+        from paperzoo.detection.rescore import scene_crops
+
+        return scene_crops(split, root)
     ds = load_image_dataset(dataset, split, root)
     return ds if image_size is None or (image_size,) * 2 == ds.image_size else ds.resized(image_size)
 

@@ -86,7 +86,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic"] = "fashion_mnist"
+    dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic",
+                     "scene_crops"] = "fashion_mnist"
     #: dataset directory; ``None`` = the Debian location for Fashion-MNIST (required for the others).
     root: str | None = None
     batch_size: int = 128  # global batch (split over DDP ranks), per optimizer micro-step
