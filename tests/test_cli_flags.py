@@ -49,7 +49,8 @@ def test_help_output_shows_defaults(capsys):
         main(["bench", "-h"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--batch BATCH images per batch (default: 64)" in out
-    assert "(default: fp32)" in out
+    # --precision's default depends on --fused, so its help states both defaults in words.
+    assert "default fp32, and with --fused bf16" in out
 
 
 def test_one_name_per_idea_across_commands():
