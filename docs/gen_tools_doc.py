@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import shlex
 import shutil
@@ -99,6 +100,38 @@ def tune_section(base_run: Path) -> list[str]:
         if src.exists():
             shutil.copy(src, IMG / f"tune_{name}.png")
             add(f"![{name}]({rel(IMG / f'tune_{name}.png')})\n")
+    return s
+
+
+def tune_ray_section(space: Path) -> list[str]:
+    """The Ray Tune backend of `paperzoo tune`: the tune section's space, 4 trials, 2 at a time (needs Ray)."""
+    s: list[str] = []
+    add = s.append
+    add("### `--backend ray`: the same search with Ray Tune\n")
+    add("`pip install 'paperzoo[ray]'` (Ray Tune and Optuna; not in `[all]`: about 500 MB with pyarrow and pandas, "
+        "and the Optuna backend needs none of it). `--backend ray` runs the same search space with the same trials "
+        "(config, run directory `trial_NNNN/`, `trials.csv`, `best_config.yaml`, history plot; no importance "
+        "plot). Ray runs `--max-concurrent` trials at a time (default 2), each in its own worker process with "
+        "`--cpus-per-trial` CPUs (default 1) and `--gpus-per-trial` GPUs (default 0), on a Ray started for the "
+        "study (that many CPUs, no dashboard, a temporary directory in /tmp) or, with `--address` (e.g. `auto` "
+        "after `ray start --head`), on an existing cluster; there `--out-dir` must be on a file system every node "
+        "sees and paperzoo installed on every node, and a cluster with Ray's token authentication (the default "
+        "of `ray start` since Ray 2.59) wants `RAY_AUTH_MODE=token` in the environment and its token in "
+        "`~/.ray/auth_token` or `RAY_AUTH_TOKEN`. `--n-trials` and `--timeout` count for the whole study.\n")
+    add("ASHA (Li et al., arXiv 1810.05934) stops trials early: each trial reports the metric after every "
+        "evaluation, and at 1, 3, 9, ... evaluations (all before the longest trials' last) a trial goes on only "
+        "if it is in the top third of the trials that reached that point before it. `--search random` "
+        "(default) samples the space; `grid` runs every combination (categorical and integer parameters, floats "
+        "with a `step`; no `--n-trials`); `optuna` puts Optuna's TPE inside Ray (`--startup-trials` random "
+        "trials first). In the table, `pruned` is a trial stopped early (by ASHA, or by `--timeout`), `waiting` "
+        "one that never started. Running the same command again resumes an interrupted study: finished trials "
+        "stay, the others continue from their run directory's newest checkpoint; a finished study is reported "
+        "again (another `--study` starts a new one).\n")
+    shutil.rmtree(WORK / "tune-demo-ray", ignore_errors=True)
+    cmd = (f"paperzoo tune {space} --backend ray --study demo-ray --n-trials 4 --seed 0 --set train.eval_every=1 "
+           f"--out-dir {WORK}")  # an evaluation per epoch, so that ASHA has a rung before the last
+    shown = "\n".join(line for line in run(cmd).splitlines() if "WARNING" not in line)  # Ray's token notice
+    add(block(cmd.replace(str(DOCS), "docs"), shown.replace(str(DOCS), "docs")))
     return s
 
 
@@ -214,6 +247,8 @@ def main() -> int:
 
     s += compare_section()
     s += tune_section(tiny[0])
+    if importlib.util.find_spec("ray") is not None:
+        s += tune_ray_section(WORK / "space.yaml")
 
     (DOCS / "tools.md").write_text("\n".join(s))
     print("wrote docs/tools.md", file=sys.stderr)
