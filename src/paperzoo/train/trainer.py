@@ -136,12 +136,14 @@ def fit(cfg: Any, task: Task | None = None, *, resume: str | os.PathLike | None 
         resume: a run directory to continue from its newest intact checkpoint.
     """
     dist = D.setup(cfg.train.device)
+    run = None
     try:
         with _process_settings(cfg.train, dist.device):
             run_dir, last = _locate_run(cfg, dist, resume)
             run = _build_or_release(cfg, task, dist, run_dir, last, resumed=resume is not None)
             return _run(run, last)
     finally:
+        del run  # the DDP wrapper's reducer holds the process group: it must go before the group does
         D.cleanup(dist)
 
 
