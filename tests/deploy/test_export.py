@@ -42,6 +42,16 @@ def test_exported_run_gives_the_eager_logits_at_another_batch_size_and_carries_i
     assert card.mean == eager.meta["normalization"]["mean"] and card.input_size == [1, 8, 8]
 
 
+def test_onnx_export_carries_no_debug_metadata_or_local_paths(run_dir, tmp_path):
+    import onnx
+
+    path = tmp_path / "m.onnx"
+    export_run(run_dir, path)
+    proto = onnx.load(str(path))
+    assert proto.graph.node and not any(n.metadata_props or n.doc_string for n in proto.graph.node)
+    assert b"stack_trace" not in path.read_bytes() and b"paperzoo/models" not in path.read_bytes()
+
+
 def test_cli_export_writes_the_file_and_its_card_and_refuses_a_missing_run(run_dir, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     assert main(["export", str(run_dir), "--format", "onnx", "-o", str(out)]) == 0

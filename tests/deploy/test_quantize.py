@@ -37,6 +37,31 @@ def test_int8_model_agrees_with_fp32_is_smaller_and_records_accuracy_before_and_
     assert float((got - want).abs().max()) < 0.25 * float(want.abs().max())
 
 
+def test_int8_file_drops_the_all_zero_bias_zero_points_and_keeps_the_outputs(run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from paperzoo.deploy import quantize as q
+
+    drop = q._drop_zero_bias_zero_points
+    monkeypatch.setattr(q, "_drop_zero_bias_zero_points", lambda path: None)
+    full, lean = tmp_path / "full.int8.onnx", tmp_path / "lean.int8.onnx"
+    quantize_run(run_dir, full, calib=32, test_limit=16)
+    shutil.copy(full, lean)
+    drop(lean)
+    proto = onnx.load(str(lean))
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    biases = [n for n in dq if inits[n.input[0]].dtype.name == "int32"]
+    assert biases and all(len(n.input) == 2 for n in biases)  # the zero point is dropped: 0 by default
+    assert all(len(n.input) == 3 for n in dq if inits[n.input[0]].dtype.name == "int8")  # weights keep theirs
+    assert lean.stat().st_size < full.stat().st_size
+    x = torch.randn(8, *load_card(full).input_size)
+    torch.testing.assert_close(run_onnx(lean, x), run_onnx(full, x), rtol=0, atol=0)
+
+
 def test_cli_quantize_prints_accuracy_and_size_and_predict_runs_the_int8_file(run_dir, tmp_path, capsys):
     from PIL import Image
 
