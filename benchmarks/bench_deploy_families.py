@@ -16,7 +16,10 @@ random weights: speed does not depend on the values) and run four ways:
 
 Batch 1 and 32; the four are timed round-robin, one call each per round, so a slow moment of the machine hits all
 alike; each cell is the median of ``--repeats`` rounds after ``--warmup`` untimed ones. A path that fails for a
-model (an exporter limit) is a blank cell with its one-line reason in the JSON.
+model (an exporter limit) is a blank cell with its one-line reason in the JSON. Each family runs in its own
+process, which writes its rows after every batch size: a model that needs more memory than the machine has (the
+stand-alone self-attention net at batch 32 and 224 px asks for more than 24 GiB) is killed alone, and its row says
+so instead of the whole table being lost.
 
 Accuracy comes from trained runs where they exist: every classifier run under ``--runs`` (default ``runs/`` of
 the repository) is listed under its family with its recorded test accuracy (as trained, ``final/meta.json``)
@@ -30,7 +33,9 @@ import argparse
 import functools
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -119,7 +124,7 @@ def trained_runs(root: Path) -> dict[str, list[dict]]:
     for meta_file in sorted(root.glob("*/final/meta.json")):
         meta = json.loads(meta_file.read_text())
         name = (meta.get("model") or {}).get("name")
-        if meta.get("task", "image_classification") != "image_classification" or name not in list_models("image"):
+        if meta.get("task", "image_classification") != "image_classification" or name not in list_models(kind="image"):
             continue
         run = meta_file.parents[1]
         row = {"run": run.name, "model": name, "accuracy": (meta.get("metrics") or {}).get("test_acc")}
@@ -145,11 +150,48 @@ def markdown(rows: list[dict], header: str) -> str:
         acc = "; ".join(f"{t['model']} {100 * t['accuracy']:.2f} %"
                         + (f" ({100 * t['accuracy_int8']:.2f} %)" if t.get("accuracy_int8") is not None else "")
                         for t in r["trained"] if t.get("accuracy") is not None) or "–"
-        lines.append(f"| {r['family']} | {r['model']} | {r['params'] / 1e6:.2f}M | {r['input']} | {r['batch']} | "
+        params = f"{r['params'] / 1e6:.2f}M" if r["params"] else "–"
+        lines.append(f"| {r['family']} | {r['model']} | {params} | {r['input']} | {r['batch']} | "
                      + " | ".join(cells) + f" | {mib} | {acc} |")
-    errors = [f"- {r['family']} ({r['model']}), {k}: {v}" for r in rows if r["batch"] == rows[0]["batch"]
-              for k, v in r["errors"].items()]
+    errors = list(dict.fromkeys(f"- {r['family']} ({r['model']}), {k}: {v}" + (
+        "" if k != "every path" else f" (batch {r['batch']})") for r in rows for k, v in r["errors"].items()))
     return "\n".join(lines + (["", "Failed paths:", *errors] if errors else [])) + "\n"
+
+
+def measure_family(name: str, args: argparse.Namespace, rows_file: Path) -> None:
+    """Time one family's model on every path, writing its rows to ``rows_file`` after every batch size."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = tuple(get_entry(name).input_size[-2:])
+    model = create_model(name).eval()
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, errors, sizes = runners(model, size, Path(tmp), torch.get_num_threads())
+        for batch in args.batches:
+            img_s = time_round_robin(runs, torch.randn(batch, 3, *size), args.warmup, args.repeats)
+            rows.append({"batch": batch, "img_s": img_s, "errors": errors, "sizes": sizes,
+                         "params": paperzoo.count_params(model), "input": f"{size[0]}x{size[1]}"})
+            rows_file.write_text(json.dumps(rows))
+
+
+def run_family(family: str, name: str, args: argparse.Namespace, trained: list[dict]) -> list[dict]:
+    """The rows of one family, measured in a child process (see the module docstring: memory)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_file = Path(tmp) / "rows.json"
+        cmd = [sys.executable, __file__, "--_one", name, "--_rows", str(rows_file), "--warmup", str(args.warmup),
+               "--repeats", str(args.repeats), "--batches", *map(str, args.batches)]
+        rc = subprocess.run(cmd + (["--threads", str(args.threads)] if args.threads else [])).returncode
+        done = json.loads(rows_file.read_text()) if rows_file.is_file() else []
+    why = f"the process ended with status {rc}" + (" (killed: out of memory)" if rc == -signal.SIGKILL else "")
+    rows = [{"family": family, "model": name, "trained": trained, **r} for r in done]
+    for batch in args.batches[len(done):]:
+        rows.append({"family": family, "model": name, "trained": trained, "batch": batch, "img_s": {},
+                     "errors": {"every path": why}, "sizes": done[0]["sizes"] if done else {},
+                     "params": done[0]["params"] if done else None, "input": done[0]["input"] if done else "?"})
+    for r in rows:
+        print(f"  {family} {name} batch {r['batch']}: " + ", ".join(f"{k} {v:,.1f}" for k, v in r["img_s"].items())
+              + (f"; failed: {r['errors']}" if r["errors"] else ""), flush=True)
+    return rows
 
 
 def main() -> None:
@@ -162,7 +204,11 @@ def main() -> None:
     ap.add_argument("--runs", default=str(ROOT / "runs"), help="directory of trained runs (accuracy column)")
     ap.add_argument("--quick", action="store_true", help="smoke run: batch 1, one round, no warm-up, output in /tmp")
     ap.add_argument("--out", help="output prefix (default: benchmarks/results/deploy_families)")
+    ap.add_argument("--_one", help=argparse.SUPPRESS)  # child process: this model only
+    ap.add_argument("--_rows", help=argparse.SUPPRESS)  # child process: where its rows go
     args = ap.parse_args()
+    if args._one:
+        return measure_family(args._one, args, Path(args._rows))
     if args.quick:
         args.batches, args.warmup, args.repeats = [1], 0, 1
     out = Path(args.out or (Path(tempfile.gettempdir()) / "deploy_families_quick" if args.quick
@@ -180,19 +226,8 @@ def main() -> None:
     print(header, flush=True)
     trained, rows = trained_runs(Path(args.runs)), []
     for family, name in reps.items():
-        if args.families and family not in args.families:
-            continue
-        size = tuple(get_entry(name).input_size[-2:])
-        model = create_model(name).eval()
-        with tempfile.TemporaryDirectory() as tmp:
-            runs, errors, sizes = runners(model, size, Path(tmp), threads)
-            for batch in args.batches:
-                img_s = time_round_robin(runs, torch.randn(batch, 3, *size), args.warmup, args.repeats)
-                rows.append({"family": family, "model": name, "params": paperzoo.count_params(model),
-                             "input": f"{size[0]}x{size[1]}", "batch": batch, "img_s": img_s, "errors": errors,
-                             "sizes": sizes, "trained": trained.get(family, [])})
-                print(f"  {family} {name} batch {batch}: " + ", ".join(f"{k} {v:,.1f}" for k, v in img_s.items())
-                      + (f"; failed: {errors}" if errors else ""), flush=True)
+        if not args.families or family in args.families:
+            rows += run_family(family, name, args, trained.get(family, []))
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.json").write_text(json.dumps({"header": header, "rows": rows}, indent=1) + "\n")
     Path(f"{out}.md").write_text(markdown(rows, header))

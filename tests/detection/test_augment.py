@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from paperzoo.data.loader import derive_seed
-from paperzoo.detection.data import (
+from paperzoo.detection.augment import (
     Compose,
     RandomExposureSaturation,
     RandomHorizontalFlip,
     RandomScaleTranslate,
-    ScenesDetection,
     affine_boxes,
 )
+from paperzoo.detection.data import ScenesDetection
 from paperzoo.detection.scenes import make_scenes
 from paperzoo.detection.task import DetectionLoader, build_dataset
 from paperzoo.train.api import resolve_config

@@ -8,17 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+from paperzoo.detection.augment import Compose, RandomHorizontalFlip, RandomResize, hflip_boxes
 from paperzoo.detection.data import (
     BACKGROUND,
     VOC_CLASSES,
     CocoDetection,
-    Compose,
-    RandomHorizontalFlip,
-    RandomResize,
     ScenesDetection,
     VOCDetection,
     collate,
-    hflip_boxes,
     pad_images,
 )
 

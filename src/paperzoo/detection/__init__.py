@@ -37,8 +37,8 @@ Detectors:
 Data, metrics and training:
 
 * :mod:`.scenes` — Fashion-MNIST scenes: a seeded detection dataset of real items, exported in COCO format.
-* :mod:`.data` — COCO, Pascal VOC and scenes datasets (bad annotations named, ``skip_invalid``), box-moving flips
-  and resizes, batching.
+* :mod:`.data` — COCO, Pascal VOC and scenes datasets (bad annotations named, ``skip_invalid``), batching.
+* :mod:`.augment` — box-moving flips and resizes, YOLO's scale / translate and exposure / saturation.
 * :mod:`.coco_eval` — COCO AP / AR through pycocotools.
 * :mod:`.task` — the ``detection`` task on the shared trainer (``paperzoo detect train|eval|predict``),
   ``load_detector`` and inference helpers.

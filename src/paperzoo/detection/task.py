@@ -122,18 +122,19 @@ def build_dataset(d: DetectionDataConfig, split: str, *, seed: int = 0) -> Any:
 
 
 def _base_dataset(d: DetectionDataConfig, split: str, *, seed: int = 0) -> Any:
+    from . import augment as A
     from . import data as D
 
     kw: dict[str, Any] = {}
     steps: list[Any] = []  # the training split's augmentation, drawn from one generator in this order
     if split == "train" and d.hflip > 0:
-        steps.append(D.RandomHorizontalFlip(d.hflip))
+        steps.append(A.RandomHorizontalFlip(d.hflip))
     if split == "train" and (d.scale_jitter > 0 or d.translate > 0):
-        steps.append(D.RandomScaleTranslate(d.scale_jitter, d.translate))
+        steps.append(A.RandomScaleTranslate(d.scale_jitter, d.translate))
     if split == "train" and (d.exposure != 1 or d.saturation != 1):
-        steps.append(D.RandomExposureSaturation(d.exposure, d.saturation))
+        steps.append(A.RandomExposureSaturation(d.exposure, d.saturation))
     if steps:
-        kw = {"transform": steps[0] if len(steps) == 1 else D.Compose(steps), "transform_seed": seed}
+        kw = {"transform": steps[0] if len(steps) == 1 else A.Compose(steps), "transform_seed": seed}
     if d.dataset == "scenes":  # scenes seeds differ per split; their items come from different splits anyway
         train = split == "train"
         # training: boxes only (the masks cost memory and resampling); evaluation: masks give the COCO areas
