@@ -8,17 +8,16 @@ What the loop changes is one small dataclass, :class:`LoopState`; what it works 
 :class:`RunContext`; the functions below take those two.
 
 Exact resumption: everything random is either re-derived from (seed, epoch, batch) (data order and
-augmentation, inside the task) or saved in the checkpoint (torch/CUDA/Python/NumPy RNG states, optimizer,
-schedule, scaler, EMA, loader position), and checkpoints are taken at optimizer-step boundaries. So a run
-killed at any moment and resumed from its last checkpoint replays the lost steps exactly: on CPU the final
-weights are bitwise identical to an uninterrupted run (tests/train/test_checkpoint_resume.py).
+augmentation, inside the task) or saved in the checkpoint (the RNG states of :mod:`.rng`, optimizer, schedule,
+scaler, EMA, loader position), and checkpoints are taken at optimizer-step boundaries. So a run killed at any
+moment and resumed from its last checkpoint replays the lost steps exactly: on CPU the final weights are bitwise
+identical to an uninterrupted run (tests/train/test_checkpoint_resume.py).
 
-Time budget: with ``train.time_budget_s`` (and no ``max_steps``) a short throughput probe, on a copy of the
-model, sets ``epochs`` / ``max_steps`` so that the whole schedule (a one-cycle or cosine decay included) fits in
-the budget; the numbers go into the run's config.yaml, so a resume keeps the schedule. Whatever the probe said,
-training stops once the budget is spent (a collective under DDP), with the final evaluation and weights as at the
-end of any run. The budget counts training time as the loop does (``train_time_s``): evaluation and checkpoints
-are not in it.
+Time budget: with ``train.time_budget_s`` (and no ``max_steps``) a short throughput probe on a copy of the model
+sets ``epochs`` / ``max_steps`` so that the whole schedule fits in the budget (:mod:`.budget`). Whatever the probe
+said, training stops once the budget is spent (a collective under DDP), with the final evaluation and weights as
+at the end of any run. The budget counts training time as the loop does (``train_time_s``): evaluation and
+checkpoints are not in it.
 
 Faults: Ctrl-C or SIGTERM saves a resumable checkpoint and ends the run "interrupted" (a second signal
 interrupts at once); a NaN/inf loss ends it "failed" with its last good checkpoint; a checkpoint that cannot be
@@ -29,12 +28,9 @@ checkpoint that is truncated or corrupt, saying so. Two runs cannot claim one ru
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import itertools
 import math
 import os
-import random
 import signal
 import sys
 import time
@@ -43,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -51,9 +46,11 @@ from torch import Tensor
 from . import checkpoint as ckpt
 from . import distributed as D
 from .allocator import retain_freed_memory
+from .budget import fit_schedule_to_budget, schedule_length
 from .config import config_to_dict, save_config
 from .logger import Progress, RunLogger, write_status
 from .optim import build_optimizer_and_schedule
+from .rng import gather_rng_states, seed_everything, set_rng_state, this_rank
 from .task import Task, get_task
 
 __all__ = ["LoopState", "NonFiniteLossError", "RunContext", "RunFailedError", "TrainResult", "fit", "resume_hint"]
@@ -347,7 +344,7 @@ def _save(run: RunContext, s: LoopState, kind: str, metrics: dict[str, float] | 
     Every rank calls this (the RNG states are gathered). A write that fails (a full disk) raises
     :class:`RunFailedError`; the checkpoint is renamed into place only when whole, so the previous one stays.
     """
-    rng = _gather_rng_states(run.dist) if kind == "step" else None
+    rng = gather_rng_states(run.dist) if kind == "step" else None
     if not run.dist.is_main:
         return
     path = run.run_dir / "checkpoints" / f"step_{s.step:08d}" if kind == "step" else run.run_dir / kind
@@ -494,7 +491,7 @@ def _build_or_release(cfg: Any, task: Task | None, dist: D.DistInfo, run_dir: Pa
 def _build(cfg: Any, task: Task | None, dist: D.DistInfo, run_dir: Path, last: Path | None, *,
            resumed: bool) -> RunContext:
     """Task, model, optimizer, schedule, grad scaler, EMA; then the run's config, status and logs on disk."""
-    _seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights
+    seed_everything(cfg.train.seed)  # same seed on every rank: identical initial weights
     resume_meta = ckpt.read_meta(last / "model.safetensors") if last is not None else None
     if task is None:
         task = get_task(cfg.task).from_config(cfg, dist, resume_meta=resume_meta)
@@ -505,8 +502,8 @@ def _build(cfg: Any, task: Task | None, dist: D.DistInfo, run_dir: Path, last: P
                               else torch.float16, enabled=cfg.train.precision != "fp32")
     probed = bool(cfg.train.time_budget_s and not cfg.train.max_steps)
     if probed:
-        cfg = _fit_schedule_to_budget(cfg, task, model, dist, autocast)
-    steps_per_epoch, total_steps = _schedule_length(cfg.train, len(task.train_loader))
+        cfg = fit_schedule_to_budget(cfg, task, model, dist, autocast)
+    steps_per_epoch, total_steps = schedule_length(cfg.train, len(task.train_loader))
     optimizer, scheduler = build_optimizer_and_schedule(cfg, model, total_steps, steps_per_epoch)
     ema = None
     if cfg.train.ema:
@@ -530,70 +527,6 @@ def _build(cfg: Any, task: Task | None, dist: D.DistInfo, run_dir: Path, last: P
         progress=Progress(total_steps, cfg.run.progress if dist.is_main else "off"))
 
 
-def _schedule_length(t: Any, batches_per_epoch: int) -> tuple[int, int]:
-    """(optimizer steps per epoch, total steps) for the train section ``t``."""
-    steps_per_epoch = batches_per_epoch // t.grad_accum
-    if steps_per_epoch < 1:
-        raise ValueError(f"an epoch has {batches_per_epoch} batch(es), fewer than train.grad_accum="
-                         f"{t.grad_accum}; lower data.batch_size or grad_accum")
-    total = t.epochs * steps_per_epoch
-    return steps_per_epoch, min(total, t.max_steps) if t.max_steps else total
-
-
-#: share of the time budget the probed schedule is planned to fill: the rest absorbs the loop's own overhead
-#: (logging, the NaN guard) and a machine that runs a little slower than during the probe
-BUDGET_FILL = 0.95
-
-
-def _fit_schedule_to_budget(cfg: Any, task: Task, model: nn.Module, dist: D.DistInfo,
-                            autocast: torch.autocast) -> Any:
-    """``cfg`` with ``train.epochs`` / ``max_steps`` set so that the run's steps fill ``train.time_budget_s``.
-
-    The seconds per optimizer step come from :func:`_probe_step_time`; under DDP rank 0's measurement is used by
-    every rank, so that all build the same schedule.
-    """
-    t = cfg.train
-    step_s = D.broadcast_object(_probe_step_time(cfg, task, model, dist, autocast), dist)
-    steps = max(1, int(BUDGET_FILL * t.time_budget_s / step_s))
-    steps_per_epoch, _ = _schedule_length(t, len(task.train_loader))
-    epochs = -(-steps // steps_per_epoch)
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, epochs=epochs, max_steps=steps))
-
-
-def _probe_step_time(cfg: Any, task: Task, model: nn.Module, dist: D.DistInfo, autocast: torch.autocast) -> float:
-    """Seconds per optimizer step, timed on a copy of the model with its own optimizer, after one warm-up step,
-    for 5 % of the budget (0.2-10 s, at least 3 steps). The run's weights and random streams are left as they
-    were, and the loader starts its first epoch afresh afterwards (its position is set by ``set_epoch``)."""
-    t = cfg.train
-    rng = _rng_state()
-    probe = copy.deepcopy(model).train()
-    optimizer, _ = build_optimizer_and_schedule(cfg, probe, 1000, 1000)
-    batches = _repeat_epochs(task.train_loader)
-    seconds, n, t0 = min(10.0, max(0.2, t.time_budget_s / 20)), -1, 0.0
-    while n < 3 or time.perf_counter() - t0 < seconds:
-        for _ in range(t.grad_accum):
-            with autocast:
-                loss, _ = task.train_step(probe, next(batches))
-            (loss / t.grad_accum).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if dist.device.type == "cuda":
-            torch.cuda.synchronize(dist.device)
-        n += 1
-        if n == 0:  # the first step warmed up (allocations, kernel selection): time from here
-            t0 = time.perf_counter()
-    elapsed = time.perf_counter() - t0
-    _set_rng_state(rng)
-    return elapsed / n  # the copy and its optimizer are freed on return
-
-
-def _repeat_epochs(loader: Any) -> Iterator[Any]:
-    """The loader's batches from the start of epoch 0, again and again (the probe may outlast a short epoch)."""
-    loader.set_epoch(0)
-    while True:
-        yield from loader
-
-
 def _resume(run: RunContext, s: LoopState, last: Path) -> None:
     """Load checkpoint ``last`` into the model, optimizer, schedule, scaler, EMA, task, loop state and RNG."""
     from paperzoo.weights import load_state_dict_checked
@@ -611,7 +544,7 @@ def _resume(run: RunContext, s: LoopState, last: Path) -> None:
     # a log interval cut by the interruption goes on; its items were counted before, not timed here
     s.sums = {k: torch.as_tensor(v).to(run.dist.device) for k, v in state.get("log_sums", {}).items()}
     s.items_before = float(s.sums["count"]) if "count" in s.sums else 0.0
-    _set_rng_state(_this_rank(state["rng"], run.dist))
+    set_rng_state(this_rank(state["rng"], run.dist))
     run.progress.message(f"resumed {run.run_dir} from {last.name} (epoch {s.epoch + 1}, step {s.step}/"
                          f"{run.total_steps})")
 
@@ -678,53 +611,3 @@ def _stop_signals() -> Iterator[dict[str, bool]]:
     finally:
         if installed:
             restore()
-
-
-# ------------------------------------------------------------------------------------------ random state
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
-    }
-
-
-def _gather_rng_states(dist: D.DistInfo) -> Any:
-    """This process's RNG states; under DDP every rank's (a list), so that each resumes its own dropout stream."""
-    rng = _rng_state()
-    if not dist.enabled:
-        return rng
-    gathered: list[Any] = [None] * dist.world_size
-    torch.distributed.all_gather_object(gathered, rng)
-    return gathered
-
-
-def _this_rank(rng: Any, dist: D.DistInfo) -> dict[str, Any]:
-    """This rank's entry of the saved RNG states (one dict, or a list with one per rank of the saving run)."""
-    if not isinstance(rng, list):
-        return rng
-    if len(rng) != dist.world_size:
-        print(f"paperzoo: warning: resuming a {len(rng)}-process run with {dist.world_size} process(es): the "
-              "data shards and random streams differ from the original run", file=sys.stderr)
-    return rng[dist.rank % len(rng)]
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    random.setstate(_as_tuple(s["python"]))
-    name, keys, *rest = s["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
