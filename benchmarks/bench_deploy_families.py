@@ -165,12 +165,12 @@ def measure_family(name: str, args: argparse.Namespace, rows_file: Path) -> None
     size = tuple(get_entry(name).input_size[-2:])
     model = create_model(name).eval()
     rows: list[dict] = []
+    facts = {"params": paperzoo.count_params(model), "input": f"{size[0]}x{size[1]}"}
     with tempfile.TemporaryDirectory() as tmp:
         runs, errors, sizes = runners(model, size, Path(tmp), torch.get_num_threads())
         for batch in args.batches:
             img_s = time_round_robin(runs, torch.randn(batch, 3, *size), args.warmup, args.repeats)
-            rows.append({"batch": batch, "img_s": img_s, "errors": errors, "sizes": sizes,
-                         "params": paperzoo.count_params(model), "input": f"{size[0]}x{size[1]}"})
+            rows.append({**facts, "batch": batch, "img_s": img_s, "errors": errors, "sizes": sizes})
             rows_file.write_text(json.dumps(rows))
 
 
@@ -183,11 +183,11 @@ def run_family(family: str, name: str, args: argparse.Namespace, trained: list[d
         rc = subprocess.run(cmd + (["--threads", str(args.threads)] if args.threads else [])).returncode
         done = json.loads(rows_file.read_text()) if rows_file.is_file() else []
     why = f"the process ended with status {rc}" + (" (killed: out of memory)" if rc == -signal.SIGKILL else "")
-    rows = [{"family": family, "model": name, "trained": trained, **r} for r in done]
-    for batch in args.batches[len(done):]:
-        rows.append({"family": family, "model": name, "trained": trained, "batch": batch, "img_s": {},
-                     "errors": {"every path": why}, "sizes": done[0]["sizes"] if done else {},
-                     "params": done[0]["params"] if done else None, "input": done[0]["input"] if done else "?"})
+    # batch sizes the child did not finish: the facts it measured before, no speeds, and why
+    unfinished = {"params": None, "input": "?", "sizes": {}, **(done[0] if done else {}), "img_s": {},
+                  "errors": {"every path": why}}
+    rows = [{"family": family, "model": name, "trained": trained, **r}
+            for r in done + [{**unfinished, "batch": b} for b in args.batches[len(done):]]]
     for r in rows:
         print(f"  {family} {name} batch {r['batch']}: " + ", ".join(f"{k} {v:,.1f}" for k, v in r["img_s"].items())
               + (f"; failed: {r['errors']}" if r["errors"] else ""), flush=True)

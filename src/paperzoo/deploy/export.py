@@ -45,8 +45,7 @@ from torch import Tensor, nn
 from paperzoo.train.checkpoint import atomic_write_bytes
 
 __all__ = ["EXPORT_FORMATS", "ExportCard", "ExportError", "export_graph", "export_model", "export_run", "has_attention",
-           "load_card", "load_exported", "onnx_session", "predict_onnx", "quantize_dynamic_onnx", "run_onnx",
-           "strip_onnx_debug_info"]
+           "load_card", "load_exported", "onnx_session", "predict_onnx", "quantize_dynamic_onnx", "run_onnx"]
 
 EXPORT_FORMATS = ("onnx", "pt2")
 #: largest |exported - eager| logit difference accepted, relative to the largest |logit| (fp32 rounding of a
@@ -131,23 +130,16 @@ def _compile_aoti(program: torch.export.ExportedProgram, path: Path) -> None:
     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs={"freezing": True})
 
 
-def strip_onnx_debug_info(proto: Any) -> Any:
-    """``proto`` (an ``onnx.ModelProto``) without what the exporter records per node for debugging: its
+def _strip_debug_info(model: Any) -> None:
+    """Drop what the exporter records per node of ``model`` (its ``onnx_ir.Model``) for debugging: the
     ``metadata_props`` (Python stack trace, module path, FX node; ~470 bytes a node, 4 % of MobileNetV2's int8
     file) and doc strings. A deployed file does not need them, and they would ship the exporting machine's paths."""
-    for nodes in [proto.graph.node, *(f.node for f in proto.functions)]:
-        for node in nodes:
-            del node.metadata_props[:]
-            node.doc_string = ""
-    return proto
+    from onnx_ir.traversal import RecursiveGraphIterator
 
-
-def _save_onnx(proto: Any, path: Path) -> None:
-    import onnx
-
-    # protobuf caps one message at 2 GB: larger weights go to a file beside the graph, as the exporter does
-    large = sum(len(t.raw_data) for t in proto.graph.initializer) > 1_500_000_000
-    onnx.save_model(proto, str(path), save_as_external_data=large, location=f"{path.name}.data" if large else None)
+    for graph in [model.graph, *model.functions.values()]:
+        for node in RecursiveGraphIterator(graph):
+            node.metadata_props.clear()
+            node.doc_string = None
 
 
 def export_graph(model: nn.Module, x: Tensor, path: Path, fmt: str, *, compiled: bool = False) -> int | None:
@@ -162,9 +154,9 @@ def export_graph(model: nn.Module, x: Tensor, path: Path, fmt: str, *, compiled:
         opset = ATTENTION_OPSET if has_attention(model) else None  # None: the exporter's default
         onnx_program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: batch},), opset_version=opset,
                                          input_names=["images"], output_names=["logits"], verbose=False)
-        proto = strip_onnx_debug_info(onnx_program.model_proto)
-        _save_onnx(proto, path)
-        return int(proto.opset_import[0].version)
+        _strip_debug_info(onnx_program.model)
+        onnx_program.save(str(path))
+        return int(onnx_program.model.opset_imports[""])
     except ImportError as e:  # onnx / onnxscript missing: the `deploy` extra
         raise ExportError(f"ONNX export needs the onnx and onnxscript packages (pip install "
                           f"'paperzoo[deploy]'): {e}") from None
