@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = ["WeightLoadError", "register_converter", "read_state_dict", "convert_state_dict", "load_weights",
-           "load_pretrained", "adapt_to_model", "adapt_input_conv", "fill_bn_counters", "SOURCES"]
+           "load_pretrained", "load_backbone", "adapt_to_model", "adapt_input_conv", "fill_bn_counters", "SOURCES"]
 
 StateDict = dict[str, Tensor]
 Converter = Callable[[StateDict, nn.Module], StateDict]
@@ -267,3 +267,31 @@ def load_state_dict_checked(model: nn.Module, sd: StateDict, strict: bool = True
         name = getattr(model, "model_name", "") or type(model).__name__
         raise WeightLoadError(f"cannot load {what} into {name}\n" + "\n".join(problems))  # the CLI joins with "; "
     model.load_state_dict(sd, strict=strict)
+
+
+def load_backbone(model: nn.Module, path: str | Path, source: str = "paperzoo") -> list[str]:
+    """Start a detector's or segmenter's backbone (``model.backbone``, or the ``.body`` below an FPN) from a
+    classifier's weights (e.g. a Fashion-MNIST run, or torchvision's ImageNet ResNet-50): the classifier's head is
+    left out and a first convolution trained on other input channels adapted (:func:`adapt_input_conv`); every
+    backbone tensor must load. Returns one line per change."""
+    holder = getattr(model, "backbone", None)
+    body = getattr(holder, "body", holder)  # Faster R-CNN: backbone.body (below the FPN); Fast R-CNN: backbone
+    if body is None or not hasattr(body, "feature_info"):
+        raise ValueError(f"{type(model).__name__} has no features_only backbone to start from {path}")
+    from paperzoo.train.checkpoint import find_checkpoint
+
+    if Path(path).is_dir():  # a paperzoo run or checkpoint directory: its final weights
+        path = find_checkpoint(path, "final")
+    own = body.state_dict()
+    sd = read_state_dict(path) if source == "paperzoo" else convert_state_dict(body, read_state_dict(path), source)
+    changes = [f"{k}: not used by the backbone" for k in sorted(set(sd) - set(own))]
+    sd = {k: v for k, v in sd.items() if k in own}
+    for k, v in sd.items():  # a first convolution trained on gray images, say: (O, 1, kh, kw) -> (O, 3, kh, kw)
+        if v.dim() == 4 and v.shape != own[k].shape and v.shape[0] == own[k].shape[0]:
+            sd[k] = adapt_input_conv(v, own[k].shape[1])
+            changes.append(f"{k}: adapted from {v.shape[1]} to {own[k].shape[1]} input channels")
+    missing = sorted(set(own) - set(sd))
+    if missing:
+        raise WeightLoadError(f"{path} lacks {len(missing)} backbone tensors, e.g. {', '.join(missing[:3])}")
+    body.load_state_dict(sd)
+    return changes

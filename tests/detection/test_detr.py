@@ -251,7 +251,7 @@ def test_backbone_starts_from_a_gray_classifiers_weights(tmp_path):
     from safetensors.torch import save_file
 
     import paperzoo
-    from paperzoo.detection.task import load_backbone
+    from paperzoo.weights import load_backbone
 
     classifier = paperzoo.create_model("resnet18", num_classes=10, in_chans=1)  # e.g. a Fashion-MNIST run
     save_file({k: v.contiguous() for k, v in classifier.state_dict().items()}, str(tmp_path / "w.safetensors"))

@@ -161,8 +161,7 @@ def test_a_gray_classifier_starts_the_backbone_with_its_head_dropped_and_first_c
 
     from paperzoo import create_model
     from paperzoo.detection.registry import create_detector
-    from paperzoo.detection.task import load_backbone
-    from paperzoo.weights import adapt_input_conv
+    from paperzoo.weights import adapt_input_conv, load_backbone
 
     clf = create_model("resnet18", num_classes=10, in_chans=1)
     save_file(clf.state_dict(), tmp_path / "clf.safetensors")

@@ -237,7 +237,7 @@ def test_the_backbone_starts_from_a_classifiers_weights(tmp_path):
     from safetensors.torch import save_file
 
     from paperzoo import create_model
-    from paperzoo.detection.task import load_backbone
+    from paperzoo.weights import load_backbone
 
     clf = create_model("resnet18", num_classes=10)
     save_file(clf.state_dict(), tmp_path / "clf.safetensors")

@@ -152,6 +152,25 @@ def test_training_interrupted_mid_epoch_resumes_bitwise(tmp_path, monkeypatch):
     assert len([k for k in table if k.startswith("IoU/")]) == 11
 
 
+def test_model_pretrained_starts_fcn_backbone_from_a_classifier_and_a_resume_does_not_reload_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from paperzoo import create_model
+    from paperzoo.weights import adapt_input_conv
+
+    args = dict(width=8, small_input=True, stem_stride=2)
+    clf = create_model("resnet18", num_classes=10, in_chans=1, **args)
+    save_file(clf.state_dict(), tmp_path / "clf.safetensors")
+    fcn = ["model.name=fcn", "model.args={backbone: resnet18, width: 8}",
+           f"model.pretrained={tmp_path}/clf.safetensors"]
+    model = SegmentationTask.from_config(_cfg(tmp_path, *fcn)).build_model()
+    got, src = model.backbone.state_dict(), clf.state_dict()
+    assert torch.equal(got["conv1.weight"], adapt_input_conv(src["conv1.weight"], 3))  # gray -> RGB scenes
+    assert all(torch.equal(got[k], src[k]) for k in got if k != "conv1.weight")  # layer3/4 dilate the same weights
+    resumed = SegmentationTask.from_config(_cfg(tmp_path, *fcn), resume_meta={"step": 1}).build_model()
+    assert not torch.equal(resumed.backbone.state_dict()["layer1.0.conv1.weight"], src["layer1.0.conv1.weight"])
+
+
 def test_unknown_segmenter_and_bad_model_args_are_value_errors(tmp_path):
     task = SegmentationTask(_cfg(tmp_path))
     with pytest.raises(ValueError, match="unknown segmenter 'nope'"):

@@ -16,8 +16,8 @@ pycocotools' COCOeval (:mod:`paperzoo.detection.coco_eval`): ``<split>_AP`` pick
 
 The order is a function of (seed, epoch) and each image's flip (probability ``data.hflip``) of (seed, epoch,
 index), so a run resumes exactly (:class:`DetectionLoader`). Using a run: :func:`load_detector`,
-:func:`evaluate_run`, :func:`detect_files`, :func:`rpn_proposals`; :func:`load_backbone` starts a detector's
-backbone from a classifier (``model.pretrained``).
+:func:`evaluate_run`, :func:`detect_files`, :func:`rpn_proposals`. ``model.pretrained`` starts a detector's backbone
+from a classifier (:func:`paperzoo.weights.load_backbone`).
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ from paperzoo.train.config import (
 )
 from paperzoo.train.distributed import DistInfo, all_gather_object, broadcast_object
 from paperzoo.train.task import Task, register_task
+from paperzoo.weights import load_backbone
 
 __all__ = ["DetectionConfig", "DetectionDataConfig", "DetectionLoader", "DetectionTask", "DetectorCheckpoint",
-           "build_dataset", "detect_files", "evaluate_run", "load_backbone", "load_detector", "predict_detections",
+           "build_dataset", "detect_files", "evaluate_run", "load_detector", "predict_detections",
            "rpn_proposals", "selective_search_proposals"]
 
 
@@ -232,36 +233,6 @@ class DetectionLoader(StreamingLoader):
         for (images, targets), _ in zip(dl, self.cursor.positions(len(self))):
             yield ([im.to(self.device) for im in images],
                    [{k: v.to(self.device) for k, v in t.items() if isinstance(v, Tensor)} for t in targets])
-
-
-def load_backbone(model: nn.Module, path: str | Path, source: str = "paperzoo") -> list[str]:
-    """Start a detector's backbone from a classifier's weights (e.g. a Fashion-MNIST run, or torchvision's
-    ImageNet ResNet-50): the classifier's head is left out and a first convolution trained on other input
-    channels adapted (:func:`paperzoo.weights.adapt_input_conv`); every backbone tensor must load. Returns one
-    line per change."""
-    from paperzoo.weights import WeightLoadError, adapt_input_conv, convert_state_dict, read_state_dict
-
-    holder = getattr(model, "backbone", None)
-    body = getattr(holder, "body", holder)  # Faster R-CNN: backbone.body (below the FPN); Fast R-CNN: backbone
-    if body is None or not hasattr(body, "feature_info"):
-        raise ValueError(f"{type(model).__name__} has no features_only backbone to start from {path}")
-    from paperzoo.train.checkpoint import find_checkpoint
-
-    if Path(path).is_dir():  # a paperzoo run or checkpoint directory: its final weights
-        path = find_checkpoint(path, "final")
-    own = body.state_dict()
-    sd = read_state_dict(path) if source == "paperzoo" else convert_state_dict(body, read_state_dict(path), source)
-    changes = [f"{k}: not used by the detector" for k in sorted(set(sd) - set(own))]
-    sd = {k: v for k, v in sd.items() if k in own}
-    for k, v in sd.items():  # a first convolution trained on gray images, say: (O, 1, kh, kw) -> (O, 3, kh, kw)
-        if v.dim() == 4 and v.shape != own[k].shape and v.shape[0] == own[k].shape[0]:
-            sd[k] = adapt_input_conv(v, own[k].shape[1])
-            changes.append(f"{k}: adapted from {v.shape[1]} to {own[k].shape[1]} input channels")
-    missing = sorted(set(own) - set(sd))
-    if missing:
-        raise WeightLoadError(f"{path} lacks {len(missing)} backbone tensors, e.g. {', '.join(missing[:3])}")
-    body.load_state_dict(sd)
-    return changes
 
 
 # ------------------------------------------------------------------------------------------------ inference
