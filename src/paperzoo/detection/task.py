@@ -45,7 +45,6 @@ from paperzoo.train.config import (
 )
 from paperzoo.train.distributed import DistInfo, all_gather_object, broadcast_object
 from paperzoo.train.task import Task, register_task
-from paperzoo.weights import load_backbone
 
 __all__ = ["DetectionConfig", "DetectionDataConfig", "DetectionLoader", "DetectionTask", "DetectorCheckpoint",
            "build_dataset", "detect_files", "evaluate_run", "load_detector", "predict_detections",
@@ -261,14 +260,6 @@ class DetectionTask(Task):
     name, config_type = "detection", DetectionConfig
     primary_metric, higher_is_better = "val_AP", True  # test_AP on the scenes' test split (set in __init__)
     resume_command = "paperzoo detect train"
-    resuming = False  # set by from_config: a resumed run loads its own checkpoint, not model.pretrained
-
-    @classmethod
-    def from_config(cls, cfg: DetectionConfig, dist: DistInfo | None = None, *,
-                    resume_meta: dict[str, Any] | None = None) -> DetectionTask:
-        task = cls(cfg, dist)
-        task.resuming = resume_meta is not None
-        return task
 
     def __init__(self, cfg: DetectionConfig, dist: DistInfo | None = None) -> None:
         self.cfg, self.dist = cfg, dist or DistInfo()
@@ -300,15 +291,7 @@ class DetectionTask(Task):
         if isinstance(model, ProposalDetector) and self.cfg.data.proposals == "rpn":
             raise ValueError(f"{self.cfg.model.name} classifies given regions and has no RPN: "
                              "set data.proposals=selective_search")
-        m = self.cfg.model
-        if m.pretrained and not self.resuming:
-            changes = load_backbone(model, m.pretrained, m.pretrained_source)
-            if self.dist.is_main:
-                import sys
-
-                print(f"paperzoo: backbone from {m.pretrained} ({m.pretrained_source} weights)"
-                      + "".join(f"\npaperzoo:   {line}" for line in changes), file=sys.stderr)
-        return model
+        return self.start_backbone(model)
 
     def train_step(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         images, targets = batch

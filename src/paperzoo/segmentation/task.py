@@ -25,7 +25,6 @@ exactly (:class:`SegmentationLoader`). Using a run: :func:`load_segmenter`, :fun
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +48,6 @@ from paperzoo.train.config import (
 )
 from paperzoo.train.distributed import DistInfo, all_reduce_sum
 from paperzoo.train.task import Task, register_task
-from paperzoo.weights import load_backbone
 
 from .data import IGNORE_INDEX
 
@@ -180,15 +178,6 @@ class SegmentationTask(Task):
     name, config_type = "segmentation", SegmentationConfig
     primary_metric, higher_is_better = "val_mIoU", True  # test_mIoU on the scenes' test split (set in __init__)
     resume_command = "paperzoo segment train"
-    resuming = False  # set by from_config: a resumed run loads its own checkpoint, not model.pretrained
-
-    @classmethod
-    def from_config(cls, cfg: SegmentationConfig, dist: DistInfo | None = None, *,
-                    resume_meta: dict[str, Any] | None = None) -> SegmentationTask:
-        task = cls(cfg, dist)
-        task.resuming = resume_meta is not None
-        return task
-
     def __init__(self, cfg: SegmentationConfig, dist: DistInfo | None = None) -> None:
         self.cfg, self.dist = cfg, dist or DistInfo()
         d, world = cfg.data, self.dist.world_size
@@ -214,13 +203,8 @@ class SegmentationTask(Task):
         return {"num_classes": self.num_classes, **self.cfg.model.args}
 
     def build_model(self) -> nn.Module:
-        model, m = _create(self.cfg.model.name, self.model_args()), self.cfg.model
-        if m.pretrained and not self.resuming:  # the backbone from a classifier run (DeepLab's ImageNet start)
-            changes = load_backbone(model, m.pretrained, m.pretrained_source)
-            if self.dist.is_main:
-                print(f"paperzoo: backbone from {m.pretrained} ({m.pretrained_source} weights)"
-                      + "".join(f"\npaperzoo:   {line}" for line in changes), file=sys.stderr)
-        return model
+        # model.pretrained: the backbone from a classifier run (DeepLab's transfer of an ImageNet network)
+        return self.start_backbone(_create(self.cfg.model.name, self.model_args()))
 
     def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch

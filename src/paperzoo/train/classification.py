@@ -90,19 +90,9 @@ class ImageClassificationTask(Task):
     primary_metric = "val_acc"  # "test_acc" for a task that evaluates on the test set (set in __init__)
     higher_is_better = True
 
-    #: set by from_config: the run resumes from a checkpoint, so build_model skips model.pretrained
-    resuming = False
-
     @classmethod
     def config_from_dict(cls, data: dict[str, Any]) -> Config:
         return config_from_dict(data)  # also checks the fields against each other
-
-    @classmethod
-    def from_config(cls, cfg: Config, dist: DistInfo | None = None, *,
-                    resume_meta: dict[str, Any] | None = None) -> ImageClassificationTask:
-        task = cls(cfg, dist)
-        task.resuming = resume_meta is not None
-        return task
 
     def __init__(self, cfg: Config, dist: DistInfo | None = None) -> None:
         from paperzoo.data.loader import TensorLoader

@@ -40,6 +40,8 @@ class Task(abc.ABC):
     resume_command: ClassVar[str] = "paperzoo train"
 
     train_loader: Any
+    #: set by :meth:`from_config`: the run resumes from a checkpoint, so ``model.pretrained`` is not read again
+    resuming: bool = False
 
     # ---- construction from a config
     @classmethod
@@ -56,7 +58,24 @@ class Task(abc.ABC):
         ``resume_meta`` is the :meth:`metadata` saved with the checkpoint a run resumes from: a task whose data
         depends on the run (e.g. the tokenizers trained on it) rebuilds it from there rather than anew.
         """
-        return cls(cfg, dist)  # type: ignore[call-arg]
+        task = cls(cfg, dist)  # type: ignore[call-arg]
+        task.resuming = resume_meta is not None
+        return task
+
+    def start_backbone(self, model: nn.Module) -> nn.Module:
+        """A detector's or segmenter's backbone from the classifier ``model.pretrained`` names
+        (:func:`paperzoo.weights.load_backbone`), unless the run resumes; the changes printed on the main rank."""
+        m = self.cfg.model  # type: ignore[attr-defined]
+        if m.pretrained and not self.resuming:
+            import sys
+
+            from paperzoo.weights import load_backbone
+
+            changes = load_backbone(model, m.pretrained, m.pretrained_source)
+            if self.dist.is_main:  # type: ignore[attr-defined]
+                print(f"paperzoo: backbone from {m.pretrained} ({m.pretrained_source} weights)"
+                      + "".join(f"\npaperzoo:   {line}" for line in changes), file=sys.stderr)
+        return model
 
     # ---- what the loop calls
     @abc.abstractmethod
