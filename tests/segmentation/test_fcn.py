@@ -195,6 +195,54 @@ def test_replace_stride_with_dilation_needs_one_bool_per_stage_after_the_first(f
         create_model("resnet18", replace_stride_with_dilation=flags)
 
 
+# ---------------------------------------------------------------------------------- skip layers (Sec. 4.2)
+def fcn8s(**kw):
+    return create_segmenter("fcn", num_classes=11, width=8, skips=2, replace_stride_with_dilation=None, **kw)
+
+
+def test_skip_layers_score_layer3_and_layer2_of_an_undilated_backbone_back_to_stride_4():
+    model, plain = fcn8s(), create_segmenter("fcn", num_classes=11, width=8)
+    assert model.backbone.feature_info.reduction() == [4, 8, 16]  # layer2, layer3, layer4 on the small-input stem
+    assert model.output_stride == plain.output_stride == 4
+    # the same backbone and head; each skip adds one 1x1 conv to 11 classes (layer3: 32 channels, layer2: 16)
+    assert n_params(model) - n_params(plain) == (32 + 1) * 11 + (16 + 1) * 11
+    assert [tuple(s.weight.shape) for s in model.skips] == [(11, 32, 1, 1), (11, 16, 1, 1)]  # deepest first
+
+
+def test_skip_layers_start_at_zero_so_the_net_starts_from_the_coarse_predictions():
+    torch.manual_seed(0)
+    model = fcn8s().eval()
+    assert all(not p.any() for s in model.skips for p in s.parameters())
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        coarse = model.classifier(model.backbone(x)[-1])  # (2, 11, 4, 3) at stride 16
+        chain = F.interpolate(F.interpolate(coarse, size=(8, 6), mode="bilinear"), size=(16, 12), mode="bilinear")
+        torch.testing.assert_close(model(x)["out"], F.interpolate(chain, size=(64, 48), mode="bilinear"))
+
+
+def test_skip_layers_add_each_finer_maps_scores_to_the_upsampled_coarser_ones():
+    torch.manual_seed(0)
+    model = fcn8s(aux_loss=True).eval()
+    for s in model.skips:
+        nn.init.normal_(s.weight), nn.init.normal_(s.bias)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        layer2, layer3, layer4 = model.backbone(x)  # strides 4, 8, 16
+        up = lambda t, ref: F.interpolate(t, size=ref.shape[-2:], mode="bilinear")  # noqa: E731
+        s16 = model.classifier(layer4)
+        s8 = up(s16, layer3) + F.conv2d(layer3, model.skips[0].weight, model.skips[0].bias)
+        s4 = up(s8, layer2) + F.conv2d(layer2, model.skips[1].weight, model.skips[1].bias)
+        out = model(x)
+        torch.testing.assert_close(out["out"], up(s4, x))
+        torch.testing.assert_close(out["aux"], up(model.aux_classifier(layer3), x))  # aux stays on layer3
+
+
+@pytest.mark.parametrize("skips, message", [(-1, "cannot be negative"), (5, "it has 5 levels")])
+def test_a_bad_number_of_skip_layers_is_a_one_line_value_error(skips, message):
+    with pytest.raises(ValueError, match=message):
+        create_segmenter("fcn", num_classes=3, width=8, skips=skips, replace_stride_with_dilation=None)
+
+
 # ---------------------------------------------------------------------------- Q3: any input size, or only one
 SIZES = [(64, 64), (96, 80), (128, 128)]
 

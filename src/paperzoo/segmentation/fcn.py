@@ -25,6 +25,9 @@ Deviations from the paper (all torchvision's):
 * the output stride is brought to 8 by dilated convolutions (DeepLab, Chen et al., arXiv:1606.00915) rather than
   by the paper's skip layers (FCN-16s/8s, Sec. 4.2), and the stride-8 upsampling is fixed bilinear
   interpolation (the paper fixes its last upsampling to bilinear too, and learns the intermediate ones);
+* the skip layers are an option (``skips``, :func:`fcn`): 1x1 score layers on finer maps, zero-initialised,
+  summed with the coarser scores as the paper does, but those are upsampled by fixed bilinear interpolation
+  rather than by a learned deconvolution initialised to it;
 * the auxiliary classifier on layer3 (deep supervision, as PSPNet, Zhao et al., arXiv:1612.01105) is not in the
   paper.
 """
@@ -43,7 +46,7 @@ from ..weights import fill_bn_counters, register_converter
 from .registry import register_segmenter
 
 __all__ = ["FCN", "FCNHead", "FullyConnectedSegmenter", "convolutionalize", "fcn_backbone", "fcn_resnet50",
-           "fcn"]
+           "fcn", "skip_score"]
 
 #: torchvision's FCN backbones: layer3 and layer4 keep stride 8 and dilate by 2 and 4 instead.
 DILATE_LAYER3_4 = (False, True, True)
@@ -75,28 +78,46 @@ class FCN(nn.Module):
     """Backbone maps -> per-location class scores -> upsampled to the input: ``{"out"[, "aux"]: (B, K, H, W)}``.
 
     Args:
-        backbone: images (B, C, H, W) -> list of maps, the last for ``classifier`` and, with an
-            ``aux_classifier``, the one before for it (a ``create_model(..., features_only=True)`` model).
+        backbone: images (B, C, H, W) -> list of maps, shallow to deep (a ``create_model(...,
+            features_only=True)`` model): the last for ``classifier``, the one before for ``aux_classifier``,
+            and the ones before the last for ``skips``.
         classifier, aux_classifier: map (B, C_i, h, w) -> scores (B, K, h, w).
+        skips: the paper's skip layers (Sec. 4.2, Fig. 3), deepest first: a score layer on each map before the
+            last, whose scores are added to the coarser ones upsampled to its size (FCN-16s: one, FCN-8s: two).
     """
 
-    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None = None) -> None:
+    def __init__(self, backbone: nn.Module, classifier: nn.Module, aux_classifier: nn.Module | None = None,
+                 skips: Sequence[nn.Module] = ()) -> None:
         super().__init__()
         self.backbone, self.classifier, self.aux_classifier = backbone, classifier, aux_classifier
+        self.skips = nn.ModuleList(skips)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]  # nothing below depends on it but the final upsampling: any input size works
-        maps = self.backbone(x)  # [layer3 (B, 1024, H/8, W/8),] layer4 (B, 2048, H/8, W/8) for ResNet-50
-        out = {"out": upsample(self.classifier(maps[-1]), size)}
+        maps = self.backbone(x)  # ... layer3 (B, 1024, H/8, W/8), layer4 (B, 2048, H/8, W/8) for ResNet-50
+        scores = self.classifier(maps[-1])
+        for score, finer in zip(self.skips, reversed(maps[:-1])):  # Sec. 4.2: fuse "what" with "where"
+            scores = upsample(scores, finer.shape[-2:]) + score(finer)  # (B, K, h, w) -> (B, K, 2h, 2w), summed
+        out = {"out": upsample(scores, size)}
         if self.aux_classifier is not None:
             out["aux"] = upsample(self.aux_classifier(maps[-2]), size)
         return out
 
 
+def skip_score(in_channels: int, num_classes: int) -> nn.Conv2d:
+    """A skip layer's scores: a 1x1 conv on a finer map, zero-initialised so that adding it starts from the
+    coarser net's predictions (Sec. 4.2: "zero-initialized so that the net starts with unmodified predictions")."""
+    conv = nn.Conv2d(in_channels, num_classes, 1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 def fcn_backbone(name: str, *, aux_loss: bool, in_chans: int = 3,
-                 replace_stride_with_dilation: Sequence[bool] | None = DILATE_LAYER3_4,
+                 replace_stride_with_dilation: Sequence[bool] | None = DILATE_LAYER3_4, skips: int = 0,
                  **model_args: Any) -> nn.Module:
-    """Registered CNN ``name`` as a features-only model returning [layer3,] layer4 (its last one or two levels).
+    """Registered CNN ``name`` as a features-only model returning its last levels: layer4, with layer3 for
+    ``aux_loss``, and the ``skips`` levels before layer4 for the skip layers (e.g. layer2, layer3, layer4).
 
     The classifier's avgpool and fc are dropped (torchvision's ``IntermediateLayerGetter``), the other modules
     keep their names. ``replace_stride_with_dilation`` is ResNet's (None for a family without that option).
@@ -104,21 +125,26 @@ def fcn_backbone(name: str, *, aux_loss: bool, in_chans: int = 3,
     if replace_stride_with_dilation is not None:
         model_args["replace_stride_with_dilation"] = tuple(replace_stride_with_dilation)
     try:
+        levels = max(skips + 1, 2 if aux_loss else 1)
         return create_model(name, in_chans=in_chans, features_only=True,
-                            out_indices=(-2, -1) if aux_loss else (-1,), **model_args)
+                            out_indices=tuple(range(-levels, 0)), **model_args)
     except TypeError as e:  # a config field the family does not have
         raise ValueError(f"FCN backbone {name!r} does not take these arguments ({e}); the fcn builder's "
                          "defaults are ResNet's: choose a ResNet, or build FCN(fcn_backbone(name, "
                          "replace_stride_with_dilation=None, ...), FCNHead(...))") from None
 
 
-def _build(backbone: str, num_classes: int, aux_loss: bool, **backbone_kw: Any) -> FCN:
-    body = fcn_backbone(backbone, aux_loss=aux_loss, **backbone_kw)
-    channels = body.feature_info.channels()
-    model = FCN(body, FCNHead(channels[-1], num_classes), FCNHead(channels[0], num_classes) if aux_loss else None)
+def _build(backbone: str, num_classes: int, aux_loss: bool, skips: int = 0, **backbone_kw: Any) -> FCN:
+    if skips < 0:
+        raise ValueError(f"skips={skips}: the number of skip layers cannot be negative")
+    body = fcn_backbone(backbone, aux_loss=aux_loss, skips=skips, **backbone_kw)  # too many: create_model says
+    channels = body.feature_info.channels()  # shallow to deep
+    model = FCN(body, FCNHead(channels[-1], num_classes),
+                FCNHead(channels[-2], num_classes) if aux_loss else None,
+                [skip_score(c, num_classes) for c in reversed(channels[-1 - skips:-1])])
     model.model_family = "fcn"  # load_weights finds the converters below through it
     model.backbone_name, model.num_classes, model.in_chans = backbone, num_classes, body.in_chans
-    model.output_stride = body.feature_info.reduction()[-1]
+    model.output_stride = body.feature_info.reduction()[-1 - skips]
     return model
 
 
@@ -192,7 +218,7 @@ def fcn_resnet50(*, num_classes: int = 21, aux_loss: bool = False, in_chans: int
 @register_segmenter
 def fcn(*, backbone: str = "resnet18", num_classes: int = 21, aux_loss: bool = False, in_chans: int = 3,
         replace_stride_with_dilation: Sequence[bool] | None = DILATE_LAYER3_4, small_input: bool = True,
-        stem_stride: int = 2, width: int = 32, **backbone_args: Any) -> FCN:
+        stem_stride: int = 2, width: int = 32, skips: int = 0, **backbone_args: Any) -> FCN:
     """FCN on a registered ResNet, set up for small inputs (the 128x128 Fashion-MNIST scenes): output stride 4.
 
     The defaults: a half-width ResNet-18 (``width=32``: 32..256 channels) with the 3x3/2 small-input stem and no
@@ -202,7 +228,11 @@ def fcn(*, backbone: str = "resnet18", num_classes: int = 21, aux_loss: bool = F
     (ground-truth masks average-pooled by 8 and upsampled: 0.82; by 4: 0.93), which leaves no room for the
     classification errors under issue 17's 0.80. ``backbone_args`` go to ``create_model`` too;
     ``small_input=False, stem_stride=1, width=64`` is torchvision's layout (output stride 8).
+
+    ``skips=2, replace_stride_with_dilation=None`` is the paper's FCN-8s way instead (Sec. 4.2): the backbone
+    strides as its classifier does (layer4 at 16 on the scenes, 8x8 maps; far cheaper than dilating), and score
+    layers on layer3 and layer2 bring the scores back to stride 4.
     """
-    return _build(backbone, num_classes, aux_loss, in_chans=in_chans,
+    return _build(backbone, num_classes, aux_loss, skips, in_chans=in_chans,
                   replace_stride_with_dilation=replace_stride_with_dilation, small_input=small_input,
                   stem_stride=stem_stride, width=width, **backbone_args)
