@@ -105,8 +105,8 @@ class FCN(nn.Module):
 
 
 def skip_score(in_channels: int, num_classes: int) -> nn.Conv2d:
-    """A skip layer's scores: a 1x1 conv on a finer map, zero-initialised so that adding it starts from the
-    coarser net's predictions (Sec. 4.2: "zero-initialized so that the net starts with unmodified predictions")."""
+    """A skip layer's scores: a 1x1 conv on a finer map, zero-initialised as in Sec. 4.2, so that training starts
+    from the coarser net's predictions."""
     conv = nn.Conv2d(in_channels, num_classes, 1)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
