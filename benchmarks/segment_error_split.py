@@ -21,6 +21,7 @@ import argparse
 import torch
 
 from paperzoo.detection.data import ScenesDetection
+from paperzoo.segmentation.data import semantic_mask
 from paperzoo.segmentation.metrics import confusion_matrix, segmentation_metrics
 from paperzoo.segmentation.task import IGNORE_INDEX, load_segmenter
 
@@ -54,9 +55,7 @@ def main() -> None:
         image, t = ds.load(i)
         with torch.no_grad():
             pred = ck.model(ck.normalize(image[None]))["out"].argmax(1)[0]  # (H, W)
-        target = torch.zeros_like(pred)
-        for label, m in zip(t["labels"], t["masks"]):  # later items cover earlier ones, as the task's masks
-            target[m] = label
+        target = semantic_mask(t["masks"], t["labels"])  # the task's masks: the item drawn last owns a pixel
         fg, true_fg = pred > 0, target > 0
         inter, union = inter + (fg & true_fg).sum().item(), union + (fg | true_fg).sum().item()
         vote = pred.clone()

@@ -124,8 +124,8 @@ def fcn_backbone(name: str, *, aux_loss: bool, in_chans: int = 3,
     """
     if replace_stride_with_dilation is not None:
         model_args["replace_stride_with_dilation"] = tuple(replace_stride_with_dilation)
+    levels = max(skips + 1, 2 if aux_loss else 1)  # layer4, and layer3 for aux, and the skip layers' maps
     try:
-        levels = max(skips + 1, 2 if aux_loss else 1)
         return create_model(name, in_chans=in_chans, features_only=True,
                             out_indices=tuple(range(-levels, 0)), **model_args)
     except TypeError as e:  # a config field the family does not have

@@ -178,6 +178,7 @@ class SegmentationTask(Task):
     name, config_type = "segmentation", SegmentationConfig
     primary_metric, higher_is_better = "val_mIoU", True  # test_mIoU on the scenes' test split (set in __init__)
     resume_command = "paperzoo segment train"
+
     def __init__(self, cfg: SegmentationConfig, dist: DistInfo | None = None) -> None:
         self.cfg, self.dist = cfg, dist or DistInfo()
         d, world = cfg.data, self.dist.world_size
