@@ -33,9 +33,11 @@ def test_budget_probes_throughput_and_sizes_the_schedule_to_end_inside_it(tmp_pa
                                              "run.name=b"])
     assert result.status == "done" and "test_acc" in result.metrics
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())["train"]
-    # the probe replaced the recipe's single epoch: the schedule is as long as the budget allows, and saved so
-    # that a resume keeps it
-    assert saved["time_budget_s"] == budget and saved["max_steps"] > 32
+    # the probe replaced the recipe's single epoch (it has no max_steps): the schedule is as long as the budget
+    # allows, and saved so that a resume keeps it. How many steps fit depends on the machine's load (two xdist
+    # workers on two cores have given 31 or fewer), so only that a length was set is checked here.
+    assert TINY["train"].get("max_steps") is None
+    assert saved["time_budget_s"] == budget and saved["max_steps"] >= 1
     assert saved["epochs"] == -(-saved["max_steps"] // 32)
     # the schedule ran to its end inside the budget, or (a machine busier than during the probe) the budget
     # stopped it; either way the budget holds, give or take the last step
