@@ -180,6 +180,36 @@ def test_unknown_segmenter_and_bad_model_args_are_value_errors(tmp_path):
         task.build_model()
 
 
+def test_class_weights_weight_each_pixels_loss_by_its_class_and_divide_by_the_weights_sum(tmp_path):
+    task = SegmentationTask(_cfg(tmp_path, "loss.class_weights=[0.25,1,1,1,1,1,1,1,1,1,3]"))
+    torch.manual_seed(0)
+    model = create_segmenter("tiny_seg_test", num_classes=11, aux=True)
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 11, (2, 16, 16))
+    y[1, 3:] = 255
+    loss, _ = task.train_step(model, (x, y))
+    out, keep = model(x), y != 255
+    w = torch.ones(11)
+    w[0], w[10] = 0.25, 3.0
+    expected = 0.0
+    for name, weight in (("out", 1.0), ("aux", 0.5)):  # by hand: the per-pixel losses of the scored pixels
+        per_pixel = -out[name].log_softmax(1).permute(0, 2, 3, 1)[keep].gather(1, y[keep][:, None])[:, 0]
+        expected = expected + weight * (w[y[keep]] * per_pixel).sum() / w[y[keep]].sum()
+    torch.testing.assert_close(loss, expected)
+    y[:] = 255
+    assert float(task.train_step(model, (x, y))[0]) == 0.0
+
+
+def test_class_weights_of_the_wrong_length_or_sign_are_errors(tmp_path):
+    from paperzoo.train.config import ConfigError
+
+    with pytest.raises(ValueError, match="11 classes"):
+        SegmentationTask(_cfg(tmp_path, "loss.class_weights=[0.2,1]"))
+    with pytest.raises(ConfigError, match="loss.class_weights"):
+        _cfg(tmp_path, "loss.class_weights=[-1,1,1,1,1,1,1,1,1,1,1]")
+    with pytest.raises(ConfigError, match="at least one"):
+        _cfg(tmp_path, "loss.class_weights=[0,0,0,0,0,0,0,0,0,0,0]")
+
+
 def test_bad_data_settings_are_config_errors(tmp_path):
     from paperzoo.train.config import ConfigError
 

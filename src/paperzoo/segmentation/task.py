@@ -14,7 +14,10 @@ create_segmenter`, e.g. ``fcn``) on
 Data formats: :mod:`.data`. A batch is ``(images (B, 3, H, W) normalised, masks (B, H, W))``; images of
 different sizes are padded, their masks with the ignore index. The loss is the per-pixel cross-entropy over the
 non-ignored pixels (Long et al. 2015, Sec. 3: "a per-pixel multinomial logistic loss"), plus 0.5 x the auxiliary
-classifier's when the model returns ``"aux"`` (torchvision's reference weight). Evaluation sums one confusion
+classifier's when the model returns ``"aux"`` (torchvision's reference weight). ``loss.class_weights`` balances the
+classes by weighting the loss, which Sec. 4.3 names and PASCAL did not need ("about 3/4 are background"): each
+pixel's loss is weighted by its class's weight and the sum divided by the weights' sum, as ``F.cross_entropy``'s
+``weight`` does. Evaluation sums one confusion
 matrix over the held-out split (and over DDP ranks, an all-reduce): ``<split>_mIoU`` (:mod:`.metrics`) picks the
 best checkpoint; ``<split>_pixel_acc`` and ``<split>_loss`` are logged beside it.
 
@@ -52,7 +55,7 @@ from paperzoo.train.task import Task, register_task
 from .data import IGNORE_INDEX
 
 __all__ = ["AUX_LOSS_WEIGHT", "SegmentationConfig", "SegmentationDataConfig", "SegmentationLoader",
-           "SegmentationTask", "SegmenterCheckpoint", "build_dataset", "evaluate_run", "load_segmenter",
+           "SegmentationLossConfig", "SegmentationTask", "SegmenterCheckpoint", "build_dataset", "evaluate_run", "load_segmenter",
            "predict_masks", "segment_files"]
 
 #: weight of the auxiliary classifier's loss (torchvision's segmentation reference, train.py: 0.5)
@@ -92,11 +95,23 @@ class SegmentationDataConfig:
 
 
 @dataclass
+class SegmentationLossConfig:
+    #: one weight per class, background first (FCN Sec. 4.3's class balancing); ``None``: every pixel counts alike
+    class_weights: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, "loss", class_weights="non_negative")
+        if self.class_weights is not None and not any(w > 0 for w in self.class_weights):
+            raise ConfigError(f"loss.class_weights: at least one must be positive, got {self.class_weights}")
+
+
+@dataclass
 class SegmentationConfig:
     task: Literal["segmentation"] = "segmentation"
     #: a registered segmenter (``paperzoo.segmentation.registry.segmenter_names()``) and its builder's arguments
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="fcn"))
     data: SegmentationDataConfig = field(default_factory=SegmentationDataConfig)
+    loss: SegmentationLossConfig = field(default_factory=SegmentationLossConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(name="sgd", lr=0.02, weight_decay=1e-4))
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -161,13 +176,20 @@ class SegmentationLoader(StreamingLoader):
             yield (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y.to(self.device)
 
 
-def segmentation_loss(out: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
+def segmentation_loss(out: dict[str, Tensor], target: Tensor, class_weights: Tensor | None = None
+                      ) -> dict[str, Tensor]:
     """Per-pixel cross-entropy of ``out["out"]`` (and ``out["aux"]``) against ``target``, ignoring 255:
-    ``{"loss_out", "loss_aux"?}``, each a mean over the scored pixels (0 if none: an all-ignored crop)."""
-    scored = (target != IGNORE_INDEX).sum().clamp(min=1)
-    losses = {f"loss_{k}": F.cross_entropy(out[k].float(), target, ignore_index=IGNORE_INDEX, reduction="sum") / scored
-              for k in ("out", "aux") if k in out}
-    return losses
+    ``{"loss_out", "loss_aux"?}``, each a mean over the scored pixels (0 if none: an all-ignored crop), weighted
+    by ``class_weights`` (K,) of each pixel's true class if given: sum(w_y * loss) / sum(w_y)."""
+    keep = target != IGNORE_INDEX
+    if class_weights is None:
+        scored = keep.sum().clamp(min=1)
+    else:  # the sum of the scored pixels' weights; the ignored ones index the 0 appended at the end
+        w = F.pad(class_weights.float(), (0, 1))  # (K + 1,)
+        scored = w[torch.where(keep, target, len(class_weights))].sum().clamp(min=1e-12)
+    return {f"loss_{k}": F.cross_entropy(out[k].float(), target, weight=class_weights, ignore_index=IGNORE_INDEX,
+                                         reduction="sum") / scored
+            for k in ("out", "aux") if k in out}
 
 
 # ------------------------------------------------------------------------------------------------ the task
@@ -195,6 +217,11 @@ class SegmentationTask(Task):
                       rank=self.dist.rank, world_size=world, channels_last=cfg.train.channels_last)
         self.train_loader = SegmentationLoader(self.train_set, d.batch_size // world, seed=cfg.train.seed, **loader)
         self.val_loader = SegmentationLoader(self.val_set, d.eval_batch_size, seed=0, shuffle=False, **loader)
+        w = cfg.loss.class_weights
+        if w is not None and len(w) != self.num_classes:
+            raise ValueError(f"loss.class_weights has {len(w)} values but the dataset has {self.num_classes} classes "
+                             f"(background first: {self.categories})")
+        self.class_weights = torch.tensor(w, dtype=torch.float32, device=self.dist.device) if w else None
 
     @property
     def num_classes(self) -> int:
@@ -209,7 +236,7 @@ class SegmentationTask(Task):
 
     def train_step(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         x, y = batch
-        losses = segmentation_loss(model(x), y)
+        losses = segmentation_loss(model(x), y, self.class_weights)
         loss = losses["loss_out"] + AUX_LOSS_WEIGHT * losses.get("loss_aux", 0.0)
         n = torch.tensor(x.shape[0], device=x.device)
         # the logger divides every sum by count: weight each loss by the batch size so it logs the mean
