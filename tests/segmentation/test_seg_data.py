@@ -232,6 +232,35 @@ def test_random_crop_pads_with_the_ignore_index_and_cuts_image_and_mask_alike():
     assert any(torch.equal(image[:, i:i + 4, j:j + 4], x) for i, j in hits)
 
 
+def test_foreground_crops_are_centred_on_a_foreground_pixel_inside_the_image():
+    mask = torch.zeros(40, 50, dtype=torch.int64)
+    mask[2, 45], mask[30, 10], mask[0, 0] = 3, 7, IGNORE_INDEX  # two foreground pixels, one ignored
+    image = torch.arange(40 * 50, dtype=torch.float32).view(1, 40, 50).expand(3, 40, 50)
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        x, m = RandomCrop(16, foreground=1.0)(image, mask, g)
+        y0, x0 = divmod(int(x[0, 0, 0]), 50)  # the window's corner, read from the image's pixel numbers
+        assert torch.equal(m, mask[y0:y0 + 16, x0:x0 + 16])
+        seen.add((y0, x0))
+    # (2, 45): the window is pushed inside the image (top, right); (30, 10): centred, 8 pixels before it
+    assert seen == {(0, 34), (22, 2)}
+    x, m = RandomCrop(16, foreground=1.0)(image, torch.zeros(40, 50, dtype=torch.int64), g)  # no foreground
+    assert m.shape == (16, 16)
+
+
+def test_foreground_oversampling_raises_the_items_share_of_cropped_scene_pixels():
+    scenes = ScenesSegmentation("test", 16, seed=1)
+    share = {}
+    for p in (0.0, 1.0):
+        g, crop = torch.Generator().manual_seed(0), RandomCrop(48, foreground=p)
+        masks = [crop(*scenes[i], g)[1] for i in range(16) for _ in range(4)]
+        share[p] = float(torch.stack(masks).ne(0).float().mean())
+    assert share[1.0] > 1.5 * share[0.0]
+    with pytest.raises(ValueError, match="foreground"):
+        RandomCrop(8, foreground=1.5)
+
+
 def test_augmentation_is_a_function_of_seed_epoch_and_index():
     tf = Compose([RandomScale(0.5, 1.5), RandomCrop(64), RandomHorizontalFlip(0.5)])
     a = ScenesSegmentation("test", 4, seed=1, transform=tf, transform_seed=5)

@@ -302,12 +302,20 @@ class RandomScale:
 
 class RandomCrop:
     """A random ``size x size`` window; a smaller pair is first padded at the bottom and right (image 0, mask
-    :data:`IGNORE_INDEX`, so the padding is never trained on)."""
+    :data:`IGNORE_INDEX`, so the padding is never trained on).
 
-    def __init__(self, size: int) -> None:
+    With probability ``foreground`` the window is centred (as far as the image allows) on a foreground pixel drawn
+    uniformly from the mask's pixels that are neither background (0) nor ignored: the foreground oversampling of
+    nnU-Net (Isensee et al. 2021, "nnU-Net", Sec. 2), one of the ways FCN Sec. 4.3 names to balance classes
+    ("by weighting or sampling the loss"). A mask without foreground falls back to a uniform window.
+    """
+
+    def __init__(self, size: int, foreground: float = 0.0) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
-        self.size = size
+        if not 0.0 <= foreground <= 1.0:
+            raise ValueError(f"foreground must be in [0, 1], got {foreground}")
+        self.size, self.foreground = size, foreground
 
     def __call__(self, image: Tensor, mask: Tensor, generator: torch.Generator | None = None
                  ) -> tuple[Tensor, Tensor]:
@@ -317,8 +325,16 @@ class RandomCrop:
             image = F.pad(image, (0, pw, 0, ph), value=0.0)
             mask = F.pad(mask, (0, pw, 0, ph), value=IGNORE_INDEX)
         h, w = image.shape[-2:]
-        y = int(torch.randint(h - self.size + 1, (1,), generator=generator))
-        x = int(torch.randint(w - self.size + 1, (1,), generator=generator))
+        # both draws always happen, so every image consumes the same random stream whichever branch it takes
+        centred = float(torch.rand((), generator=generator)) < self.foreground
+        u = torch.rand(2, generator=generator)  # (2,) in [0, 1): a foreground pixel's rank, or the corner
+        fg = ((mask != 0) & (mask != IGNORE_INDEX)).flatten().nonzero()[:, 0] if centred else None
+        if fg is not None and len(fg):
+            i = int(fg[int(u[0] * len(fg))])  # a foreground pixel, uniformly
+            y = min(max(i // w - self.size // 2, 0), h - self.size)  # centred on it, kept inside the image
+            x = min(max(i % w - self.size // 2, 0), w - self.size)
+        else:
+            y, x = int(u[0] * (h - self.size + 1)), int(u[1] * (w - self.size + 1))
         return image[:, y:y + self.size, x:x + self.size], mask[y:y + self.size, x:x + self.size]
 
 

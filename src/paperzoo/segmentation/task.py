@@ -77,6 +77,7 @@ class SegmentationDataConfig:
     size: int | None = None  # resize every image's short side to this first (training and evaluation)
     scale: tuple[float, float] = (1.0, 1.0)  # training: random rescale by a factor in [low, high]
     crop: int | None = None  # training: random square crop, padded with the ignore index where the image is smaller
+    crop_foreground: float = 0.0  # probability that a crop is centred on a random foreground pixel (nnU-Net's)
     hflip: float = 0.5  # training: probability of a horizontal flip of image and mask
     num_workers: int = 0  # DataLoader worker processes decoding images (coco / voc)
     skip_invalid: bool = False  # coco: drop bad annotations with a warning instead of stopping
@@ -87,7 +88,7 @@ class SegmentationDataConfig:
     def __post_init__(self) -> None:
         check_fields(self, "data", n_train="count", n_val="count", canvas="count", batch_size="count",
                      eval_batch_size="count", size="count", scale="positive", crop="count", hflip="probability",
-                     num_workers="non_negative", std="positive")
+                     num_workers="non_negative", std="positive", crop_foreground="probability")
         if self.scale[0] > self.scale[1]:
             raise ConfigError(f"data.scale: must be [low, high] with low <= high, got {list(self.scale)}")
         if self.dataset != "scenes" and not self.root:
@@ -120,14 +121,15 @@ class SegmentationConfig:
 
 # ------------------------------------------------------------------------------------------------ data
 def build_dataset(d: SegmentationDataConfig, split: str, *, seed: int = 0) -> Any:
-    """The dataset of one split (``"train"`` or ``"val"``); the training split is augmented (``scale``, ``crop``,
-    ``hflip``) with draws seeded by ``seed``, the epoch and the index; both are resized to ``size`` if set."""
+    """The dataset of one split (``"train"`` or ``"val"``); the training split is augmented (``scale``, ``crop``
+    with ``crop_foreground``, ``hflip``) with draws seeded by ``seed``, the epoch and the index; both are resized
+    to ``size`` if set."""
     from . import data as D
 
     steps: list[Any] = [D.Resize(d.size)] if d.size else []
     if split == "train":
         steps += [D.RandomScale(*d.scale)] if tuple(d.scale) != (1.0, 1.0) else []
-        steps += [D.RandomCrop(d.crop)] if d.crop else []
+        steps += [D.RandomCrop(d.crop, d.crop_foreground)] if d.crop else []
         steps += [D.RandomHorizontalFlip(d.hflip)] if d.hflip > 0 else []
     kw: dict[str, Any] = {"transform": D.Compose(steps), "transform_seed": seed} if steps else {}
     if d.dataset == "scenes":  # the detection task's seeds: the same scenes
