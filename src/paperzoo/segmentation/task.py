@@ -55,8 +55,8 @@ from paperzoo.train.task import Task, register_task
 from .data import IGNORE_INDEX
 
 __all__ = ["AUX_LOSS_WEIGHT", "SegmentationConfig", "SegmentationDataConfig", "SegmentationLoader",
-           "SegmentationLossConfig", "SegmentationTask", "SegmenterCheckpoint", "build_dataset", "evaluate_run", "load_segmenter",
-           "predict_masks", "segment_files"]
+           "SegmentationLossConfig", "SegmentationTask", "SegmenterCheckpoint", "build_dataset", "evaluate_run",
+           "load_segmenter", "predict_masks", "segment_files", "segmentation_loss"]
 
 #: weight of the auxiliary classifier's loss (torchvision's segmentation reference, train.py: 0.5)
 AUX_LOSS_WEIGHT = 0.5
