@@ -17,9 +17,9 @@ non-ignored pixels (Long et al. 2015, Sec. 3: "a per-pixel multinomial logistic 
 classifier's when the model returns ``"aux"`` (torchvision's reference weight). ``loss.class_weights`` balances the
 classes by weighting the loss, which Sec. 4.3 names and PASCAL did not need ("about 3/4 are background"): each
 pixel's loss is weighted by its class's weight and the sum divided by the weights' sum, as ``F.cross_entropy``'s
-``weight`` does. Evaluation sums one confusion
-matrix over the held-out split (and over DDP ranks, an all-reduce): ``<split>_mIoU`` (:mod:`.metrics`) picks the
-best checkpoint; ``<split>_pixel_acc`` and ``<split>_loss`` are logged beside it.
+``weight`` does. Evaluation sums one confusion matrix over the held-out split (and over DDP ranks, an all-reduce):
+``<split>_mIoU`` (:mod:`.metrics`) picks the best checkpoint; ``<split>_pixel_acc`` and ``<split>_loss`` are
+logged beside it.
 
 The order is a function of (seed, epoch) and each image's augmentation of (seed, epoch, index), so a run resumes
 exactly (:class:`SegmentationLoader`). Using a run: :func:`load_segmenter`, :func:`evaluate_run`,
