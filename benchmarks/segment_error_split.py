@@ -32,7 +32,8 @@ def item_classes(pred: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """The class most foreground pixels of each item's mask got (0 where the model found none): (N,)."""
     out = torch.zeros(len(masks), dtype=torch.int64)
     for j, m in enumerate(masks):  # a handful of items per scene
-        fg = pred[m][pred[m] > 0]
+        p = pred[m]
+        fg = p[p > 0]
         out[j] = fg.mode().values if fg.numel() else 0
     return out
 
